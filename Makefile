@@ -1,0 +1,46 @@
+# Two set-up commands for a fresh machine (README): `make demo` and `make test`. Both create .venv and install first.
+# GPU machines: `make bench-gpu` (uses the machine's own python3 + torch; writes JSON + Markdown to $(OUT)).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fresco-installed
+OUT ?= benchmarks/out
+TORCH_VERSION ?= 2.13.0
+TRITON_VERSION ?= 3.8.0
+
+.PHONY: install demo test test-cuda bench-cpu bench-gpu clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) triton==$(TRITON_VERSION)
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m fresco_kernels.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+bench-cpu: $(STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m pytest benchmarks -q --benchmark-json=$(OUT)/bench-cpu.json
+	$(BIN)/python -m benchmarks.report $(OUT)/bench-cpu.json > $(OUT)/bench-cpu.md
+	cat $(OUT)/bench-cpu.md
+
+# On the GPU machine: no venv, the machine's torch + Triton; C++ not needed for CUDA.
+test-cuda:
+	PYTHONPATH=. $(PY) -m pytest tests -q -m cuda
+
+bench-gpu:
+	mkdir -p $(OUT)
+	PYTHONPATH=. $(PY) -m pytest tests -q -m cuda -p no:cacheprovider | tee $(OUT)/cuda-tests.txt
+	PYTHONPATH=. $(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-json=$(OUT)/bench-gpu.json
+	PYTHONPATH=. $(PY) -m benchmarks.report $(OUT)/bench-gpu.json > $(OUT)/bench-gpu.md
+	cat $(OUT)/bench-gpu.md
+
+clean:
+	rm -rf build *.egg-info fresco_kernels/_C*.so fresco_kernels/_C_build.json

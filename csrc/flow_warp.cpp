@@ -1,0 +1,134 @@
+// fresco::flow_warp / flow_warp_backward on CPU. Per image: bilinear coefficients computed once per pixel, then
+// channel planes processed in parallel (the backward's scatter into grad_x stays inside one plane: no races).
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+
+#include <vector>
+
+#include "bilinear.h"
+
+namespace fresco {
+namespace {
+
+template <typename scalar_t, typename acc_t>
+std::vector<Bilinear<acc_t>> coeffs_for_image(const at::Tensor& flow, int64_t b, int64_t H, int64_t W) {
+  // flow: [B,2,H,W] contiguous, any float type
+  std::vector<Bilinear<acc_t>> co(H * W);
+  const scalar_t* fp = flow.data_ptr<scalar_t>() + b * 2 * H * W;
+  at::parallel_for(0, H * W, 1024, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      co[p] = bilinear_coeffs<acc_t>(p / W, p % W, acc_t(fp[p]), acc_t(fp[H * W + p]), H, W);
+    }
+  });
+  return co;
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& flow) {
+  TORCH_CHECK(x.dim() == 4, "flow_warp: x must be [B,C,H,W], got ", x.sizes());
+  TORCH_CHECK(flow.dim() == 4 && flow.size(0) == x.size(0) && flow.size(1) == 2 && flow.size(2) == x.size(2) &&
+                  flow.size(3) == x.size(3),
+              "flow_warp: flow must be [B,2,H,W] matching x ", x.sizes(), ", got ", flow.sizes());
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "flow_warp: H and W must be >= 2, got ", x.sizes());
+}
+
+at::Tensor flow_warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in) {
+  check_inputs(x_in, flow_in);
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  auto out = at::empty_like(x_in);
+  auto x = x_in.contiguous();
+  auto flow = flow_in.to(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+  auto res = out.is_contiguous() ? out : at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_warp_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto co = coeffs_for_image<acc_t, acc_t>(flow, b, H, W);
+      const scalar_t* xp = x.data_ptr<scalar_t>() + b * C * H * W;
+      scalar_t* op = res.data_ptr<scalar_t>() + b * C * H * W;
+      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const scalar_t* plane = xp + c * H * W;
+          scalar_t* dst = op + c * H * W;
+          for (int64_t p = 0; p < H * W; ++p) {
+            const auto& k = co[p];
+            acc_t v = acc_t(0);
+            for (int j = 0; j < 4; ++j) v += k.wt[j] * acc_t(plane[k.off[j]]);
+            dst[p] = scalar_t(v);
+          }
+        }
+      });
+    }
+  });
+  if (!res.is_same(out)) out.copy_(res);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                         const at::Tensor& flow_in, bool need_x, bool need_flow) {
+  check_inputs(x_in, flow_in);
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const bool dbl = x_in.scalar_type() == at::kDouble;
+  const auto acc_type = dbl ? at::kDouble : at::kFloat;
+  auto x = x_in.contiguous();
+  auto g = grad_out_in.contiguous();
+  auto flow = flow_in.to(acc_type).contiguous();
+  auto gx = need_x ? at::zeros({B, C, H, W}, x.options().dtype(acc_type)) : at::Tensor();
+  auto gf = need_flow ? at::empty({B, 2, H, W}, x.options().dtype(acc_type)) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_warp_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto co = coeffs_for_image<acc_t, acc_t>(flow, b, H, W);
+      const scalar_t* xp = x.data_ptr<scalar_t>() + b * C * H * W;
+      const scalar_t* gp = g.data_ptr<scalar_t>() + b * C * H * W;
+      if (need_x) {
+        acc_t* gxp = gx.data_ptr<acc_t>() + b * C * H * W;
+        at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) {
+            const scalar_t* gplane = gp + c * H * W;
+            acc_t* dst = gxp + c * H * W;
+            for (int64_t p = 0; p < H * W; ++p) {
+              const acc_t gv = acc_t(gplane[p]);
+              const auto& k = co[p];
+              for (int j = 0; j < 4; ++j) dst[k.off[j]] += k.wt[j] * gv;
+            }
+          }
+        });
+      }
+      if (need_flow) {
+        acc_t* gfp = gf.data_ptr<acc_t>() + b * 2 * H * W;
+        at::parallel_for(0, H * W, 256, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            const auto& k = co[p];
+            acc_t gix = 0, giy = 0;
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t* plane = xp + c * H * W;
+              const acc_t v0 = k.valid[0] ? acc_t(plane[k.off[0]]) : acc_t(0);
+              const acc_t v1 = k.valid[1] ? acc_t(plane[k.off[1]]) : acc_t(0);
+              const acc_t v2 = k.valid[2] ? acc_t(plane[k.off[2]]) : acc_t(0);
+              const acc_t v3 = k.valid[3] ? acc_t(plane[k.off[3]]) : acc_t(0);
+              const acc_t gv = acc_t(gp[c * H * W + p]);
+              gix += gv * ((v1 - v0) * k.ay0 + (v3 - v2) * k.ay1);
+              giy += gv * ((v2 - v0) * k.ax0 + (v3 - v1) * k.ax1);
+            }
+            gfp[p] = gix;
+            gfp[H * W + p] = giy;
+          }
+        });
+      }
+    }
+  });
+  at::Tensor grad_x = need_x ? at::empty_like(x_in).copy_(gx) : at::empty({0}, x_in.options());
+  at::Tensor grad_flow = need_flow ? at::empty_like(flow_in).copy_(gf) : at::empty({0}, flow_in.options());
+  return {grad_x, grad_flow};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fresco, CPU, m) {
+  m.impl("flow_warp", &flow_warp_cpu);
+  m.impl("flow_warp_backward", &flow_warp_backward_cpu);
+}
+
+}  // namespace fresco

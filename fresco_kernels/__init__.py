@@ -1,0 +1,21 @@
+"""fresco_kernels: FRESCO's hot spots as torch ops in namespace `fresco` (Triton on CUDA, C++ on CPU), each with a
+plain-PyTorch reference selectable by `backend="reference"` or `set_backend("reference")`."""
+from __future__ import annotations
+
+from ._config import BACKENDS, get_backend, set_backend, use_backend
+from ._library import CPU_IMPL, cpp_status
+# --- ops (one import line per op folder) ---
+from .flow_warp import coords_grid, flow_warp, flow_warp_reference
+
+__version__ = "0.1.0"
+
+
+def cpu_impls() -> dict:
+    """Which implementation serves each `fresco::` op on CPU: "cpp" (compiled) or "reference" (Python)."""
+    return dict(CPU_IMPL)
+
+
+__all__ = [
+    "BACKENDS", "get_backend", "set_backend", "use_backend", "cpp_status", "cpu_impls",
+    "flow_warp", "flow_warp_reference", "coords_grid",
+]
