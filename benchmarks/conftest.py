@@ -1,0 +1,5 @@
+"""Benchmarks import the repository root (`benchmarks.harness`)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
