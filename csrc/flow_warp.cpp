@@ -41,25 +41,30 @@ at::Tensor flow_warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in) {
   auto x = x_in.contiguous();
   auto flow = flow_in.to(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
   auto res = out.is_contiguous() ? out : at::empty_like(x);
+  // work items: (image, chunk of pixels); coefficients once per pixel, then every channel of the chunk
+  constexpr int64_t kChunk = 512;
+  const int64_t chunks = (H * W + kChunk - 1) / kChunk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_warp_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    for (int64_t b = 0; b < B; ++b) {
-      const auto co = coeffs_for_image<acc_t, acc_t>(flow, b, H, W);
-      const scalar_t* xp = x.data_ptr<scalar_t>() + b * C * H * W;
-      scalar_t* op = res.data_ptr<scalar_t>() + b * C * H * W;
-      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const scalar_t* plane = xp + c * H * W;
-          scalar_t* dst = op + c * H * W;
-          for (int64_t p = 0; p < H * W; ++p) {
-            const auto& k = co[p];
+    const acc_t* fbase = flow.data_ptr<acc_t>();
+    at::parallel_for(0, B * chunks, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<Bilinear<acc_t>> co(kChunk);
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t b = item / chunks, p0 = (item % chunks) * kChunk, p1 = std::min(p0 + kChunk, H * W);
+        const acc_t* fp = fbase + b * 2 * H * W;
+        for (int64_t p = p0; p < p1; ++p) co[p - p0] = bilinear_coeffs<acc_t>(p / W, p % W, fp[p], fp[H * W + p], H, W);
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* plane = x.data_ptr<scalar_t>() + (b * C + c) * H * W;
+          scalar_t* dst = res.data_ptr<scalar_t>() + (b * C + c) * H * W;
+          for (int64_t p = p0; p < p1; ++p) {
+            const auto& k = co[p - p0];
             acc_t v = acc_t(0);
             for (int j = 0; j < 4; ++j) v += k.wt[j] * acc_t(plane[k.off[j]]);
             dst[p] = scalar_t(v);
           }
         }
-      });
-    }
+      }
+    });
   });
   if (!res.is_same(out)) out.copy_(res);
   return out;
@@ -78,25 +83,30 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad
   auto gf = need_flow ? at::empty({B, 2, H, W}, x.options().dtype(acc_type)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_warp_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    for (int64_t b = 0; b < B; ++b) {
-      const auto co = coeffs_for_image<acc_t, acc_t>(flow, b, H, W);
+    std::vector<std::vector<Bilinear<acc_t>>> coeffs(B);
+    for (int64_t b = 0; b < B; ++b) coeffs[b] = coeffs_for_image<acc_t, acc_t>(flow, b, H, W);
+    if (need_x) {
+      // one (image, channel) plane per task: the scatter stays inside the plane, so no races
+      acc_t* gxp = gx.data_ptr<acc_t>();
+      const scalar_t* gall = g.data_ptr<scalar_t>();
+      at::parallel_for(0, B * C, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const auto& co = coeffs[q / C];
+          const scalar_t* gplane = gall + q * H * W;
+          acc_t* dst = gxp + q * H * W;
+          for (int64_t p = 0; p < H * W; ++p) {
+            const acc_t gv = acc_t(gplane[p]);
+            const auto& k = co[p];
+            for (int j = 0; j < 4; ++j) dst[k.off[j]] += k.wt[j] * gv;
+          }
+        }
+      });
+    }
+    for (int64_t b = 0; b < B && need_flow; ++b) {
+      const auto& co = coeffs[b];
       const scalar_t* xp = x.data_ptr<scalar_t>() + b * C * H * W;
       const scalar_t* gp = g.data_ptr<scalar_t>() + b * C * H * W;
-      if (need_x) {
-        acc_t* gxp = gx.data_ptr<acc_t>() + b * C * H * W;
-        at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-          for (int64_t c = c0; c < c1; ++c) {
-            const scalar_t* gplane = gp + c * H * W;
-            acc_t* dst = gxp + c * H * W;
-            for (int64_t p = 0; p < H * W; ++p) {
-              const acc_t gv = acc_t(gplane[p]);
-              const auto& k = co[p];
-              for (int j = 0; j < 4; ++j) dst[k.off[j]] += k.wt[j] * gv;
-            }
-          }
-        });
-      }
-      if (need_flow) {
+      {
         acc_t* gfp = gf.data_ptr<acc_t>() + b * 2 * H * W;
         at::parallel_for(0, H * W, 256, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
