@@ -6,6 +6,7 @@ from ._config import BACKENDS, get_backend, set_backend, use_backend
 from ._library import CPU_IMPL, cpp_status
 # --- ops (one import line per op folder) ---
 from .flow_warp import coords_grid, flow_warp, flow_warp_reference
+from .trajectory_attention import segment_mask, trajectory_attention, trajectory_attention_reference
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,5 @@ def cpu_impls() -> dict:
 __all__ = [
     "BACKENDS", "get_backend", "set_backend", "use_backend", "cpp_status", "cpu_impls",
     "flow_warp", "flow_warp_reference", "coords_grid",
+    "trajectory_attention", "trajectory_attention_reference", "segment_mask",
 ]
