@@ -118,6 +118,7 @@ at::Tensor trajectory_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_
     scalar_t* op = out.data_ptr<scalar_t>();
     // fp32/fp64 rows are used in place; fp16/bf16 rows are converted into scratch (and outputs converted back)
     constexpr bool kInPlace = std::is_same<scalar_t, acc_t>::value;
+    constexpr int64_t kLine = 64 / sizeof(scalar_t);
     // one work item = (CFG chunk, trajectory), all heads: the gathered rows are read once
     at::parallel_for(0, chunks * HW, 16, [&](int64_t i0, int64_t i1) {
       const int64_t scratch = kInPlace ? 0 : N * C;
@@ -149,6 +150,20 @@ at::Tensor trajectory_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_
             kr[f] = kf;
             vr[f] = vf;
             orow[f] = os.data() + f * C;
+          }
+        }
+        // the rows sit at scattered pixels, beyond the hardware prefetcher's reach: request the next item's rows now
+        if (item + 1 < i1) {
+          const int64_t chunk1 = (item + 1) / HW, p1 = (item + 1) % HW;
+          for (int64_t f = 0; f < N; ++f) {
+            const int64_t px = fp[f * HW + p1];
+            if (px < 0 || px >= HW) continue;
+            const int64_t tok = ((chunk1 * N + f) * HW + px) * C;
+            for (int64_t c = 0; c < C; c += kLine) {
+              __builtin_prefetch(qp + tok + c);
+              __builtin_prefetch(kp + tok + c);
+              __builtin_prefetch(vp + tok + c);
+            }
           }
         }
         attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D, scale,
