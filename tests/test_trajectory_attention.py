@@ -131,6 +131,12 @@ def test_special_cases_are_exact(impl):
     assert max_err(run_impl(impl, q, k_same, v, ident, equal, heads, chunks), mean) < 1e-5
 
 
+@pytest.mark.parametrize("impl", ["op", "triton", "public"])
+def test_single_frame_returns_v(impl):
+    q, k, v, fwd, segment = make_inputs(2, 1, 3, 4, 2, 8)
+    assert max_err(run_impl(impl, q, k, v, fwd, segment, 2, 2), v) < 1e-6
+
+
 @pytest.mark.parametrize("scale_k", [0.2, 1.0, 3.0])
 def test_scale_k(scale_k):
     shape = (2, 3, 4, 4, 2, 40)

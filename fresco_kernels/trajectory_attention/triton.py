@@ -22,7 +22,7 @@ _TILE_ELEMS = 8192
         triton.Config({}, num_warps=2),
         triton.Config({}, num_warps=8),
     ]),
-    key=["N", "D", "BLOCK_P"],
+    key=["N", "D"],
 )
 @triton.jit
 def _trajectory_attention_fwd_kernel(
