@@ -7,6 +7,7 @@ from ._library import CPU_IMPL, cpp_status
 # --- ops (one import line per op folder) ---
 from .flow_warp import coords_grid, flow_warp, flow_warp_reference
 from .gram_loss import gram_loss, gram_loss_reference, normalize_features
+from .optimize import adain, optimize_features
 from .trajectory_attention import segment_mask, trajectory_attention, trajectory_attention_reference
 from .cross_frame import cross_frame_attention, cross_frame_attention_reference, cross_frame_keep, cross_frame_kv
 
@@ -22,6 +23,7 @@ __all__ = [
     "BACKENDS", "get_backend", "set_backend", "use_backend", "cpp_status", "cpu_impls",
     "flow_warp", "flow_warp_reference", "coords_grid",
     "gram_loss", "gram_loss_reference", "normalize_features",
+    "optimize_features", "adain",
     "trajectory_attention", "trajectory_attention_reference", "segment_mask",
     "cross_frame_keep", "cross_frame_kv", "cross_frame_attention", "cross_frame_attention_reference",
 ]
