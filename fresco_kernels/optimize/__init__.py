@@ -105,12 +105,13 @@ def optimize_features(
     if use_temporal:
         # the temporal loss op (fresco_kernels.warp_loss); imported here so the spatial path works without it
         from .. import warp_consistency_loss
+    work = torch.float64 if feat.dtype == torch.float64 else torch.float32
     if use_spatial:
-        ref = ref.detach()
+        # converted once here rather than in every iteration
+        ref = ref.detach().to(work).contiguous()
         if backend == "reference":
             # the published code stores the reference Gram matrix once per batch and compares against it
-            gram_ref = gram_matrix(ref.to(torch.float64 if feat.dtype == torch.float64 else torch.float32))
-    work = torch.float64 if feat.dtype == torch.float64 else torch.float32
+            gram_ref = gram_matrix(ref)
     cs = feat.detach().to(work).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([cs], lr=lr)
     with torch.enable_grad():
