@@ -10,6 +10,8 @@ from .gram_loss import gram_loss, gram_loss_reference, normalize_features
 from .optimize import adain, optimize_features
 from .trajectory_attention import segment_mask, trajectory_attention, trajectory_attention_reference
 from .cross_frame import cross_frame_attention, cross_frame_attention_reference, cross_frame_keep, cross_frame_kv
+from .correspondence import (correspondence_pair, flow_correspondence, flow_correspondence_at_scale,
+                             flow_correspondence_reference)
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,5 @@ __all__ = [
     "optimize_features", "adain",
     "trajectory_attention", "trajectory_attention_reference", "segment_mask",
     "cross_frame_keep", "cross_frame_kv", "cross_frame_attention", "cross_frame_attention_reference",
+    "flow_correspondence", "flow_correspondence_reference", "correspondence_pair", "flow_correspondence_at_scale",
 ]
