@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -41,50 +42,61 @@ void check_inputs(const at::Tensor& flow, const at::Tensor& occ, const at::Tenso
   TORCH_CHECK(h * w < (int64_t(1) << 31), "flow_correspondence: h*w must be < 2^31, got ", h * w);
 }
 
-// torch.round of float(i) + f in fp32 (nearest, ties to even under the default rounding mode)
+// torch.round of float(i) + f in fp32: nearest integer, ties to even. Adding and removing 2^23 rounds a float of
+// magnitude < 2^23 to an integer in the default rounding mode (exact, no libm call); larger values, inf and NaN are
+// returned as they are (already integers, or out of bounds).
 inline float round_target(int64_t i, float f) {
   const float x = static_cast<float>(i) + f;
-  return std::nearbyint(x);
+  constexpr float kTwo23 = 8388608.0f;
+  if (!(std::fabs(x) < kTwo23)) return x;
+  return x >= 0.f ? (x + kTwo23) - kTwo23 : (x - kTwo23) + kTwo23;
 }
 
 // map_i of one pair. flow: [2, hw], occ: [hw], tgt_rgb = frame i, src_rgb = frame i+1: [3, hw] (contiguous).
-// Writes map [hw] and unlinked [hw]; best [hw] is scratch.
+// Writes map [hw] and unlinked [hw]; best [hw] and spare [hw] are scratch. Branch-free inner loops: whether a source
+// is valid, wins or fills a target follows the data, which no branch predictor guesses well.
 void pair_map(const float* flow, const bool* occ, const float* tgt_rgb, const float* src_rgb, int64_t h, int64_t w,
-              int64_t* map, bool* unlinked, uint64_t* best, uint8_t* used) {
+              int64_t* map, bool* unlinked, uint64_t* best, int64_t* spare) {
   const int64_t hw = h * w;
+  const float hf = static_cast<float>(h), wf = static_cast<float>(w);
   std::fill(best, best + hw, kNoKey);
-  std::memset(used, 0, hw);
-  for (int64_t s = 0; s < hw; ++s) {
-    if (occ[s]) continue;
-    const float ty = round_target(s / w, flow[hw + s]);
-    const float tx = round_target(s % w, flow[s]);
-    if (!(ty >= 0.f && ty < static_cast<float>(h) && tx >= 0.f && tx < static_cast<float>(w))) continue;
-    const int64_t t = static_cast<int64_t>(ty) * w + static_cast<int64_t>(tx);
-    const float d0 = src_rgb[s] - tgt_rgb[t];
-    const float d1 = src_rgb[hw + s] - tgt_rgb[hw + t];
-    const float d2 = src_rgb[2 * hw + s] - tgt_rgb[2 * hw + t];
-    const float sq0 = d0 * d0, sq1 = d1 * d1, sq2 = d2 * d2;
-    const float err = ((sq0 + sq1) + sq2) / 3.0f;
-    uint32_t bits;
-    std::memcpy(&bits, &err, sizeof(bits));
-    // non-negative floats order like their bit patterns: min key = smallest error, then smallest source
-    const uint64_t key = (static_cast<uint64_t>(bits) << 32) | static_cast<uint64_t>(s);
-    if (key < best[t]) best[t] = key;
-  }
-  for (int64_t t = 0; t < hw; ++t) {
-    if (best[t] != kNoKey) used[best[t] & 0xFFFFFFFFu] = 1;
-  }
-  // ascending scan: the k-th unlinked target takes the k-th unused source (the published prefix-order fill)
-  int64_t spare = 0;
-  for (int64_t t = 0; t < hw; ++t) {
-    if (best[t] != kNoKey) {
-      map[t] = static_cast<int64_t>(best[t] & 0xFFFFFFFFu);
-      unlinked[t] = false;
-    } else {
-      while (used[spare]) ++spare;
-      map[t] = spare++;
-      unlinked[t] = true;
+  for (int64_t r = 0, s = 0; r < h; ++r) {
+    for (int64_t c = 0; c < w; ++c, ++s) {
+      const float ty = round_target(r, flow[hw + s]);
+      const float tx = round_target(c, flow[s]);
+      const bool valid = !occ[s] & (ty >= 0.f) & (ty < hf) & (tx >= 0.f) & (tx < wf);
+      // an invalid source reads target 0 and offers kNoKey there: a no-op
+      const int64_t t = valid ? static_cast<int64_t>(ty) * w + static_cast<int64_t>(tx) : 0;
+      const float d0 = src_rgb[s] - tgt_rgb[t];
+      const float d1 = src_rgb[hw + s] - tgt_rgb[hw + t];
+      const float d2 = src_rgb[2 * hw + s] - tgt_rgb[2 * hw + t];
+      const float sq0 = d0 * d0, sq1 = d1 * d1, sq2 = d2 * d2;
+      const float err = ((sq0 + sq1) + sq2) / 3.0f;
+      uint32_t bits;
+      std::memcpy(&bits, &err, sizeof(bits));
+      // non-negative floats order like their bit patterns: min key = smallest error, then smallest source
+      const uint64_t key = valid ? (static_cast<uint64_t>(bits) << 32) | static_cast<uint64_t>(s) : kNoKey;
+      best[t] = std::min(best[t], key);
     }
+  }
+  // used sources (winners) marked in map (as scratch), then the unused ones listed in ascending order
+  std::fill(map, map + hw, int64_t(0));
+  for (int64_t t = 0; t < hw; ++t) {
+    const bool linked = best[t] != kNoKey;
+    map[linked ? static_cast<int64_t>(best[t] & 0xFFFFFFFFu) : 0] |= linked ? 1 : 0;
+  }
+  int64_t n_spare = 0;
+  for (int64_t s = 0; s < hw; ++s) {
+    spare[n_spare] = s;
+    n_spare += map[s] ? 0 : 1;
+  }
+  // the k-th unlinked target takes the k-th unused source (the published prefix-order fill)
+  int64_t k = 0;
+  for (int64_t t = 0; t < hw; ++t) {
+    const bool linked = best[t] != kNoKey;
+    map[t] = linked ? static_cast<int64_t>(best[t] & 0xFFFFFFFFu) : spare[k];
+    unlinked[t] = !linked;
+    k += linked ? 0 : 1;
   }
 }
 
@@ -104,10 +116,10 @@ std::tuple<at::Tensor, at::Tensor> flow_correspondence_cpu(const at::Tensor& bwd
   bool* ul = unlinked.data_ptr<bool>();
   at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint64_t> best(hw);
-    std::vector<uint8_t> used(hw);
+    std::vector<int64_t> spare(hw);
     for (int64_t i = begin; i < end; ++i) {
       pair_map(fl + i * 2 * hw, oc + i * hw, fr + i * 3 * hw, fr + (i + 1) * 3 * hw, h, w, mp + i * hw, ul + i * hw,
-               best.data(), used.data());
+               best.data(), spare.data());
     }
   });
 
@@ -115,18 +127,24 @@ std::tuple<at::Tensor, at::Tensor> flow_correspondence_cpu(const at::Tensor& bwd
   at::Tensor seg = at::empty({n, hw}, frames.options().dtype(at::kInt));
   int64_t* fp = fwd.data_ptr<int64_t>();
   int32_t* sp = seg.data_ptr<int32_t>();
-  // fwd[i+1][p] = map_i[fwd[i][p]], seg[i+1][p] = seg[i][p] + unlinked_i[fwd[i][p]]
-  at::parallel_for(0, hw, 2048, [&](int64_t begin, int64_t end) {
+  // fwd[i+1][p] = map_i[fwd[i][p]], seg[i+1][p] = seg[i][p] + unlinked_i[fwd[i][p]]: frame by frame within a block
+  // of trajectories, so the gathers of one frame are independent loads (no chain of dependent loads per trajectory)
+  at::parallel_for(0, hw, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      int64_t cur = p;
-      int32_t s = 0;
-      fp[p] = cur;
-      sp[p] = s;
-      for (int64_t i = 0; i < pairs; ++i) {
-        s += ul[i * hw + cur] ? 1 : 0;
-        cur = mp[i * hw + cur];
-        fp[(i + 1) * hw + p] = cur;
-        sp[(i + 1) * hw + p] = s;
+      fp[p] = p;
+      sp[p] = 0;
+    }
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int64_t* prev = fp + i * hw;
+      const int32_t* sprev = sp + i * hw;
+      const int64_t* m = mp + i * hw;
+      const bool* u = ul + i * hw;
+      int64_t* next = fp + (i + 1) * hw;
+      int32_t* snext = sp + (i + 1) * hw;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t cur = prev[p];
+        next[p] = m[cur];
+        snext[p] = sprev[p] + (u[cur] ? 1 : 0);
       }
     }
   });

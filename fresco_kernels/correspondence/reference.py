@@ -26,7 +26,7 @@ def single_pair_mapping_loop(bwd_flow: torch.Tensor, occ: torch.Tensor, frame_i:
     _, H, W = flows.shape
     masks = torch.logical_not(occ)[None]
     frames = torch.stack([frame_i, frame_i1]).float().reshape(2, 3, -1)
-    grid = torch.stack(torch.meshgrid([torch.arange(H), torch.arange(W)], indexing="ij"), dim=0)
+    grid = torch.stack(torch.meshgrid([torch.arange(H), torch.arange(W)], indexing="ij"), dim=0).to(flows.device)
     warp_grid = torch.round(grid + flows)
     mask = torch.logical_and(torch.logical_and(torch.logical_and(torch.logical_and(
         warp_grid[0] >= 0, warp_grid[0] < H), warp_grid[1] >= 0), warp_grid[1] < W), masks[0]).view(-1)
@@ -49,7 +49,7 @@ def single_pair_mapping_loop(bwd_flow: torch.Tensor, occ: torch.Tensor, frame_i:
                 else:
                     mask[f0ind] = False
 
-    unusedind = torch.arange(len(mask))[~mask]
+    unusedind = torch.arange(len(mask)).to(mask.device)[~mask]
     unlinkedmask = mapping_ind == -1
     mapping_ind[unlinkedmask] = unusedind
     return mapping_ind, unlinkedmask
@@ -66,11 +66,11 @@ def flow_correspondence_loop(bwd_flow: torch.Tensor, occ: torch.Tensor,
     for i in range(n - 1):
         mapping_ind, unlinkedmask = single_pair_mapping_loop(bwd_flow[i], occ[i], frames[i], frames[i + 1])
         if i == 0:
-            fwd_mapping = [torch.arange(len(mapping_ind))]
+            fwd_mapping = [torch.arange(len(mapping_ind)).to(mapping_ind.device)]
         unlinked.append(unlinkedmask)
         fwd_mapping += [mapping_ind[fwd_mapping[-1]]]
     fwd = torch.stack(fwd_mapping)
-    segment = [torch.zeros(fwd.shape[1], dtype=torch.int32)]
+    segment = [torch.zeros(fwd.shape[1], dtype=torch.int32, device=fwd.device)]
     for i in range(n - 1):
         segment.append(segment[-1] + unlinked[i][fwd[i]].to(torch.int32))
     return fwd, torch.stack(segment), published_mask(fwd, torch.stack(unlinked))
@@ -80,9 +80,9 @@ def published_mask(fwd_mapping: torch.Tensor, unlinked: torch.Tensor) -> torch.T
     """`interattn_mask` [hw, 1, N, N] exactly as `get_mapping_ind` builds it: where trajectory p's link i -> i+1 is
     broken (its pixel in frame i is an unlinked target of map_i), frames <= i and > i stop attending each other."""
     n, hw = fwd_mapping.shape
-    iterattn_mask = torch.ones(hw, n, n, dtype=torch.bool)
+    iterattn_mask = torch.ones(hw, n, n, dtype=torch.bool, device=fwd_mapping.device)
     for i in range(n - 1):
-        one_mask = torch.ones(n, n, dtype=torch.bool)
+        one_mask = torch.ones(n, n, dtype=torch.bool, device=fwd_mapping.device)
         one_mask[:i + 1, i + 1:] = False
         one_mask[i + 1:, :i + 1] = False
         broken = unlinked[i][fwd_mapping[i]]
