@@ -129,7 +129,9 @@ std::tuple<at::Tensor, at::Tensor> flow_correspondence_cpu(const at::Tensor& bwd
   int32_t* sp = seg.data_ptr<int32_t>();
   // fwd[i+1][p] = map_i[fwd[i][p]], seg[i+1][p] = seg[i][p] + unlinked_i[fwd[i][p]]: frame by frame within a block
   // of trajectories, so the gathers of one frame are independent loads (no chain of dependent loads per trajectory)
-  at::parallel_for(0, hw, 1024, [&](int64_t begin, int64_t end) {
+  // a gather is a few ns: split only when a chunk has ~64k of them (threads cost more than small chains)
+  const int64_t chain_grain = std::max<int64_t>(2048, 65536 / std::max<int64_t>(pairs, 1));
+  at::parallel_for(0, hw, chain_grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       fp[p] = p;
       sp[p] = 0;
