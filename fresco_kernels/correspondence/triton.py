@@ -58,7 +58,8 @@ def _correspondence_keys_kernel(
     tx_i = tl.where(valid, tx, 0.0).to(tl.int32)
     src_off = (pair + 1) * sfr_n + r.to(tl.int64) * sfr_h + c.to(tl.int64) * sfr_w
     tgt_off = pair * sfr_n + ty_i.to(tl.int64) * sfr_h + tx_i.to(tl.int64) * sfr_w
-    # colour error ((d0^2 + d1^2) + d2^2) / 3 in fp32, each operation rounded (no FMA: launched without fp fusion)
+    # colour error ((d0^2 + d1^2) + d2^2) / 3 in fp32, each operation rounded like torch on CPU: no FMA (launched
+    # without fp fusion) and a correctly rounded division (fp32 `/` is div.full, <= 2 ulp, on NVIDIA)
     d0 = tl.load(frames_ptr + src_off, mask=valid, other=0.0) - tl.load(frames_ptr + tgt_off, mask=valid, other=0.0)
     d1 = (tl.load(frames_ptr + src_off + sfr_c, mask=valid, other=0.0)
           - tl.load(frames_ptr + tgt_off + sfr_c, mask=valid, other=0.0))
