@@ -15,7 +15,8 @@ lib.define("flow_correspondence(Tensor bwd_flow, Tensor occ, Tensor frames) -> (
 
 @torch.library.register_fake("fresco::flow_correspondence")
 def _(bwd_flow, occ, frames):
-    torch._check(frames.dim() == 4 and frames.shape[1] == 3, lambda: f"frames must be [N, 3, h, w], got {list(frames.shape)}")
+    torch._check(frames.dim() == 4 and frames.shape[1] == 3,
+                 lambda: f"frames must be [N, 3, h, w], got {list(frames.shape)}")
     torch._check(bwd_flow.shape[0] == frames.shape[0] - 1, lambda: "bwd_flow must be [N-1, 2, h, w]")
     n, _, h, w = frames.shape
     return frames.new_empty((n, h * w), dtype=torch.int64), frames.new_empty((n, h * w), dtype=torch.int32)
