@@ -11,6 +11,7 @@
 #include <cmath>
 #include <type_traits>
 #include <vector>
+#include "simd.h"
 
 namespace fresco {
 namespace {
@@ -34,13 +35,6 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               seg.scalar_type());
 }
 
-// x86-64 Linux with GCC: the arithmetic core is also compiled for AVX2 and picked at load time (ifunc), so one
-// portable binary runs 8-wide where the CPU allows
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define FRESCO_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FRESCO_SIMD_CLONES
-#endif
 
 // q . k over n channels with 8 independent partial sums (vectorised without reassociating a single sum)
 template <typename acc_t>
