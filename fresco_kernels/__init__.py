@@ -7,6 +7,7 @@ from ._library import CPU_IMPL, cpp_status
 # --- ops (one import line per op folder) ---
 from .flow_warp import coords_grid, flow_warp, flow_warp_reference
 from .warp_loss import warp_consistency_loss, warp_consistency_loss_reference
+from .occlusion import dilate, forward_backward_check, occlusion_from_flows, resample_for_attention, resample_for_loss
 from .gram_loss import gram_loss, gram_loss_reference, normalize_features
 from .optimize import adain, optimize_features
 from .trajectory_attention import segment_mask, trajectory_attention, trajectory_attention_reference
@@ -26,6 +27,7 @@ __all__ = [
     "BACKENDS", "get_backend", "set_backend", "use_backend", "cpp_status", "cpu_impls",
     "flow_warp", "flow_warp_reference", "coords_grid",
     "warp_consistency_loss", "warp_consistency_loss_reference",
+    "forward_backward_check", "occlusion_from_flows", "resample_for_loss", "resample_for_attention", "dilate",
     "gram_loss", "gram_loss_reference", "normalize_features",
     "optimize_features", "adain",
     "trajectory_attention", "trajectory_attention_reference", "segment_mask",
