@@ -1,0 +1,133 @@
+"""The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
+`fresco make-clip` (a synthetic test clip)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import config as cfgmod
+
+
+def _render_parser(sub) -> None:
+    p = sub.add_parser("render", help="stylise a video (or a folder of images) with a prompt",
+                       description="Render VIDEO in the style of --prompt with FRESCO. Flags override --config.")
+    p.add_argument("video", nargs="?", help="input video file or folder of images (YAML: file_path)")
+    p.add_argument("--config", help="YAML file with the published keys (file_path, save_path, prompt, sd_path, "
+                                    "mininterv, ...) and ours; see fresco.config.RenderConfig")
+    p.add_argument("--prompt")
+    p.add_argument("--negative-prompt", dest="negative_prompt")
+    p.add_argument("-o", "--out", dest="save_path", help="output folder (YAML: save_path; default out/<video name>)")
+    p.add_argument("--output", help="output name inside the folder: a .mp4 (default video.mp4) or a folder name "
+                                    "for PNG frames")
+    p.add_argument("--model", dest="sd_path", help="diffusers SD1.5 id or local path, or 'tiny-random' (offline)")
+    p.add_argument("--controlnet", dest="controlnet_type", choices=cfgmod.CONTROLNET_TYPES)
+    p.add_argument("--cond-scale", dest="cond_scale", type=float)
+    p.add_argument("--no-controlnet", dest="use_controlnet", action="store_const", const=False)
+    p.add_argument("--freeu", dest="use_freeu", action="store_const", const=True)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="keyframes per batch N (default 8)")
+    p.add_argument("--steps", dest="num_inference_steps", type=int)
+    p.add_argument("--warmup-steps", dest="num_warmup_steps", type=int)
+    p.add_argument("--end-opt-step", dest="end_opt_step", type=int)
+    p.add_argument("--opt-iters", dest="opt_iters", type=int, help="Adam iterations per optimised step (20)")
+    p.add_argument("--guidance-scale", dest="guidance_scale", type=float)
+    p.add_argument("--s-min", "--mininterv", dest="mininterv", type=int, help="min keyframe gap (10)")
+    p.add_argument("--s-max", "--maxinterv", dest="maxinterv", type=int, help="max keyframe gap (30)")
+    p.add_argument("--interval", type=int, help="fixed keyframe interval (sets s_min = s_max)")
+    p.add_argument("--size", help="processing size WxH (multiples of 64); default: short side --short-side")
+    p.add_argument("--short-side", dest="short_side", type=int, help="short side before rounding to 64 (512)")
+    p.add_argument("--fps", type=float, help="frame rate for a folder of images (default 30)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=cfgmod.DTYPES)
+    p.add_argument("--backend", choices=("fused", "reference"), help="fresco_kernels ops or the PyTorch reference")
+    p.add_argument("--crf", type=int, help="H.264 quality (18)")
+    p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
+                   help="start over even when the output folder holds finished batches")
+    p.add_argument("--overwrite", action="store_const", const=True,
+                   help="replace a render of other settings in the output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
+    base = cfgmod.from_mapping(cfgmod.load_yaml(args.config), args.config) if args.config else cfgmod.RenderConfig()
+    overrides = {k: getattr(args, k) for k in ("prompt", "negative_prompt", "save_path", "output", "sd_path",
+                                                "controlnet_type", "cond_scale", "use_controlnet", "use_freeu",
+                                                "seed", "batch_size", "num_inference_steps", "num_warmup_steps",
+                                                "end_opt_step", "opt_iters", "guidance_scale", "mininterv",
+                                                "maxinterv", "size", "short_side", "fps", "device", "dtype",
+                                                "backend", "crf", "resume", "overwrite")}
+    overrides["file_path"] = args.video
+    if args.interval is not None:
+        if args.mininterv is not None or args.maxinterv is not None:
+            raise ValueError("--interval: give either --interval or --s-min/--s-max, not both")
+        overrides["mininterv"] = overrides["maxinterv"] = args.interval
+    cfg = cfgmod.merge(base, overrides)
+    if cfg.save_path is None and cfg.file_path:
+        cfg.save_path = str(Path("out") / Path(cfg.file_path.rstrip("/")).stem)
+    return cfg.validate()
+
+
+def _info() -> int:
+    import platform
+
+    import torch
+
+    import fresco_kernels as fk
+    from . import __version__
+    try:
+        import triton
+        triton_v = triton.__version__
+    except ImportError:
+        triton_v = "not installed"
+    cuda = torch.cuda.is_available()
+    print(f"fresco {__version__}  python {platform.python_version()}  torch {torch.__version__}  triton {triton_v}")
+    print(f"CUDA: {torch.cuda.get_device_name(0) + ' (CUDA ' + str(torch.version.cuda) + ')' if cuda else 'no'}")
+    print(f"ops backend (global switch): {fk.get_backend()}")
+    print(f"C++ CPU kernels: {fk.cpp_status()}")
+    print("op: CPU / CUDA")
+    for name, impl in sorted(fk.cpu_impls().items()):
+        print(f"  fresco::{name}: {impl} / {'triton' if cuda else '-'}")
+    for mod in ("av", "diffusers", "transformers", "cv2"):
+        try:
+            m = __import__(mod)
+            print(f"{mod}: {getattr(m, '__version__', 'installed')}")
+        except ImportError:
+            print(f"{mod}: not installed")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fresco", description="FRESCO zero-shot video-to-video translation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _render_parser(sub)
+    sub.add_parser("info", help="print versions and which implementation serves each op")
+    clip = sub.add_parser("make-clip", help="write a synthetic test clip (moving shapes on a texture)")
+    clip.add_argument("path")
+    clip.add_argument("--frames", type=int, default=96)
+    clip.add_argument("--size", default="256x256", help="WxH")
+    clip.add_argument("--fps", type=float, default=24)
+    clip.add_argument("--audio", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            return _info()
+        if args.command == "make-clip":
+            from .video import make_synthetic_clip
+            w, h = (int(v) for v in args.size.lower().split("x"))
+            print(make_synthetic_clip(args.path, args.frames, (w, h), args.fps, audio=args.audio))
+            return 0
+        from .render import render
+        cfg = _build_config(args)
+        result = render(cfg, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fresco: error: {e}", file=sys.stderr)
+        return 2
+    print(f"video:     {result.video}")
+    print(f"keyframes: {result.keys_dir}  ({len(result.keys)} keys in {len(result.batches)} batch(es))")
+    print(f"preview:   {result.preview}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Whole-video rendering: keyframe selection, anchored batches through the one-batch pipeline, propagation to the
+other frames, streamed output; resumable from the output folder after a crash (one finished batch at a time)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .config import RenderConfig
+from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
+from .propagate import FlowEstimator, propagate
+from .video import VideoInfo, VideoWriter, probe, processing_size, read_frames
+
+STATE = "state.json"
+PREVIEW_KEYS = 6
+
+
+class BatchStylizer(Protocol):
+    """Renders one batch of keyframes (the one-batch FRESCO pipeline behind a narrow interface).
+
+    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order; anchor_latents: None for the first
+    batch, else one [2, C, h, w] tensor per denoising step run: the latents that frames 0 and 1 of this batch (the
+    anchors) must hold at the start of that step. Returns the stylised frames [N, H, W, 3] uint8 and, per step,
+    the [2, C, h, w] latents of frames 0 and N-1 at the start of the step (after anchors were restored), which
+    become the next batch's anchors."""
+
+    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]
+                 ) -> tuple[np.ndarray, list[torch.Tensor]]: ...
+
+
+@dataclass
+class RenderResult:
+    video: Path
+    keys_dir: Path
+    preview: Path
+    keys: list[int]
+    batches: list[Batch]
+    n_frames: int
+    fps: float
+    size: tuple[int, int]
+    timings: dict = field(default_factory=dict)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    _atomic_write_bytes(path, buf.tobytes())
+
+
+def _load_png(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"keyframe '{path}' is missing or unreadable; re-run with --overwrite")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
+    """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
+    skip = {"save_path", "output", "resume", "overwrite", "crf", "device", "run_ebsynth", "max_process"}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    p = Path(info.path)
+    st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
+        [(p.name, p.stat().st_size, p.stat().st_mtime_ns)]
+    blob = json.dumps({"settings": settings, "input": st, "size": size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _State:
+    """state.json in the output folder: the fingerprint, keys, batches and which batches are finished. Written
+    atomically after each finished batch; a batch counts only once its keyframes and latents are on disk."""
+
+    def __init__(self, root: Path):
+        self.path = root / STATE
+        self.data: dict = {}
+
+    def load(self) -> Optional[dict]:
+        if not self.path.exists():
+            return None
+        with open(self.path) as f:
+            self.data = json.load(f)
+        return self.data
+
+    def save(self) -> None:
+        _atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+
+
+def _clear(root: Path, cfg: RenderConfig) -> None:
+    for name in (STATE, cfg.output, "preview.png"):
+        p = root / name
+        if p.is_dir():
+            for f in p.iterdir():
+                f.unlink()
+            p.rmdir()
+        elif p.exists():
+            p.unlink()
+    for sub in ("keys", "latents"):
+        d = root / sub
+        if d.is_dir():
+            for f in d.iterdir():
+                f.unlink()
+
+
+def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> tuple[list[int], int]:
+    """(keyframes, exact frame count) from one streamed decode at the processing size."""
+    if cfg.mininterv == cfg.maxinterv:
+        n = sum(1 for _ in read_frames(info.path, size))
+        return (fixed_keyframes(n, cfg.mininterv) if n else []), n
+    errors = frame_errors(read_frames(info.path, size))
+    return (select_keyframes(errors, cfg.mininterv, cfg.maxinterv) if errors else []), len(errors)
+
+
+def _batch_frames(info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
+    """Yield (batch, [N, H, W, 3] frames) for `batches` from one streamed decode, holding only the current batch's
+    frames plus key 0 and the previous batch's last key (the anchors)."""
+    todo = list(batches)
+    if not todo:
+        return
+    keep: dict[int, np.ndarray] = {}
+    need_anchor = {0} | {b.frames[1] for b in todo if b.n_anchors}
+    cur = 0
+    for i, img in enumerate(read_frames(info.path, size)):
+        b = todo[cur]
+        if i in b.frames or i in need_anchor:
+            keep[i] = img
+        if i == b.frames[-1]:
+            yield b, np.stack([keep[k] for k in b.frames])
+            cur += 1
+            if cur == len(todo):
+                return
+            keep = {k: v for k, v in keep.items() if k in {0} | set(todo[cur].frames)}
+    raise ValueError(f"input: the video ended before keyframe {todo[cur].frames[-1]} (decoded fewer frames "
+                     f"than on the first pass)")
+
+
+def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> None:
+    """Input keyframes on the top row, their stylised versions below."""
+    def row(imgs):
+        scaled = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
+                             interpolation=cv2.INTER_AREA) for im in imgs]
+        return np.concatenate(scaled, axis=1)
+    _save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))
+
+
+def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
+           make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
+           flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
+           progress: bool = True) -> Optional[RenderResult]:
+    """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
+    run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
+    `make_stylizer(cfg)` when not given."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    timings = {"keyframes_s": 0.0, "diffusion_s": 0.0, "propagation_s": 0.0}
+    t0 = time.perf_counter()
+    info = probe(cfg.file_path, cfg.fps)
+    size = cfg.frame_size() or processing_size(info.width, info.height, cfg.short_side)
+    root = Path(cfg.save_path)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "keys").mkdir(exist_ok=True)
+    (root / "latents").mkdir(exist_ok=True)
+    state = _State(root)
+    fp = _fingerprint(cfg, info, size)
+    old = state.load()
+    if old is not None and (cfg.overwrite or not cfg.resume):
+        _clear(root, cfg)
+        old = None
+    elif old is not None and old.get("fingerprint") != fp:
+        raise ValueError(f"save_path: '{root}' holds a render of other settings or another input; use --overwrite "
+                         f"to replace it or choose another folder")
+
+    if old is None:
+        keys, n = select_keys(cfg, info, size)
+        if n < 2:
+            raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
+        batches = plan_batches(keys, cfg.batch_size)
+        state.data = {"fingerprint": fp, "n_frames": n, "size": list(size), "fps": str(info.fps), "keys": keys,
+                      "batches": [[list(b.frames), b.n_anchors] for b in batches], "done": [], "complete": False}
+        state.save()
+    else:
+        keys, n = state.data["keys"], state.data["n_frames"]
+        batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
+        _log(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished")
+    timings["keyframes_s"] = time.perf_counter() - t0
+    for note in cfg.unused_notes():
+        _log(f"fresco: note: {note}")
+    _log(f"fresco: {n} frames at {size[0]}x{size[1]}, {info.fps} fps; {len(keys)} keyframes in {len(batches)} "
+         f"batch(es) of up to {cfg.batch_size}")
+
+    todo = [b for b in batches if b.index not in state.data["done"]]
+    if todo:
+        if stylizer is None:
+            if make_stylizer is None:
+                from .pipeline_adapter import make_stylizer as default_make
+                make_stylizer = default_make
+            stylizer = make_stylizer(cfg)
+        bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
+                   disable=not progress)
+        for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
+            if stop_after is not None and run_count >= stop_after:
+                bar.close()
+                return None
+            anchors = None
+            if b.n_anchors:
+                anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
+            t = time.perf_counter()
+            images, record = stylizer(frames, anchors)
+            timings["diffusion_s"] += time.perf_counter() - t
+            if images.shape != frames.shape or images.dtype != np.uint8:
+                raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
+            for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
+                _save_png(root / "keys" / f"{k:05d}.png", img)
+            buf = root / "latents" / f"{b.index:04d}.pt"
+            torch.save([r.detach().cpu() for r in record], buf.with_name(f".{buf.name}.tmp"))
+            os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
+            state.data["done"] = sorted(set(state.data["done"]) | {b.index})
+            state.save()
+            bar.update(1)
+        bar.close()
+
+    t = time.perf_counter()
+    if flow is None:
+        from .propagate import DISFlow
+        flow = DISFlow()
+    device = _device(cfg)
+    preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
+    sources, outputs = [], []
+
+    def frames_with_preview():
+        for i, img in enumerate(read_frames(info.path, size)):
+            if i in preview_keys:
+                sources.append(img)
+            yield i, img
+
+    stream = frames_with_preview()
+    out_path = root / cfg.output
+    with VideoWriter(out_path, info.fps, size, audio_from=None if info.is_folder else info.path,
+                     crf=cfg.crf) as writer:
+        count = 0
+        bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
+        for out in propagate((img for _, img in stream), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png"),
+                             flow, device):
+            if count in preview_keys:
+                outputs.append(out)
+            writer.write(out)
+            count += 1
+            bar.update(1)
+        bar.close()
+        if count != n:
+            raise RuntimeError(f"input: decoded {count} frames now but {n} on the first pass")
+    timings["propagation_s"] = time.perf_counter() - t
+    preview = root / "preview.png"
+    _preview(preview, sources, outputs)
+    state.data["complete"] = True
+    state.save()
+    timings["total_s"] = time.perf_counter() - t0
+    return RenderResult(out_path, root / "keys", preview, keys, batches, n, float(info.fps), size, timings)
+
+
+def _device(cfg: RenderConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
