@@ -70,32 +70,46 @@ inline void warp_term(const acc_t* tgt, const acc_t* src, const Coef<acc_t>& k, 
   }
 }
 
-// One task: CFG chunk k, channels [c0, c0 + nc), every frame pair; returns the task's sum of |·|.
+// One task: CFG chunk k, channels [c0, c0 + nc), every frame pair. xs/gs: the task's channels-last slabs
+// [N, HW, kCB] of features and gradient (gs zeroed, or null for loss only); returns the task's sum of |·|.
 template <typename acc_t>
-FRESCO_SIMD_CLONES double chunk_block(const acc_t* xp, acc_t* gp, const Coef<acc_t>* cb, const Coef<acc_t>* cf,
-                                      const acc_t* bop, const acc_t* fop, int64_t k, int64_t c0, int64_t nc, int64_t N,
-                                      int64_t HW, int64_t C, acc_t scale) {
+FRESCO_SIMD_CLONES double chunk_block(const acc_t* xs, acc_t* gs, const Coef<acc_t>* cb, const Coef<acc_t>* cf,
+                                      const acc_t* bop, const acc_t* fop, int64_t nc, int64_t N, int64_t HW,
+                                      acc_t scale) {
   acc_t lanes[kCB] = {}, tmp[kCB];
   for (int64_t i = 0; i < N; ++i) {
-    // frame a = c1 (frame i) and frame b = c2 (frame i+1, wrapping) of chunk k, from channel c0 on
-    const int64_t a = k * N + i, b = k * N + (i + 1) % N;
-    const acc_t* xa = xp + a * HW * C + c0;
-    const acc_t* xb = xp + b * HW * C + c0;
-    acc_t* ga = gp ? gp + a * HW * C + c0 : nullptr;
-    acc_t* gb = gp ? gp + b * HW * C + c0 : nullptr;
+    // frame a = c1 (frame i) and frame b = c2 (frame i+1, wrapping)
+    const int64_t a = i, b = (i + 1) % N;
+    const acc_t* xa = xs + a * HW * kCB;
+    const acc_t* xb = xs + b * HW * kCB;
+    acc_t* ga = gs ? gs + a * HW * kCB : nullptr;
+    acc_t* gb = gs ? gs + b * HW * kCB : nullptr;
     for (int64_t p = 0; p < HW; ++p) {
       const int64_t q = i * HW + p;
       // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
       const acc_t mb = acc_t(1) - bop[q];
-      if (mb != acc_t(0)) warp_term(xb + p * C, xa, cb[q], mb, C, nc, scale, lanes, gb ? gb + p * C : nullptr, ga, tmp);
+      if (mb != acc_t(0)) warp_term(xb + p * kCB, xa, cb[q], mb, kCB, nc, scale, lanes, gb ? gb + p * kCB : nullptr, ga, tmp);
       // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
       const acc_t mf = acc_t(1) - fop[q];
-      if (mf != acc_t(0)) warp_term(xa + p * C, xb, cf[q], mf, C, nc, scale, lanes, ga ? ga + p * C : nullptr, gb, tmp);
+      if (mf != acc_t(0)) warp_term(xa + p * kCB, xb, cf[q], mf, kCB, nc, scale, lanes, ga ? ga + p * kCB : nullptr, gb, tmp);
     }
   }
   double total = 0;
   for (int64_t c = 0; c < nc; ++c) total += double(lanes[c]);
   return total;
+}
+
+// A dense [B, C, H, W] tensor, NCHW or channels-last: element (b, c, p) sits at b*sb + c*sc + p*sp.
+struct Dense {
+  int64_t sb, sc, sp;
+};
+
+Dense dense_strides(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(3)};
+}
+
+bool is_dense(const at::Tensor& t) {
+  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tensor& fwd_flow, const at::Tensor& bwd_flow,
@@ -112,34 +126,63 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
     TORCH_CHECK(t->dim() == 4 && t->size(0) == N && t->size(1) == 1 && t->size(2) == H && t->size(3) == W,
                 "warp_consistency_loss: occlusions must be [N,1,h,w] = [", N, ",1,", H, ",", W, "], got ", t->sizes());
   const auto acc_type = feat_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // [B, H, W, C] in the accumulation type (free when feat already is channels-last fp32)
-  auto x = feat_in.to(acc_type).permute({0, 2, 3, 1}).contiguous();
+  // read in the caller's layout when it is dense (NCHW or channels-last): no whole-tensor copy
+  const auto feat = is_dense(feat_in) ? feat_in : feat_in.contiguous();
   auto ff = fwd_flow.to(acc_type).contiguous(), bf = bwd_flow.to(acc_type).contiguous();
   auto fo = fwd_occ.to(acc_type).contiguous(), bo = bwd_occ.to(acc_type).contiguous();
-  auto grad = need_grad ? at::zeros_like(x) : at::Tensor();
+  auto out = need_grad ? at::empty_like(feat_in) : at::empty({0}, feat_in.options());
+  auto g = need_grad && !is_dense(out) ? at::empty_like(feat) : out;
   const int64_t HW = H * W, nblk = (C + kCB - 1) / kCB;
   auto partial = at::zeros({chunks * nblk}, feat_in.options().dtype(at::kDouble));
   const double scale = 2.0 / double(B * C * HW);
-  AT_DISPATCH_FLOATING_TYPES(acc_type, "warp_consistency_loss_cpu", [&] {
-    using acc_t = scalar_t;
+  const Dense fs = dense_strides(feat), gst = need_grad ? dense_strides(g) : Dense{0, 0, 0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_consistency_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const auto cb = pair_coeffs<acc_t>(bf, N, H, W);
     const auto cf = pair_coeffs<acc_t>(ff, N, H, W);
     const acc_t* bop = bo.data_ptr<acc_t>();
     const acc_t* fop = fo.data_ptr<acc_t>();
-    const acc_t* xp = x.data_ptr<acc_t>();
-    acc_t* gp = need_grad ? grad.data_ptr<acc_t>() : nullptr;
+    const scalar_t* xp = feat.data_ptr<scalar_t>();
+    scalar_t* gp = need_grad ? g.data_ptr<scalar_t>() : nullptr;
     double* part = partial.data_ptr<double>();
     at::parallel_for(0, chunks * nblk, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc_t> xs(N * HW * kCB), gs(need_grad ? N * HW * kCB : 0);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t k = t / nblk, c0 = (t % nblk) * kCB;
-        part[t] = chunk_block(xp, gp, cb.data(), cf.data(), bop, fop, k, c0, std::min(kCB, C - c0), N, HW, C,
+        const int64_t k = t / nblk, c0 = (t % nblk) * kCB, nc = std::min(kCB, C - c0);
+        // stage the task's channels-last slab (unused lanes stay 0 and are never read back)
+        for (int64_t f = 0; f < N; ++f) {
+          const scalar_t* src = xp + (k * N + f) * fs.sb + c0 * fs.sc;
+          acc_t* dst = xs.data() + f * HW * kCB;
+          // the unit-stride axis of the source innermost (pixels for NCHW, channels for channels-last)
+          if (fs.sp == 1) {
+            for (int64_t c = 0; c < nc; ++c)
+              for (int64_t p = 0; p < HW; ++p) dst[p * kCB + c] = acc_t(src[c * fs.sc + p]);
+          } else {
+            for (int64_t p = 0; p < HW; ++p)
+              for (int64_t c = 0; c < nc; ++c) dst[p * kCB + c] = acc_t(src[c * fs.sc + p * fs.sp]);
+          }
+        }
+        if (need_grad) std::fill(gs.begin(), gs.end(), acc_t(0));
+        part[t] = chunk_block(xs.data(), need_grad ? gs.data() : nullptr, cb.data(), cf.data(), bop, fop, nc, N, HW,
                               acc_t(scale));
+        if (!need_grad) continue;
+        for (int64_t f = 0; f < N; ++f) {
+          const acc_t* src = gs.data() + f * HW * kCB;
+          scalar_t* dst = gp + (k * N + f) * gst.sb + c0 * gst.sc;
+          if (gst.sp == 1) {
+            for (int64_t c = 0; c < nc; ++c)
+              for (int64_t p = 0; p < HW; ++p) dst[c * gst.sc + p] = scalar_t(src[p * kCB + c]);
+          } else {
+            for (int64_t p = 0; p < HW; ++p)
+              for (int64_t c = 0; c < nc; ++c) dst[c * gst.sc + p * gst.sp] = scalar_t(src[p * kCB + c]);
+          }
+        }
       }
     });
   });
   auto loss = (partial.sum() * scale).to(acc_type);
-  at::Tensor g = need_grad ? at::empty_like(feat_in).copy_(grad.permute({0, 3, 1, 2})) : at::empty({0}, feat_in.options());
-  return {loss, g};
+  if (need_grad && !g.is_same(out)) out.copy_(g);
+  return {loss, out};
 }
 
 at::Tensor loss_cpu(const at::Tensor& feat, const at::Tensor& fwd_flow, const at::Tensor& bwd_flow,
