@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from .render import render
         cfg = _build_config(args)
         result = render(cfg, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"fresco: error: {e}", file=sys.stderr)
         return 2
     print(f"video:     {result.video}")

@@ -8,7 +8,8 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from fresco_kernels import flow_warp
+from fresco_kernels import flow_warp, forward_backward_check
+from fresco_kernels.occlusion import PHOTO_THRESHOLD
 
 
 class FlowEstimator(Protocol):
@@ -42,16 +43,11 @@ class DISFlow:
 
 def occlusion(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W] 0/1 occlusion on `frame`'s grid of the warp `warp(other, fwd)` (SEMANTICS.md "Flow and
-    occlusion"): forward-backward check ||f + warp(b, f)|| > 0.01 (||f|| + ||b||) + 0.5, OR the mean over RGB of
-    |frame - warp(other, f)| > 0.25 * 255. fwd: frame -> other, bwd: other -> frame; frames in 0..255."""
-    back = flow_warp(bwd, fwd)
-    def norm(f: torch.Tensor) -> torch.Tensor:
-        return (f * f).sum(dim=1, keepdim=True).sqrt()
-
-    fb = norm(fwd + back)
-    thresh = 0.01 * (norm(fwd) + norm(bwd)) + 0.5
-    photo = (frame - flow_warp(other, fwd)).abs().mean(dim=1, keepdim=True) > 0.25 * 255
-    return ((fb > thresh) | photo).float()
+    occlusion"): `fresco_kernels.forward_backward_check` on the pair (frame, other), OR the mean over RGB of
+    |frame - warp(other, fwd)| > 0.25 * 255. fwd: frame -> other, bwd: other -> frame; frames in 0..255."""
+    fb_occ, _ = forward_backward_check(fwd, bwd)
+    photo = (frame - flow_warp(other, fwd)).abs().mean(dim=1) > PHOTO_THRESHOLD * 255
+    return (fb_occ.bool() | photo).float().unsqueeze(1)
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,

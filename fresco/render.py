@@ -214,7 +214,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     if todo:
         if stylizer is None:
             if make_stylizer is None:
-                from .pipeline_adapter import make_stylizer as default_make
+                from .stylize import make_stylizer as default_make
                 make_stylizer = default_make
             stylizer = make_stylizer(cfg)
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",

@@ -92,18 +92,21 @@ def test_anchors_restored_from_previous_batch(clip, tmp_path):
 
 
 def test_resume_after_kill_matches_uninterrupted(clip, tmp_path):
-    full = render(_cfg(clip, tmp_path / "full"), stylizer=StandInStylizer(), progress=False)
-    assert render(_cfg(clip, tmp_path / "part"), stylizer=StandInStylizer(), stop_after=1, progress=False) is None
+    # PNG frames out: compared bit for bit (the H.264 bytes themselves are not compared, see the report in git log)
+    full = render(_cfg(clip, tmp_path / "full", output="frames"), stylizer=StandInStylizer(), progress=False)
+    part = _cfg(clip, tmp_path / "part", output="frames")
+    assert render(part, stylizer=StandInStylizer(), stop_after=1, progress=False) is None
     state = json.loads((tmp_path / "part" / "state.json").read_text())
     assert state["done"] == [0] and not state["complete"]
-    assert not (tmp_path / "part" / "video.mp4").exists()
+    assert not (tmp_path / "part" / "frames").exists() and not (tmp_path / "part" / "preview.png").exists()
     st = StandInStylizer()
-    res = render(_cfg(clip, tmp_path / "part"), stylizer=st, progress=False)
+    res = render(part, stylizer=st, progress=False)
     assert len(st.calls) == len(full.batches) - 1
     for k in full.keys:
-        a = (full.keys_dir / f"{k:05d}.png").read_bytes()
-        assert a == (res.keys_dir / f"{k:05d}.png").read_bytes(), k
-    assert all(np.array_equal(x, y) for x, y in zip(read_frames(full.video), read_frames(res.video)))
+        assert (full.keys_dir / f"{k:05d}.png").read_bytes() == (res.keys_dir / f"{k:05d}.png").read_bytes(), k
+    names = sorted(p.name for p in full.video.iterdir())
+    assert len(names) == 72 and names == sorted(p.name for p in res.video.iterdir())
+    assert all((full.video / n).read_bytes() == (res.video / n).read_bytes() for n in names)
 
 
 def test_changed_settings_need_overwrite(clip, tmp_path):
