@@ -71,27 +71,28 @@ inline void warp_term(const acc_t* tgt, const acc_t* src, const Coef<acc_t>& k, 
 }
 
 // One task: CFG chunk k, channels [c0, c0 + nc), every frame pair. xs/gs: the task's channels-last slabs
-// [N, HW, kCB] of features and gradient (gs zeroed, or null for loss only); returns the task's sum of |·|.
+// [N, HW, ld] (ld = min(kCB, C)) of features and gradient (gs zeroed, or null for loss only); returns the task's
+// sum of |·|.
 template <typename acc_t>
 FRESCO_SIMD_CLONES double chunk_block(const acc_t* xs, acc_t* gs, const Coef<acc_t>* cb, const Coef<acc_t>* cf,
-                                      const acc_t* bop, const acc_t* fop, int64_t nc, int64_t N, int64_t HW,
-                                      acc_t scale) {
+                                      const acc_t* bop, const acc_t* fop, int64_t nc, int64_t ld, int64_t N,
+                                      int64_t HW, acc_t scale) {
   acc_t lanes[kCB] = {}, tmp[kCB];
   for (int64_t i = 0; i < N; ++i) {
     // frame a = c1 (frame i) and frame b = c2 (frame i+1, wrapping)
     const int64_t a = i, b = (i + 1) % N;
-    const acc_t* xa = xs + a * HW * kCB;
-    const acc_t* xb = xs + b * HW * kCB;
-    acc_t* ga = gs ? gs + a * HW * kCB : nullptr;
-    acc_t* gb = gs ? gs + b * HW * kCB : nullptr;
+    const acc_t* xa = xs + a * HW * ld;
+    const acc_t* xb = xs + b * HW * ld;
+    acc_t* ga = gs ? gs + a * HW * ld : nullptr;
+    acc_t* gb = gs ? gs + b * HW * ld : nullptr;
     for (int64_t p = 0; p < HW; ++p) {
       const int64_t q = i * HW + p;
       // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
       const acc_t mb = acc_t(1) - bop[q];
-      if (mb != acc_t(0)) warp_term(xb + p * kCB, xa, cb[q], mb, kCB, nc, scale, lanes, gb ? gb + p * kCB : nullptr, ga, tmp);
+      if (mb != acc_t(0)) warp_term(xb + p * ld, xa, cb[q], mb, ld, nc, scale, lanes, gb ? gb + p * ld : nullptr, ga, tmp);
       // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
       const acc_t mf = acc_t(1) - fop[q];
-      if (mf != acc_t(0)) warp_term(xa + p * kCB, xb, cf[q], mf, kCB, nc, scale, lanes, ga ? ga + p * kCB : nullptr, gb, tmp);
+      if (mf != acc_t(0)) warp_term(xa + p * ld, xb, cf[q], mf, ld, nc, scale, lanes, ga ? ga + p * ld : nullptr, gb, tmp);
     }
   }
   double total = 0;
@@ -132,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
   auto fo = fwd_occ.to(acc_type).contiguous(), bo = bwd_occ.to(acc_type).contiguous();
   auto out = need_grad ? at::empty_like(feat_in) : at::empty({0}, feat_in.options());
   auto g = need_grad && !is_dense(out) ? at::empty_like(feat) : out;
-  const int64_t HW = H * W, nblk = (C + kCB - 1) / kCB;
+  const int64_t HW = H * W, nblk = (C + kCB - 1) / kCB, ld = std::min(kCB, C);
   auto partial = at::zeros({chunks * nblk}, feat_in.options().dtype(at::kDouble));
   const double scale = 2.0 / double(B * C * HW);
   const Dense fs = dense_strides(feat), gst = need_grad ? dense_strides(g) : Dense{0, 0, 0};
@@ -146,35 +147,35 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
     scalar_t* gp = need_grad ? g.data_ptr<scalar_t>() : nullptr;
     double* part = partial.data_ptr<double>();
     at::parallel_for(0, chunks * nblk, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<acc_t> xs(N * HW * kCB), gs(need_grad ? N * HW * kCB : 0);
+      std::vector<acc_t> xs(N * HW * ld), gs(need_grad ? N * HW * ld : 0);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t k = t / nblk, c0 = (t % nblk) * kCB, nc = std::min(kCB, C - c0);
         // stage the task's channels-last slab (unused lanes stay 0 and are never read back)
         for (int64_t f = 0; f < N; ++f) {
           const scalar_t* src = xp + (k * N + f) * fs.sb + c0 * fs.sc;
-          acc_t* dst = xs.data() + f * HW * kCB;
+          acc_t* dst = xs.data() + f * HW * ld;
           // the unit-stride axis of the source innermost (pixels for NCHW, channels for channels-last)
           if (fs.sp == 1) {
             for (int64_t c = 0; c < nc; ++c)
-              for (int64_t p = 0; p < HW; ++p) dst[p * kCB + c] = acc_t(src[c * fs.sc + p]);
+              for (int64_t p = 0; p < HW; ++p) dst[p * ld + c] = acc_t(src[c * fs.sc + p]);
           } else {
             for (int64_t p = 0; p < HW; ++p)
-              for (int64_t c = 0; c < nc; ++c) dst[p * kCB + c] = acc_t(src[c * fs.sc + p * fs.sp]);
+              for (int64_t c = 0; c < nc; ++c) dst[p * ld + c] = acc_t(src[c * fs.sc + p * fs.sp]);
           }
         }
         if (need_grad) std::fill(gs.begin(), gs.end(), acc_t(0));
-        part[t] = chunk_block(xs.data(), need_grad ? gs.data() : nullptr, cb.data(), cf.data(), bop, fop, nc, N, HW,
+        part[t] = chunk_block(xs.data(), need_grad ? gs.data() : nullptr, cb.data(), cf.data(), bop, fop, nc, ld, N, HW,
                               acc_t(scale));
         if (!need_grad) continue;
         for (int64_t f = 0; f < N; ++f) {
-          const acc_t* src = gs.data() + f * HW * kCB;
+          const acc_t* src = gs.data() + f * HW * ld;
           scalar_t* dst = gp + (k * N + f) * gst.sb + c0 * gst.sc;
           if (gst.sp == 1) {
             for (int64_t c = 0; c < nc; ++c)
-              for (int64_t p = 0; p < HW; ++p) dst[c * gst.sc + p] = scalar_t(src[p * kCB + c]);
+              for (int64_t p = 0; p < HW; ++p) dst[c * gst.sc + p] = scalar_t(src[p * ld + c]);
           } else {
             for (int64_t p = 0; p < HW; ++p)
-              for (int64_t c = 0; c < nc; ++c) dst[c * gst.sc + p * gst.sp] = scalar_t(src[p * kCB + c]);
+              for (int64_t c = 0; c < nc; ++c) dst[c * gst.sc + p * gst.sp] = scalar_t(src[p * ld + c]);
           }
         }
       }

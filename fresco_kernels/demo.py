@@ -68,6 +68,33 @@ def main(argv=None) -> int:
     t_f = _timed(lambda: fk.flow_warp(src, bwd, backend="fused"))
     t_r = _timed(lambda: fk.flow_warp(src, bwd, backend="reference"))
     print(f"           time: fused {t_f * 1e3:.2f} ms, reference {t_r * 1e3:.2f} ms")
+
+    # the temporal loss over the clip's cyclic pairs (incl. the wrap pair N-1 -> 0), with the frames standing in for
+    # decoder features under CFG (two chunks)
+    n = args.frames
+    step_flow = -bwd[:1]
+    fwd = torch.cat([step_flow.expand(n - 1, -1, -1, -1), -(n - 1) * step_flow])
+    bwd_all = torch.cat([-step_flow.expand(n - 1, -1, -1, -1), (n - 1) * step_flow])
+    fwd_occ, bwd_occ = fk.occlusion_from_flows(fwd, bwd_all, frames)
+    feat = torch.cat([frames, frames]).div(255).requires_grad_()
+    args_ = (fwd, bwd_all, fwd_occ[:, None], bwd_occ[:, None], 2)
+    print(f"occlusion  {fwd_occ.mean().item() * 100:.1f}% of forward, {bwd_occ.mean().item() * 100:.1f}% of backward pixels occluded")
+    losses, grads = {}, {}
+    for backend in ("fused", "reference"):
+        feat.grad = None
+        loss = fk.warp_consistency_loss(feat, *args_, backend=backend)
+        loss.backward()
+        losses[backend], grads[backend] = loss.item(), feat.grad.clone()
+    print(f"warp_consistency_loss (~0: the clip is consistent along these flows)  "
+          f"fused {losses['fused']:.2e}  reference {losses['reference']:.2e}  "
+          f"max |grad diff| = {(grads['fused'] - grads['reference']).abs().max().item():.1e}")
+
+    def step(backend):
+        feat.grad = None
+        fk.warp_consistency_loss(feat, *args_, backend=backend).backward()
+
+    print(f"           fwd+bwd time: fused {_timed(lambda: step('fused')) * 1e3:.2f} ms, "
+          f"reference {_timed(lambda: step('reference')) * 1e3:.2f} ms")
     return 0
 
 
