@@ -55,9 +55,13 @@ torch.library.register_autograd("fresco::gram_loss", _backward_loss, setup_conte
 def _setup_fwd_bwd(ctx, inputs, output):
     ctx.save_for_backward(output[1])
     ctx.mark_non_differentiable(output[1])
+    # the gradient output gets no incoming gradient: don't have autograd zero-fill a feat-sized tensor for it
+    ctx.set_materialize_grads(False)
 
 
 def _backward_fwd_bwd(ctx, grad_loss, _grad_of_grad):
+    if grad_loss is None:
+        return None, None, None, None, None
     (grad,) = ctx.saved_tensors
     return grad * grad_loss, None, None, None, None
 
