@@ -1,0 +1,84 @@
+"""Optical flow of a keyframe batch behind a pluggable estimator interface, and the batch's occlusion masks
+(SEMANTICS.md "Flow and occlusion"): cyclic pairs (i, i+1) for i = 0..N-2 plus the wrap pair (N-1, 0).
+
+Estimators: OpenCV DIS (default, offline, CPU) and torchvision RAFT, the latter only when its weights are already in
+the local torch hub cache (never downloaded here). Any callable `(src, dst) -> flow` fits (see `FlowEstimator`)."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple, Union
+
+import torch
+
+from fresco_kernels import occlusion_from_flows
+
+from .propagate import DISFlow, FlowEstimator
+
+__all__ = ["FlowEstimator", "DISFlow", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS", "batch_flows"]
+
+FLOW_ESTIMATORS = ("dis", "raft")
+
+
+class RAFTFlow:
+    """torchvision's RAFT (large) behind the `FlowEstimator` interface. The weights must already be in the torch hub
+    cache (`torch.hub.get_dir()/checkpoints`); otherwise a clear error says where to put them (nothing is
+    downloaded). H and W must be multiples of 8."""
+
+    def __init__(self, device: Union[str, torch.device] = "cpu", num_flow_updates: int = 12):
+        try:
+            from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
+        except ImportError as e:
+            raise RuntimeError("flow='raft' needs torchvision (pip install torchvision); use flow='dis' otherwise") \
+                from e
+        weights = Raft_Large_Weights.DEFAULT
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        if not os.path.isfile(path):
+            raise RuntimeError(f"flow='raft': RAFT weights are not cached at '{path}'; download {weights.url} there "
+                               "yourself (this package never downloads weights), or use flow='dis'")
+        model = raft_large(weights=None, progress=False)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.num_flow_updates = num_flow_updates
+
+    @torch.no_grad()
+    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        dev = next(self.model.parameters()).device
+        a = (src.to(dev, torch.float32) / 127.5 - 1.0)
+        b = (dst.to(dev, torch.float32) / 127.5 - 1.0)
+        flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1]
+        return flow.to(src.device)
+
+
+def get_flow_estimator(flow: Union[str, FlowEstimator, None], device: Union[str, torch.device] = "cpu"
+                       ) -> FlowEstimator:
+    """An estimator from a name ("dis" default, "raft") or the callable itself."""
+    if flow is None or flow == "dis":
+        return DISFlow()
+    if flow == "raft":
+        return RAFTFlow(device)
+    if callable(flow) and not isinstance(flow, str):
+        return flow
+    raise ValueError(f"flow: one of {FLOW_ESTIMATORS} or a callable (src, dst) -> flow, got {flow!r}")
+
+
+@torch.no_grad()
+def batch_flows(frames: torch.Tensor, estimator: FlowEstimator, *, backend: Optional[str] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flows and occlusions of a batch's cyclic pairs.
+
+    Args:
+        frames: [N, 3, H, W] float RGB in 0..255, on the device the masks are wanted on.
+        estimator: (src, dst) -> [B, 2, H, W] flow src -> dst in pixels.
+    Returns:
+        fwd_flow [N, 2, H, W] (frame i -> i+1, the last i = N-1 -> 0), bwd_flow [N, 2, H, W] (frame i+1 -> i),
+        fwd_occ [N, H, W] on frame i's grid, bwd_occ [N, H, W] on frame i+1's grid (float 0/1, forward-backward and
+        photometric tests), all fp32 on frames' device."""
+    n = frames.shape[0]
+    nxt = frames[list(range(1, n)) + [0]]
+    fwd = estimator(frames, nxt).to(frames.device, torch.float32)
+    bwd = estimator(nxt, frames).to(frames.device, torch.float32)
+    expect = (n, 2) + tuple(frames.shape[2:])
+    if tuple(fwd.shape) != expect or tuple(bwd.shape) != expect:
+        raise RuntimeError(f"flow estimator returned {list(fwd.shape)} / {list(bwd.shape)}, expected {list(expect)}")
+    fwd_occ, bwd_occ = occlusion_from_flows(fwd, bwd, frames.float(), backend=backend)
+    return fwd, bwd, fwd_occ, bwd_occ
