@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo test test-cuda bench-cpu bench-gpu clean
+.PHONY: install demo test test-cuda bench-cpu bench-gpu bench-e2e clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench-gpu:
 	PYTHONPATH=. $(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-json=$(OUT)/bench-gpu.json
 	PYTHONPATH=. $(PY) -m benchmarks.report $(OUT)/bench-gpu.json > $(OUT)/bench-gpu.md
 	cat $(OUT)/bench-gpu.md
+
+# FRESCO end to end on one batch (random SD1.5 weights, fused vs reference, time per stage + peak memory);
+# needs diffusers on the machine. Split a long matrix with ARGS, e.g. ARGS="--sizes 512x896 --n 16".
+bench-e2e:
+	mkdir -p $(OUT)
+	PYTHONPATH=. $(PY) -m benchmarks.e2e --out $(OUT) $(ARGS)
 
 clean:
 	rm -rf build *.egg-info fresco_kernels/_C*.so fresco_kernels/_C_build.json

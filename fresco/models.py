@@ -130,23 +130,27 @@ def _placed(parts: Components, device, dtype: torch.dtype) -> Components:
 
 
 def tiny_components(seed: int = 0, controlnet: bool = True, sd15_widths: bool = False,
-                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu") -> Components:
+                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                    text_encoder: bool = True) -> Components:
     """Random-weight components with SD1.5's structure, built from configs (no files, no network).
 
     sd15_widths=False: tiny channels (UNet 32/32/64/64, 8 heads; VAE 8/16/16/16; 2-layer 32-wide CLIP) for CPU
     tests; True: SD1.5's full widths (UNet 320/640/1280/1280, VAE 128..512, 12-layer CLIP-L) for GPU benchmarks.
-    The tokenizer is the byte-level `tiny_tokenizer` either way. Weights depend only on `seed`."""
+    The tokenizer is the byte-level `tiny_tokenizer` either way. text_encoder=False: no tokenizer/text encoder
+    (prompts then go in as embeddings) and no transformers import. Weights depend only on `seed`."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextModel
 
     tiny = not sd15_widths
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer() if text_encoder else None
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         unet = UNet2DConditionModel(**unet_config(tiny))
         vae = AutoencoderKL(**vae_config(tiny))
-        text_encoder = CLIPTextModel(text_config(tiny, vocab_size=len(tokenizer)))
+        text_model = None
+        if text_encoder:
+            from transformers import CLIPTextModel
+            text_model = CLIPTextModel(text_config(tiny, vocab_size=len(tokenizer)))
         cn = None
         if controlnet:
             cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32) if tiny
@@ -160,7 +164,7 @@ def tiny_components(seed: int = 0, controlnet: bool = True, sd15_widths: bool = 
                         p.normal_(0.0, 0.02)
     finally:
         torch.random.set_rng_state(gen_state)
-    return _placed(Components(unet, vae, text_encoder, tokenizer, make_scheduler(), cn), device, dtype)
+    return _placed(Components(unet, vae, text_model, tokenizer, make_scheduler(), cn), device, dtype)
 
 
 def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] = None,

@@ -181,10 +181,10 @@ class FrescoPipeline:
 
     @classmethod
     def tiny(cls, seed: int = 0, controlnet: bool = True, device="cpu", dtype=torch.float32, flow="dis",
-             sd15_widths: bool = False) -> "FrescoPipeline":
+             sd15_widths: bool = False, text_encoder: bool = True) -> "FrescoPipeline":
         """The random-weight SD1.5-structured model (see fresco.models.tiny_components)."""
         parts = tiny_components(seed=seed, controlnet=controlnet, sd15_widths=sd15_widths, dtype=dtype,
-                                device=device)
+                                device=device, text_encoder=text_encoder)
         return cls(parts, torch.device(device), dtype, control_type="canny" if controlnet else None, flow=flow)
 
     # ------------------------------------------------------------------ helpers
@@ -412,6 +412,10 @@ class FrescoPipeline:
                 hooks = DecoderHooks(self.unet, ctrl, opt_layers, iters=opt_iters, lr=opt_lr,
                                      temporal=temporal_loss, spatial_weight=spatial_weight if spatial_loss else 0.0,
                                      reduction=loss_reduction, adain_eps=adain_eps, smooth=smoothing)
+            if use_freeu:
+                # on for the reference pass too, as in the published code (FreeU is patched into its UNet)
+                self.unet.enable_freeu(**FREEU)
+                freeu_set = True
             spatial_on = spatial_attention and spatial_attention_steps > 0
             need_ref = spatial_on or (optimize_on and spatial_loss and spatial_weight > 0)
             if need_ref:
@@ -425,9 +429,6 @@ class FrescoPipeline:
                     self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), t_ref, encoder_hidden_states=embeds,
                               return_dict=False)
                     ctrl.mode = "off"
-            if use_freeu:
-                self.unet.enable_freeu(**FREEU)
-                freeu_set = True
             start_noise = noise[:1].expand_as(noise) if repeat_noise else noise
             latents = self.scheduler.add_noise(latent_x0, start_noise,
                                                torch.tensor([timesteps[num_warmup_steps]], device=dev))
