@@ -339,9 +339,16 @@ class FrescoPipeline:
         end_opt_step = sched_info["end_opt_step"]
         bg_steps = set(sched_info["bg_smoothing_steps"])
         n_run = num_inference_steps - num_warmup_steps
-        if anchor_latents is not None and len(anchor_latents) != n_run:
-            raise ValueError(f"anchor_latents: one [2, 4, h, w] tensor per run step ({n_run}), got "
-                             f"{len(anchor_latents)}")
+        latent_shape = (2, self.unet.config.in_channels, H // self.vae_factor, W // self.vae_factor)
+        if anchor_latents is not None:
+            if len(anchor_latents) != n_run:
+                raise ValueError(f"anchor_latents: one {list(latent_shape)} tensor per run step ({n_run}), got "
+                                 f"{len(anchor_latents)}")
+            bad = [j for j, a in enumerate(anchor_latents)
+                   if not isinstance(a, torch.Tensor) or tuple(a.shape) != latent_shape]
+            if bad:
+                raise ValueError(f"anchor_latents: every entry must be a {list(latent_shape)} tensor (frames 0 and 1 "
+                                 f"of this batch); entries {bad[:5]} are not")
         if loss_reduction not in ("l1", "l2"):
             raise ValueError(f"loss_reduction: 'l1' or 'l2', got {loss_reduction!r}")
 
