@@ -16,8 +16,9 @@ CONTROLNET_IDS = {
     "depth": "lllyasviel/sd-controlnet-depth",
 }
 CONTROL_TYPES = tuple(CONTROLNET_IDS)
-# the name that selects the tiny random-weight model in from_pretrained / the CLI
+# the names that select the tiny random-weight model in from_pretrained / the CLI
 TINY = "tiny"
+TINY_NAMES = (TINY, "tiny-random")
 
 # SD1.5's scheduler: 1000 training steps, scaled-linear betas, leading spacing with steps_offset 1 (t = 951 ... 1
 # at 20 steps); the published code turns it into a DDPM scheduler
@@ -178,7 +179,7 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
     stabilityai/sd-vae-ft-mse). local_files_only=True never touches the network."""
     if controlnet_type is not None and controlnet_type not in CONTROL_TYPES:
         raise ValueError(f"controlnet_type: one of {CONTROL_TYPES} or None, got {controlnet_type!r}")
-    if model == TINY:
+    if model in TINY_NAMES:
         parts = tiny_components(controlnet=controlnet_type is not None or controlnet is not None,
                                 dtype=dtype, device=device)
         if controlnet is not None and not isinstance(controlnet, str):
@@ -188,7 +189,8 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
     from transformers import CLIPTextModel, CLIPTokenizer
 
     if not (os.path.isdir(model) or "/" in model):
-        raise ValueError(f"model: a diffusers model id ('owner/name'), a local folder, or {TINY!r}; got {model!r}")
+        raise ValueError(f"model: a diffusers model id ('owner/name'), a local folder, or one of {TINY_NAMES}; got "
+                         f"{model!r}")
     kw = dict(torch_dtype=dtype, local_files_only=local_files_only)
     try:
         unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw)
