@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo test test-cuda bench-cpu bench-gpu bench-e2e clean
+.PHONY: install demo demo-ops test test-cuda bench-cpu bench-gpu bench-e2e clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(STAMP)
 
+# a short offline render: a generated 72-frame clip through the whole pipeline with the tiny random-weight model
+DEMO_OUT ?= out/demo
 demo: $(STAMP)
+	$(BIN)/fresco make-clip $(DEMO_OUT)/clip.mp4 --frames 72 --size 128x128
+	$(BIN)/fresco render $(DEMO_OUT)/clip.mp4 --prompt "a watercolor painting" --model tiny-random --size 64x64 \
+		--steps 4 --warmup-steps 1 --end-opt-step 2 --opt-iters 2 --s-min 4 --s-max 12 --batch-size 4 \
+		-o $(DEMO_OUT) --overwrite
+
+# the ops alone: fused vs reference agreement and timing on a generated clip with known motion
+demo-ops: $(STAMP)
 	$(BIN)/python -m fresco_kernels.demo
 
 test: $(STAMP)
