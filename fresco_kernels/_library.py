@@ -78,3 +78,40 @@ def impl_cuda(name: str, launcher: Callable) -> None:
     lib.impl(name, launcher, "CUDA")
 
 
+
+
+def register_fused_loss_autograd(loss_op: str, fwd_bwd_op: str, n_args: int) -> None:
+    """Autograd of a fused loss pair whose first argument is the features and whose other arguments get no gradient:
+
+    - `fresco::<fwd_bwd_op>(...) -> (loss, dL/dfeat)` computes both in one pass; its backward scales the stored
+      gradient (the gradient output itself is not differentiable, and autograd does not zero-fill a gradient for it);
+    - `fresco::<loss_op>(...) -> loss` keeps nothing in the forward; its backward runs the fused pass.
+    """
+    nones = (None,) * (n_args - 1)
+
+    def setup_loss(ctx, inputs, output):
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        ctx.save_for_backward(*tensors)
+        ctx.args = inputs
+        ctx.tensor_pos = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
+
+    def backward_loss(ctx, grad_loss):
+        args = list(ctx.args)
+        for i, t in zip(ctx.tensor_pos, ctx.saved_tensors):
+            args[i] = t
+        _, grad = getattr(torch.ops.fresco, fwd_bwd_op)(*args)
+        return (grad * grad_loss,) + nones
+
+    def setup_fwd_bwd(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+
+    def backward_fwd_bwd(ctx, grad_loss, _grad_of_grad):
+        if grad_loss is None:
+            return (None,) + nones
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss,) + nones
+
+    torch.library.register_autograd(f"fresco::{loss_op}", backward_loss, setup_context=setup_loss)
+    torch.library.register_autograd(f"fresco::{fwd_bwd_op}", backward_fwd_bwd, setup_context=setup_fwd_bwd)

@@ -32,6 +32,26 @@ def _bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p):
     return ix, iy, ix0, iy0, ix0f, iy0f
 
 
+@triton.jit
+def _corners(offs_p, flow_ptr, sfc, sfh, sfw, sxh, sxw, H, W, mask_p):
+    """The four corners of each pixel's sample point: the nw corner's offset in x's strides (ne = +sxw, sw = +sxh)
+    and in a contiguous H*W plane (ne = +1, sw = +W), the axis weights (ax0 + ax1 = 1, ay0 + ay1 = 1; corner weight
+    nw = ax0*ay0, ne = ax1*ay0, sw = ax0*ay1, se = ax1*ay1 as ATen's grid_sampler) and each corner's in-bounds mask."""
+    ix, iy, ix0, iy0, ix0f, iy0f = _bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p)
+    ax1 = ix - ix0f
+    ax0 = ix0f + 1.0 - ix
+    ay1 = iy - iy0f
+    ay0 = iy0f + 1.0 - iy
+    in_x0 = (ix0 >= 0) & (ix0 < W)
+    in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
+    in_y0 = (iy0 >= 0) & (iy0 < H)
+    in_y1 = (iy0 + 1 >= 0) & (iy0 + 1 < H)
+    o_nw = iy0.to(tl.int64) * sxh + ix0.to(tl.int64) * sxw
+    g_nw = iy0.to(tl.int64) * W + ix0.to(tl.int64)
+    return (o_nw, g_nw, ax0, ax1, ay0, ay1,
+            mask_p & in_x0 & in_y0, mask_p & in_x1 & in_y0, mask_p & in_x0 & in_y1, mask_p & in_x1 & in_y1)
+
+
 @triton.autotune(
     configs=configs([
         triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4),
@@ -54,25 +74,15 @@ def _flow_warp_fwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < H * W
-    ix, iy, ix0, iy0, ix0f, iy0f = _bilinear_coeffs(offs_p, flow_ptr + b * sfb, sfc, sfh, sfw, H, W, mask_p)
-    # corner weights exactly as ATen's grid_sampler: nw = (ix_se - ix) * (iy_se - iy), ...
-    w_nw = (ix0f + 1.0 - ix) * (iy0f + 1.0 - iy)
-    w_ne = (ix - ix0f) * (iy0f + 1.0 - iy)
-    w_sw = (ix0f + 1.0 - ix) * (iy - iy0f)
-    w_se = (ix - ix0f) * (iy - iy0f)
-    in_x0 = (ix0 >= 0) & (ix0 < W)
-    in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
-    in_y0 = (iy0 >= 0) & (iy0 < H)
-    in_y1 = (iy0 + 1 >= 0) & (iy0 + 1 < H)
-    # [BLOCK_P] int64 element offsets of the four corners (masked where out of bounds)
-    o_nw = iy0.to(tl.int64) * sxh + ix0.to(tl.int64) * sxw
+    o_nw, _, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se = _corners(
+        offs_p, flow_ptr + b * sfb, sfc, sfh, sfw, sxh, sxw, H, W, mask_p)
+    w_nw = ax0 * ay0
+    w_ne = ax1 * ay0
+    w_sw = ax0 * ay1
+    w_se = ax1 * ay1
     o_ne = o_nw + sxw
     o_sw = o_nw + sxh
     o_se = o_sw + sxw
-    m_nw = mask_p & in_x0 & in_y0
-    m_ne = mask_p & in_x1 & in_y0
-    m_sw = mask_p & in_x0 & in_y1
-    m_se = mask_p & in_x1 & in_y1
     h = offs_p // W
     w = offs_p % W
     o_out = h.to(tl.int64) * soh + w.to(tl.int64) * sow
@@ -116,22 +126,9 @@ def _flow_warp_bwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < H * W
-    ix, iy, ix0, iy0, ix0f, iy0f = _bilinear_coeffs(offs_p, flow_ptr + b * sfb, sfc, sfh, sfw, H, W, mask_p)
-    ax1 = ix - ix0f
-    ax0 = ix0f + 1.0 - ix
-    ay1 = iy - iy0f
-    ay0 = iy0f + 1.0 - iy
-    in_x0 = (ix0 >= 0) & (ix0 < W)
-    in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
-    in_y0 = (iy0 >= 0) & (iy0 < H)
-    in_y1 = (iy0 + 1 >= 0) & (iy0 + 1 < H)
-    m_nw = mask_p & in_x0 & in_y0
-    m_ne = mask_p & in_x1 & in_y0
-    m_sw = mask_p & in_x0 & in_y1
-    m_se = mask_p & in_x1 & in_y1
-    o_nw = iy0.to(tl.int64) * sxh + ix0.to(tl.int64) * sxw
-    # grad-x buffer is contiguous NCHW: its own corner offsets
-    g_nw = iy0.to(tl.int64) * W + ix0.to(tl.int64)
+    # the grad-x buffer is contiguous NCHW: g_nw is the nw corner's offset in it
+    o_nw, g_nw, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se = _corners(
+        offs_p, flow_ptr + b * sfb, sfc, sfh, sfw, sxh, sxw, H, W, mask_p)
     h = offs_p // W
     w = offs_p % W
     o_g = h.to(tl.int64) * sgh + w.to(tl.int64) * sgw

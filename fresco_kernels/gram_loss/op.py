@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 
 from .._config import HAS_TRITON
-from .._library import impl_cpu, impl_cuda, lib
+from .._library import impl_cpu, impl_cuda, lib, register_fused_loss_autograd
 from .reference import gram_loss_reference
 
 lib.define("gram_loss(Tensor feat, Tensor ref, str reduction, float weight, str precision) -> Tensor")
@@ -35,38 +35,7 @@ def _(feat, ref, reduction, weight, precision):
     return feat.new_empty((), dtype=_loss_dtype(feat)), torch.empty_like(feat)
 
 
-# fresco::gram_loss: the backward recomputes the tiles with the fused op (the loss-only forward kept nothing)
-def _setup_loss(ctx, inputs, output):
-    feat, ref, reduction, weight, precision = inputs
-    ctx.save_for_backward(feat, ref)
-    ctx.args = (reduction, weight, precision)
-
-
-def _backward_loss(ctx, grad_loss):
-    feat, ref = ctx.saved_tensors
-    _, grad = torch.ops.fresco.gram_loss_fwd_bwd(feat, ref, *ctx.args)
-    return grad * grad_loss, None, None, None, None
-
-
-torch.library.register_autograd("fresco::gram_loss", _backward_loss, setup_context=_setup_loss)
-
-
-# fresco::gram_loss_fwd_bwd: its gradient output is what the backward needs; it is not itself differentiable
-def _setup_fwd_bwd(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1])
-    # the gradient output gets no incoming gradient: don't have autograd zero-fill a feat-sized tensor for it
-    ctx.set_materialize_grads(False)
-
-
-def _backward_fwd_bwd(ctx, grad_loss, _grad_of_grad):
-    if grad_loss is None:
-        return None, None, None, None, None
-    (grad,) = ctx.saved_tensors
-    return grad * grad_loss, None, None, None, None
-
-
-torch.library.register_autograd("fresco::gram_loss_fwd_bwd", _backward_fwd_bwd, setup_context=_setup_fwd_bwd)
+register_fused_loss_autograd("gram_loss", "gram_loss_fwd_bwd", 5)
 
 
 def _reference_loss(feat, ref, reduction: str, weight: float, precision: str) -> torch.Tensor:

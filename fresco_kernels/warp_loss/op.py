@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 
 from .._config import HAS_TRITON
-from .._library import impl_cpu, impl_cuda, lib
+from .._library import impl_cpu, impl_cuda, lib, register_fused_loss_autograd
 from .reference import warp_consistency_loss_reference
 
 _ARGS = "Tensor feat, Tensor fwd_flow, Tensor bwd_flow, Tensor fwd_occ, Tensor bwd_occ, int cfg_chunks"
@@ -38,37 +38,7 @@ def _(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks):
     return feat.new_empty((), dtype=_loss_dtype(feat)), torch.empty_like(feat)
 
 
-# fresco::warp_consistency_loss: the backward runs the fused pass (the loss-only forward kept nothing)
-def _setup_loss(ctx, inputs, output):
-    feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks = inputs
-    ctx.save_for_backward(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ)
-    ctx.cfg_chunks = cfg_chunks
-
-
-def _backward_loss(ctx, grad_loss):
-    _, grad = torch.ops.fresco.warp_consistency_loss_fwd_bwd(*ctx.saved_tensors, ctx.cfg_chunks)
-    return grad * grad_loss, None, None, None, None, None
-
-
-torch.library.register_autograd("fresco::warp_consistency_loss", _backward_loss, setup_context=_setup_loss)
-
-
-# fresco::warp_consistency_loss_fwd_bwd: its gradient output is what the backward needs; not itself differentiable
-def _setup_fwd_bwd(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1])
-    # the gradient output gets no incoming gradient: don't have autograd zero-fill a feat-sized tensor for it
-    ctx.set_materialize_grads(False)
-
-
-def _backward_fwd_bwd(ctx, grad_loss, _grad_of_grad):
-    if grad_loss is None:
-        return None, None, None, None, None, None
-    (grad,) = ctx.saved_tensors
-    return grad * grad_loss, None, None, None, None, None
-
-
-torch.library.register_autograd("fresco::warp_consistency_loss_fwd_bwd", _backward_fwd_bwd, setup_context=_setup_fwd_bwd)
+register_fused_loss_autograd("warp_consistency_loss", "warp_consistency_loss_fwd_bwd", 6)
 
 
 def _reference_loss(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks: int) -> torch.Tensor:

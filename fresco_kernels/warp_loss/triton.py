@@ -10,33 +10,19 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import configs, require_triton
-from ..flow_warp.triton import _bilinear_coeffs
-
-
-@triton.jit
-def _corners(offs_p, flow_ptr, sfc, sfh, sfw, sxh, sxw, H, W, mask_p):
-    """Corner offsets (in x's strides and in the contiguous grad buffer), weights and masks of one warp."""
-    ix, iy, ix0, iy0, ix0f, iy0f = _bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p)
-    ax1 = ix - ix0f
-    ax0 = ix0f + 1.0 - ix
-    ay1 = iy - iy0f
-    ay0 = iy0f + 1.0 - iy
-    in_x0 = (ix0 >= 0) & (ix0 < W)
-    in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
-    in_y0 = (iy0 >= 0) & (iy0 < H)
-    in_y1 = (iy0 + 1 >= 0) & (iy0 + 1 < H)
-    o_nw = iy0.to(tl.int64) * sxh + ix0.to(tl.int64) * sxw
-    g_nw = iy0.to(tl.int64) * W + ix0.to(tl.int64)
-    return (o_nw, g_nw, ax0 * ay0, ax1 * ay0, ax0 * ay1, ax1 * ay1,
-            mask_p & in_x0 & in_y0, mask_p & in_x1 & in_y0, mask_p & in_x0 & in_y1, mask_p & in_x1 & in_y1)
+from ..flow_warp.triton import _corners
 
 
 @triton.jit
 def _warp_term(tgt, src_b, oc, gc, g_src_b, g_tgt_b, o_g, keep, mask_c,
-               o_nw, g_nw, w_nw, w_ne, w_sw, w_se, m_nw, m_ne, m_sw, m_se, sxh, sxw, W, scale,
+               o_nw, g_nw, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se, sxh, sxw, W, scale,
                NEED_GRAD: tl.constexpr):
     """|(tgt − warp(src))·keep| summed over the tile; the gradient scattered to tgt (+) and src's corners (−)."""
     mc = mask_c[None, :]
+    w_nw = ax0 * ay0
+    w_ne = ax1 * ay0
+    w_sw = ax0 * ay1
+    w_se = ax1 * ay1
     # [BLOCK_P, BLOCK_C]
     v_nw = tl.load(src_b + o_nw[:, None] + oc, mask=m_nw[:, None] & mc, other=0.0).to(tl.float32)
     v_ne = tl.load(src_b + o_nw[:, None] + sxw + oc, mask=m_ne[:, None] & mc, other=0.0).to(tl.float32)
