@@ -42,3 +42,8 @@ def check_same_dtype(**tensors: torch.Tensor) -> None:
     for n in names[1:]:
         if tensors[n].dtype != first.dtype:
             raise TypeError(f"{n} has dtype {tensors[n].dtype} but {names[0]} has {first.dtype}: they must match")
+
+
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -154,7 +154,7 @@ def _bad(**over):
     (dict(fwd_flow=torch.randn(3, 2, 5, 7)), r"fwd_flow must have shape \[3, 2, 5, 6\]"),
     (dict(bwd_occ=torch.rand(3, 5, 6)), "bwd_occ must be a 4-D tensor"),
     (dict(fwd_occ=torch.rand(3, 2, 5, 6)), r"fwd_occ must have shape \[3, 1, 5, 6\]"),
-    (dict(cfg_chunks=0), "cfg_chunks must be an int >= 1"),
+    (dict(cfg_chunks=0), "cfg_chunks must be a positive int"),
     (dict(feat=torch.randint(0, 2, (6, 4, 5, 6))), "feat must have dtype in"),
 ])
 def test_bad_input(over, match):

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._validate import check_same_device, check_same_dtype, check_shape, check_tensor
+from .._validate import check_positive_int, check_same_device, check_same_dtype, check_shape, check_tensor
 from .reference import cross_frame_attention_reference, cross_frame_keep_reference
 
 __all__ = ["cross_frame_keep", "cross_frame_kv", "cross_frame_attention", "cross_frame_attention_reference"]
@@ -47,8 +47,7 @@ def cross_frame_kv(k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor
     """
     check_tensor("k", k, ndim=3)
     check_tensor("v", v, ndim=3)
-    if not isinstance(cfg_chunks, int) or cfg_chunks < 1:
-        raise ValueError(f"cfg_chunks must be a positive int, got {cfg_chunks!r}")
+    check_positive_int("cfg_chunks", cfg_chunks)
     B, hw, C = k.shape
     if B % cfg_chunks:
         raise ValueError(f"k's batch ({B}) must be cfg_chunks*N; not divisible by cfg_chunks={cfg_chunks}")
@@ -82,10 +81,8 @@ def cross_frame_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, hea
     check_tensor("q", q, ndim=3)
     check_tensor("K", K, ndim=3)
     check_tensor("V", V, ndim=3)
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
-    if not isinstance(cfg_chunks, int) or cfg_chunks < 1:
-        raise ValueError(f"cfg_chunks must be a positive int, got {cfg_chunks!r}")
+    check_positive_int("heads", heads)
+    check_positive_int("cfg_chunks", cfg_chunks)
     B, hw, C = q.shape
     if C % heads:
         raise ValueError(f"q's last dim ({C}) must be heads*D: not divisible by heads={heads}")

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .._config import resolve_backend
-from .._validate import check_same_device, check_same_dtype, check_shape, check_tensor
+from .._validate import check_positive_int, check_same_device, check_same_dtype, check_shape, check_tensor
 from . import op  # noqa: F401  (registers fresco::trajectory_attention)
 from .op import INFERENCE_ONLY
 from .reference import segment_mask, trajectory_attention_reference
@@ -59,10 +59,8 @@ def trajectory_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fwd_
     check_tensor("v", v, ndim=3)
     check_tensor("fwd_mapping", fwd_mapping, ndim=2, dtypes=(torch.int64,))
     check_tensor("segment", segment, ndim=2, dtypes=(torch.int32,))
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
-    if not isinstance(cfg_chunks, int) or cfg_chunks < 1:
-        raise ValueError(f"cfg_chunks must be a positive int, got {cfg_chunks!r}")
+    check_positive_int("heads", heads)
+    check_positive_int("cfg_chunks", cfg_chunks)
     B, hw, C = q.shape
     if C % heads:
         raise ValueError(f"q's last dim ({C}) must be heads*D: not divisible by heads={heads}")

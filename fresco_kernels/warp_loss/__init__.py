@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .._config import resolve_backend
-from .._validate import check_same_device, check_shape, check_tensor
+from .._validate import check_positive_int, check_same_device, check_shape, check_tensor
 from . import op  # noqa: F401  (registers the ops)
 from .reference import warp_consistency_loss_reference
 
@@ -32,8 +32,7 @@ def warp_consistency_loss(feat: torch.Tensor, fwd_flow: torch.Tensor, bwd_flow: 
         0-d fp32 tensor (fp64 for fp64 feat), differentiable w.r.t. feat.
     """
     check_tensor("feat", feat, ndim=4)
-    if isinstance(cfg_chunks, bool) or not isinstance(cfg_chunks, int) or cfg_chunks < 1:
-        raise ValueError(f"cfg_chunks must be an int >= 1, got {cfg_chunks!r}")
+    check_positive_int("cfg_chunks", cfg_chunks)
     B, C, h, w = feat.shape
     if B % cfg_chunks:
         raise ValueError(f"feat's batch ({B}) must be cfg_chunks ({cfg_chunks}) x N frames")
