@@ -2,14 +2,21 @@
 // once per (pair, direction, pixel). One task per (CFG chunk, block of 64 channels) sweeps every pair: both warp terms,
 // |·| into per-lane partial sums, and the gradient scattered into that channel block of the chunk's frames, which no
 // other task touches (no races, deterministic). Every inner loop runs over contiguous channels, so it vectorises.
-// Warped copies are never stored.
+// A task holds three frames of its block at a time (staged just before their first pair, gradients written out right
+// after their last), so features and gradient cross main memory once each. Warped copies are never stored.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "bilinear.h"
 #include "simd.h"
@@ -47,9 +54,12 @@ std::vector<Coef<acc_t>> pair_coeffs(const at::Tensor& flow, int64_t N, int64_t 
 
 // One warp term over a channel block: d = (tgt − Σ_j w_j src_j)·m; lane sums of |d| and, if wanted, the gradient
 // s = sign(d)·m·scale added to tgt's row and −w_j·s to the source corners' rows.
+// Always inlined: left out of line, GCC may have the AVX2 clone of pair_block call the default-ISA copy (measured
+// 10x slower).
 template <typename acc_t>
-inline void warp_term(const acc_t* tgt, const acc_t* src, const Coef<acc_t>& k, acc_t m, int64_t C, int64_t nc,
-                      acc_t scale, acc_t* lanes, acc_t* g_tgt, acc_t* g_src, acc_t* tmp) {
+__attribute__((always_inline)) inline void warp_term(const acc_t* tgt, const acc_t* src, const Coef<acc_t>& k,
+                                                     acc_t m, int64_t C, int64_t nc, acc_t scale, acc_t* lanes,
+                                                     acc_t* g_tgt, acc_t* g_src, acc_t* tmp) {
   const acc_t* s0 = src + k.off[0] * C;
   const acc_t* s1 = src + k.off[1] * C;
   const acc_t* s2 = src + k.off[2] * C;
@@ -70,34 +80,81 @@ inline void warp_term(const acc_t* tgt, const acc_t* src, const Coef<acc_t>& k, 
   }
 }
 
-// One task: CFG chunk k, channels [c0, c0 + nc), every frame pair. xs/gs: the task's channels-last slabs
-// [N, HW, ld] (ld = min(kCB, C)) of features and gradient (gs zeroed, or null for loss only); returns the task's
-// sum of |·|.
+// One frame pair (a = frame i, b = frame i+1 of the chunk) over a channel block: both warp terms, |·| into the
+// per-channel lanes and, when ga/gb are given, the gradient scattered into the two frames' gradient slabs
+// ([HW, ld] channels-last each).
 template <typename acc_t>
-FRESCO_SIMD_CLONES double chunk_block(const acc_t* xs, acc_t* gs, const Coef<acc_t>* cb, const Coef<acc_t>* cf,
-                                      const acc_t* bop, const acc_t* fop, int64_t nc, int64_t ld, int64_t N,
-                                      int64_t HW, acc_t scale) {
-  acc_t lanes[kCB] = {}, tmp[kCB];
-  for (int64_t i = 0; i < N; ++i) {
-    // frame a = c1 (frame i) and frame b = c2 (frame i+1, wrapping)
-    const int64_t a = i, b = (i + 1) % N;
-    const acc_t* xa = xs + a * HW * ld;
-    const acc_t* xb = xs + b * HW * ld;
-    acc_t* ga = gs ? gs + a * HW * ld : nullptr;
-    acc_t* gb = gs ? gs + b * HW * ld : nullptr;
-    for (int64_t p = 0; p < HW; ++p) {
-      const int64_t q = i * HW + p;
-      // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
-      const acc_t mb = acc_t(1) - bop[q];
-      if (mb != acc_t(0)) warp_term(xb + p * ld, xa, cb[q], mb, ld, nc, scale, lanes, gb ? gb + p * ld : nullptr, ga, tmp);
-      // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
-      const acc_t mf = acc_t(1) - fop[q];
-      if (mf != acc_t(0)) warp_term(xa + p * ld, xb, cf[q], mf, ld, nc, scale, lanes, ga ? ga + p * ld : nullptr, gb, tmp);
+FRESCO_SIMD_CLONES void pair_block(const acc_t* xa, const acc_t* xb, acc_t* ga, acc_t* gb, const Coef<acc_t>* cb,
+                                   const Coef<acc_t>* cf, const acc_t* bop, const acc_t* fop, int64_t nc, int64_t ld,
+                                   int64_t HW, acc_t scale, acc_t* lanes) {
+  acc_t tmp[kCB];
+  for (int64_t p = 0; p < HW; ++p) {
+    // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
+    const acc_t mb = acc_t(1) - bop[p];
+    if (mb != acc_t(0)) warp_term(xb + p * ld, xa, cb[p], mb, ld, nc, scale, lanes, gb ? gb + p * ld : nullptr, ga, tmp);
+    // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
+    const acc_t mf = acc_t(1) - fop[p];
+    if (mf != acc_t(0)) warp_term(xa + p * ld, xb, cf[p], mf, ld, nc, scale, lanes, ga ? ga + p * ld : nullptr, gb, tmp);
+  }
+}
+
+// Transposes between a caller's plane-major block (channel c of pixel p at c*sc + p) and a channels-last slab
+// (p*ld + c). fp32 on AVX2 CPUs: 8x8 register transposes (checked at run time); the rest in column tiles of kTP,
+// so that both sides of a tile stay in L1 (a whole-plane sweep per channel streams the slab through L2 once per
+// channel).
+constexpr int64_t kTP = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FRESCO_AVX2_TRANSPOSE 1
+// dst[j*ds + i] = src[i*ss + j] for i, j < 8
+__attribute__((target("avx2"))) inline void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // rows 0..3 now hold (in 128-bit halves) columns 0, 1, 2, 3 | 4, 5, 6, 7 of source rows 0-3; rows 4..7 of rows 4-7
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ds, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ds, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// The 8x8 tiles of a transpose whose rows and cols are multiples of 8.
+__attribute__((target("avx2"))) void transpose_avx2(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows,
+                                                    int64_t cols) {
+  for (int64_t j0 = 0; j0 < cols; j0 += 8)
+    for (int64_t i0 = 0; i0 < rows; i0 += 8) transpose8x8(src + i0 * ss + j0, ss, dst + j0 * ds + i0, ds);
+}
+#endif
+
+// dst[j*ds + i] = src[i*ss + j] for i < rows, j < cols
+template <typename in_t, typename out_t>
+void transpose(const in_t* src, int64_t ss, out_t* dst, int64_t ds, int64_t rows, int64_t cols) {
+  int64_t r8 = 0, c8 = 0;
+#ifdef FRESCO_AVX2_TRANSPOSE
+  if constexpr (std::is_same_v<in_t, float> && std::is_same_v<out_t, float>) {
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    if (avx2) {
+      r8 = rows / 8 * 8;
+      c8 = cols / 8 * 8;
+      transpose_avx2(src, ss, dst, ds, r8, c8);
     }
   }
-  double total = 0;
-  for (int64_t c = 0; c < nc; ++c) total += double(lanes[c]);
-  return total;
+#endif
+  // what the 8x8 tiles left: the last rows % 8 rows over every column, the last cols % 8 columns over the rest
+  for (int64_t j0 = 0; j0 < cols; j0 += kTP) {
+    const int64_t j1 = std::min(cols, j0 + kTP);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = std::max(j0, i < r8 ? c8 : int64_t(0)); j < j1; ++j) dst[j * ds + i] = out_t(src[i * ss + j]);
+  }
 }
 
 // A dense [B, C, H, W] tensor, NCHW or channels-last: element (b, c, p) sits at b*sb + c*sc + p*sp.
@@ -146,38 +203,54 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
     const scalar_t* xp = feat.data_ptr<scalar_t>();
     scalar_t* gp = need_grad ? g.data_ptr<scalar_t>() : nullptr;
     double* part = partial.data_ptr<double>();
+    // Frame f's gradient is complete once pairs f-1 and f have run (frame 0's after the wrap pair N-1), so a task
+    // keeps only three frames staged: frame 0 in slot 0, frames 1.. alternating in slots 1 and 2. Each frame is read
+    // into its slot just before its first pair and its gradient written out right after its last, while both are
+    // still in cache.
+    auto slot = [](int64_t f) { return f == 0 ? int64_t(0) : 1 + (f & 1); };
     at::parallel_for(0, chunks * nblk, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<acc_t> xs(N * HW * ld), gs(need_grad ? N * HW * ld : 0);
+      std::vector<acc_t> xs(3 * HW * ld), gs(need_grad ? 3 * HW * ld : 0);
+      acc_t lanes[kCB];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t k = t / nblk, c0 = (t % nblk) * kCB, nc = std::min(kCB, C - c0);
-        // stage the task's channels-last slab (unused lanes stay 0 and are never read back)
-        for (int64_t f = 0; f < N; ++f) {
+        // channels-last slab of frame f of this task (unused lanes stay 0 and are never read back)
+        auto stage = [&](int64_t f) {
           const scalar_t* src = xp + (k * N + f) * fs.sb + c0 * fs.sc;
-          acc_t* dst = xs.data() + f * HW * ld;
+          acc_t* dst = xs.data() + slot(f) * HW * ld;
           // the unit-stride axis of the source innermost (pixels for NCHW, channels for channels-last)
           if (fs.sp == 1) {
-            for (int64_t c = 0; c < nc; ++c)
-              for (int64_t p = 0; p < HW; ++p) dst[p * ld + c] = acc_t(src[c * fs.sc + p]);
+            transpose(src, fs.sc, dst, ld, nc, HW);
           } else {
             for (int64_t p = 0; p < HW; ++p)
               for (int64_t c = 0; c < nc; ++c) dst[p * ld + c] = acc_t(src[c * fs.sc + p * fs.sp]);
           }
-        }
-        if (need_grad) std::fill(gs.begin(), gs.end(), acc_t(0));
-        part[t] = chunk_block(xs.data(), need_grad ? gs.data() : nullptr, cb.data(), cf.data(), bop, fop, nc, ld, N, HW,
-                              acc_t(scale));
-        if (!need_grad) continue;
-        for (int64_t f = 0; f < N; ++f) {
-          const acc_t* src = gs.data() + f * HW * ld;
+          if (need_grad) std::fill_n(gs.data() + slot(f) * HW * ld, HW * ld, acc_t(0));
+        };
+        auto write_out = [&](int64_t f) {
+          const acc_t* src = gs.data() + slot(f) * HW * ld;
           scalar_t* dst = gp + (k * N + f) * gst.sb + c0 * gst.sc;
           if (gst.sp == 1) {
-            for (int64_t c = 0; c < nc; ++c)
-              for (int64_t p = 0; p < HW; ++p) dst[c * gst.sc + p] = scalar_t(src[p * ld + c]);
+            transpose(src, ld, dst, gst.sc, HW, nc);
           } else {
             for (int64_t p = 0; p < HW; ++p)
               for (int64_t c = 0; c < nc; ++c) dst[c * gst.sc + p * gst.sp] = scalar_t(src[p * ld + c]);
           }
+        };
+        std::fill_n(lanes, kCB, acc_t(0));
+        stage(0);
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t a = i, b = (i + 1) % N;
+          if (b != 0) stage(b);
+          pair_block(xs.data() + slot(a) * HW * ld, xs.data() + slot(b) * HW * ld,
+                     need_grad ? gs.data() + slot(a) * HW * ld : nullptr,
+                     need_grad ? gs.data() + slot(b) * HW * ld : nullptr, cb.data() + i * HW, cf.data() + i * HW,
+                     bop + i * HW, fop + i * HW, nc, ld, HW, acc_t(scale), lanes);
+          if (need_grad && a != 0) write_out(a);
         }
+        if (need_grad) write_out(0);
+        double total = 0;
+        for (int64_t c = 0; c < nc; ++c) total += double(lanes[c]);
+        part[t] = total;
       }
     });
   });

@@ -17,6 +17,8 @@ CASES = {
     "cfg1-N2-C3-6x5": (1, 2, 3, 6, 5, 2.0),
     "cfg2-N2-C33-9x13": (2, 2, 33, 9, 13, 2.0),
     "cfg2-N5-C7-5x6-out-of-frame": (2, 5, 7, 5, 6, 8.0),
+    # two channel blocks of the C++ kernel (64 + 6), 8x8 register-transpose tiles plus ragged edges
+    "cfg1-N3-C70-9x11": (1, 3, 70, 9, 11, 2.0),
 }
 
 
