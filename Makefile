@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo demo-ops test test-cuda bench-cpu bench-gpu bench-e2e clean
+.PHONY: install demo demo-ops bench-e2e-video test test-cuda bench-cpu bench-gpu bench-e2e clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,3 +59,8 @@ bench-e2e:
 
 clean:
 	rm -rf build *.egg-info fresco_kernels/_C*.so fresco_kernels/_C_build.json
+
+# issue 6's GPU check: a 100-frame 512² clip through fresco.render, SD1.5-architecture random weights, per stage
+bench-e2e-video:
+	mkdir -p $(OUT)
+	PYTHONPATH=. $(PY) -m benchmarks.e2e_video --out $(OUT)

@@ -15,9 +15,9 @@ from .config import RenderConfig
 NEEDED_ARGS = ("anchor_latents", "return_anchor_record")
 
 
-def make_stylizer(cfg: RenderConfig):
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline; a clear error when that pipeline or its
-    anchor hook is not available."""
+def make_stylizer(cfg: RenderConfig, pipe=None):
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model); a clear
+    error when that pipeline or its anchor hook is not available."""
     try:
         from .pipeline import FrescoPipeline
     except ImportError as e:
@@ -28,7 +28,7 @@ def make_stylizer(cfg: RenderConfig):
     if missing:
         raise RuntimeError(f"fresco.pipeline.FrescoPipeline.__call__ lacks {missing}: the renderer restores the "
                            "anchors' latents at every step of each batch after the first")
-    pipe = FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
+    pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
                                           else None, device=cfg.device, dtype=cfg.dtype)
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]):
