@@ -121,8 +121,12 @@ def warp_loss_fwd_bwd(feat: torch.Tensor, fwd_flow: torch.Tensor, bwd_flow: torc
         fwd_occ.stride(0), fwd_occ.stride(2), fwd_occ.stride(3), bwd_occ.stride(0), bwd_occ.stride(2), bwd_occ.stride(3),
         NEED_GRAD=need_grad)
     loss = partial.sum() * scale
-    out_grad = torch.empty_like(feat).copy_(grad) if need_grad else feat.new_empty(0)
-    return loss, out_grad
+    if not need_grad:
+        return loss, feat.new_empty(0)
+    # the fp32 buffer already is the gradient of a contiguous fp32 feat (empty_like's layout): no copy pass
+    if feat.dtype == torch.float32 and feat.is_contiguous():
+        return loss, grad
+    return loss, torch.empty_like(feat).copy_(grad)
 
 
 def warp_loss_fwd(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks: int) -> torch.Tensor:
