@@ -106,7 +106,8 @@ class _Stages:
 
 def _frames_array(frames) -> np.ndarray:
     if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().numpy()
+        frames = frames.detach().cpu()
+        frames = (frames.float() if frames.is_floating_point() else frames).numpy()
     elif isinstance(frames, (list, tuple)):
         if not frames:
             raise ValueError("frames: got an empty list; expected N >= 2 frames [H, W, 3] uint8 RGB")
@@ -119,6 +120,31 @@ def _frames_array(frames) -> np.ndarray:
         raise TypeError(f"frames: expected a uint8 array [N, H, W, 3] (numpy, torch or a list), got "
                         f"{type(frames).__name__}")
     return frames
+
+
+def _frames_input(frames) -> "tuple[np.ndarray, torch.Tensor]":
+    """The call's frames as ([N, H, W, 3] uint8 RGB for the control maps, [N, 3, H, W] float32 0..255 for flow,
+    occlusion and the VAE). Accepted: uint8 [N, H, W, 3] 0..255, or floating point [N, 3, H, W] / [N, H, W, 3] in
+    [0, 1] (numpy, torch or a list of frames); float frames are used exactly, rounded only for the control maps."""
+    frames = _frames_array(frames)
+    if frames.dtype == np.uint8:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames: expected uint8 [N, H, W, 3] RGB, got shape {list(frames.shape)}")
+        return frames, torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise TypeError(f"frames: expected uint8 RGB values 0..255 or floating point values in [0, 1], got dtype "
+                        f"{frames.dtype}")
+    if frames.ndim == 4 and frames.shape[1] == 3:
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+    elif frames.ndim == 4 and frames.shape[-1] == 3:
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)
+    else:
+        raise ValueError(f"frames: expected float [N, 3, H, W] or [N, H, W, 3] RGB, got shape {list(frames.shape)}")
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError(f"frames: floating point frames must hold RGB values in [0, 1] (uint8 for 0..255), got "
+                         f"values in [{float(x.min()):g}, {float(x.max()):g}]")
+    imgs = x * 255.0
+    return imgs.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy(), imgs.contiguous()
 
 
 class FrescoPipeline:
@@ -287,7 +313,8 @@ class FrescoPipeline:
                  vae_chunk: int = 1) -> FrescoOutput:
         """Translate one batch of keyframes.
 
-        frames: [N, H, W, 3] uint8 RGB (numpy, torch or a list), N >= 2, H and W multiples of 64 (SD1.5).
+        frames: [N, H, W, 3] uint8 RGB 0..255, or float [N, 3, H, W] / [N, H, W, 3] RGB in [0, 1] (numpy, torch or
+        a list of frames); N >= 2, H and W multiples of 64 (SD1.5).
         prompt / negative_prompt: a string or one per frame (or prompt_embeds / negative_prompt_embeds [N|1, 77, D]).
         Schedule: `num_inference_steps` DDPM steps; SDEdit skips the first `num_warmup_steps` (or
         round((1 - strength) * steps); default strength 0.75); end_opt_step (default 0.75 * steps) and
@@ -302,11 +329,7 @@ class FrescoPipeline:
         anchor_latents: per run step a [2, 4, h, w] tensor written into frames 0 and 1 at the start of that step
         (long videos); return_anchor_record: also return frames 0 and N-1's latents at each step start.
         vae_chunk: frames per VAE encode/decode call."""
-        frames = _frames_array(frames)
-        if frames.dtype != np.uint8:
-            raise TypeError(f"frames: expected uint8 RGB values 0..255, got dtype {frames.dtype}")
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames: expected [N, H, W, 3] RGB, got shape {list(frames.shape)}")
+        frames, imgs = _frames_input(frames)
         n, H, W = frames.shape[:3]
         if n < 2:
             raise ValueError(f"frames: FRESCO needs N >= 2 frames per batch, got {n}")
@@ -382,7 +405,7 @@ class FrescoPipeline:
         need_flow = cross_frame_attention or temporal_attention or (optimize_on and temporal_loss) or smoothing
         gen = torch.Generator(device=dev).manual_seed(int(seed))
 
-        imgs = torch.from_numpy(frames).to(dev).permute(0, 3, 1, 2).float()
+        imgs = imgs.to(dev)
         ctrl = FrescoController(backend=backend)
         inputs = None
         with stages("flow"):

@@ -240,6 +240,22 @@ def test_stylizer_adapter(pipe):
     assert all(torch.equal(a[0], b[0]) for a, b in zip(record, record2))
 
 
+def test_float_frames_match_uint8(pipe):
+    """Float frames in [0, 1], [N, 3, H, W] (torch) or [N, H, W, 3] (numpy), give the uint8 input's result (they are
+    used exactly; only the control maps and DIS see them rounded, which is what uint8 input gives them)."""
+    frames = make_frames(n=4)
+    kw = dict(feature_optimization=False, num_inference_steps=2, strength=1.0)
+    ref = run(pipe, frames, **kw)
+    assert {k for k, _, _ in ref.events} == {"cross_frame_attention", "spatial_attention", "temporal_attention"}
+    nchw = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    nhwc = frames.astype(np.float64) / 255
+    for x in (nchw, nhwc):
+        out = run(pipe, x, **kw)
+        assert out.events == ref.events
+        # measured max |latent difference| 1.1e-5 (the 0..255 values differ from the uint8 ones by < 3e-5)
+        assert (out.latents - ref.latents).abs().max().item() < 1e-3
+
+
 def test_prompt_embeddings_without_text_encoder(pipe):
     p = FrescoPipeline.from_components(pipe.unet, pipe.vae, controlnet=pipe.controlnet)
     emb = torch.randn(77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(0))
@@ -257,7 +273,10 @@ def test_l2_loss_and_paper_settings(pipe, all_on):
 
 
 BAD = [
-    (dict(frames=make_frames().astype(np.float32)), TypeError, "frames: expected uint8"),
+    (dict(frames=make_frames().astype(np.float32)), ValueError, r"frames: floating point frames must hold RGB values "
+     r"in \[0, 1\]"),
+    (dict(frames=make_frames().astype(np.int16)), TypeError, "frames: expected uint8"),
+    (dict(frames=np.zeros((N, 64, 64, 4), np.float32)), ValueError, r"frames: expected float \[N, 3, H, W\]"),
     (dict(frames=make_frames(n=1)), ValueError, "N >= 2"),
     (dict(frames=make_frames(64, 96)), ValueError, "multiples of 64"),
     (dict(frames=make_frames()[..., :2]), ValueError, r"\[N, H, W, 3\]"),
@@ -338,3 +357,10 @@ def test_cuda_fp16_backends_agree():
     assert torch.isfinite(on["fused"].latents).all()
     assert (on["fused"].latents - on["reference"].latents).abs().mean().item() < LATENT_MEAN_ATOL
     assert on["fused"].peak_memory_bytes > 0 and "denoise" in on["fused"].peak_memory
+
+
+def test_package_exports_the_pipeline():
+    import fresco
+    assert fresco.FrescoPipeline is FrescoPipeline
+    with pytest.raises(AttributeError, match="no attribute 'Pipeline'"):
+        fresco.Pipeline
