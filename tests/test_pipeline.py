@@ -364,3 +364,22 @@ def test_package_exports_the_pipeline():
     assert fresco.FrescoPipeline is FrescoPipeline
     with pytest.raises(AttributeError, match="no attribute 'Pipeline'"):
         fresco.Pipeline
+
+
+def test_from_pretrained_local_folder(tmp_path):
+    """The real loading path, offline: the tiny components saved as a diffusers SD1.5 folder (+ a ControlNet folder)
+    load with local_files_only=True and give the in-memory model's output exactly; a missing folder fails clearly."""
+    from fresco.models import tiny_components
+    parts = tiny_components(seed=0)
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+        getattr(parts, name).save_pretrained(tmp_path / "sd" / name)
+    parts.controlnet.save_pretrained(tmp_path / "cn")
+    loaded = FrescoPipeline.from_pretrained(str(tmp_path / "sd"), controlnet=str(tmp_path / "cn"), device="cpu",
+                                            local_files_only=True)
+    frames = make_frames(n=2)
+    kw = dict(num_inference_steps=2, strength=1.0, opt_iters=1)
+    a = loaded(frames, "a cat", **kw)
+    b = FrescoPipeline(parts)(frames, "a cat", **kw)
+    assert torch.equal(a.latents, b.latents) and a.events == b.events
+    with pytest.raises(RuntimeError, match="model: could not load the SD1.5 components"):
+        FrescoPipeline.from_pretrained(str(tmp_path / "missing"), local_files_only=True)
