@@ -27,9 +27,12 @@
 namespace fresco {
 namespace {
 
+// Slabs hold HW pixel rows per frame plus kPad rows: a corner outside the image has weight 0 and points at its own
+// pad row (HW + corner), so the four corners of a sample are always distinct rows and a term is one branch-free loop
+// (pad rows of the features stay 0; what pad rows of the gradient receive is never read).
 constexpr int64_t kCB = 64;
+constexpr int64_t kPad = 4;
 
-// A corner that falls outside the image has weight 0 and points at pixel 0 (always readable).
 template <typename acc_t>
 struct Coef {
   int64_t off[4];
@@ -47,7 +50,7 @@ std::vector<Coef<acc_t>> pair_coeffs(const at::Tensor& flow, int64_t N, int64_t 
       const acc_t* f = fp + i * 2 * H * W;
       const auto b = bilinear_coeffs<acc_t>(p / W, p % W, f[p], f[H * W + p], H, W);
       for (int j = 0; j < 4; ++j) {
-        co[q].off[j] = b.off[j];
+        co[q].off[j] = b.valid[j] ? b.off[j] : H * W + j;
         co[q].wt[j] = b.wt[j];
       }
     }
@@ -55,49 +58,70 @@ std::vector<Coef<acc_t>> pair_coeffs(const at::Tensor& flow, int64_t N, int64_t 
   return co;
 }
 
-// One warp term over a channel block: d = (tgt − Σ_j w_j src_j)·m; lane sums of |d| and, if wanted, the gradient
-// s = sign(d)·m·scale added to tgt's row and −w_j·s to the source corners' rows.
+// One warp term over a channel block: d = (tgt − Σ_j w_j src_j)·m; lane sums of |d| and, with GRAD, the gradient
+// s = sign(d)·m·scale added to tgt's row and −w_j·s to the source corners' rows (distinct rows, see kPad). NC > 0:
+// the block width known at compile time.
 // Always inlined: left out of line, GCC may have the AVX2 clone of pair_block call the default-ISA copy (measured
 // 10x slower).
-template <typename acc_t>
-__attribute__((always_inline)) inline void warp_term(const acc_t* tgt, const acc_t* src, const Coef<acc_t>& k,
-                                                     acc_t m, int64_t C, int64_t nc, acc_t scale, acc_t* lanes,
-                                                     acc_t* g_tgt, acc_t* g_src, acc_t* tmp) {
-  const acc_t* s0 = src + k.off[0] * C;
-  const acc_t* s1 = src + k.off[1] * C;
-  const acc_t* s2 = src + k.off[2] * C;
-  const acc_t* s3 = src + k.off[3] * C;
-  const acc_t w0 = k.wt[0], w1 = k.wt[1], w2 = k.wt[2], w3 = k.wt[3];
+template <int64_t NC, bool GRAD, typename acc_t>
+__attribute__((always_inline)) inline void warp_term(const acc_t* __restrict__ tgt, const acc_t* __restrict__ src,
+                                                     const Coef<acc_t>& k, acc_t m, int64_t ld, int64_t nc_rt,
+                                                     acc_t scale, acc_t* __restrict__ lanes,
+                                                     acc_t* __restrict__ g_tgt, acc_t* __restrict__ g_src) {
+  const int64_t nc = NC > 0 ? NC : nc_rt;
+  const acc_t* __restrict__ s0 = src + k.off[0] * ld;
+  const acc_t* __restrict__ s1 = src + k.off[1] * ld;
+  const acc_t* __restrict__ s2 = src + k.off[2] * ld;
+  const acc_t* __restrict__ s3 = src + k.off[3] * ld;
+  acc_t* __restrict__ g0 = GRAD ? g_src + k.off[0] * ld : nullptr;
+  acc_t* __restrict__ g1 = GRAD ? g_src + k.off[1] * ld : nullptr;
+  acc_t* __restrict__ g2 = GRAD ? g_src + k.off[2] * ld : nullptr;
+  acc_t* __restrict__ g3 = GRAD ? g_src + k.off[3] * ld : nullptr;
+  const acc_t w0 = k.wt[0], w1 = k.wt[1], w2 = k.wt[2], w3 = k.wt[3], ms = m * scale;
   for (int64_t c = 0; c < nc; ++c) {
     const acc_t d = (tgt[c] - (w0 * s0[c] + w1 * s1[c] + w2 * s2[c] + w3 * s3[c])) * m;
     lanes[c] += std::abs(d);
-    tmp[c] = (acc_t(d > 0) - acc_t(d < 0)) * m * scale;
+    if (GRAD) {
+      const acc_t t = (acc_t(d > 0) - acc_t(d < 0)) * ms;
+      g_tgt[c] += t;
+      g0[c] -= w0 * t;
+      g1[c] -= w1 * t;
+      g2[c] -= w2 * t;
+      g3[c] -= w3 * t;
+    }
   }
-  if (g_tgt == nullptr) return;
-  for (int64_t c = 0; c < nc; ++c) g_tgt[c] += tmp[c];
-  for (int j = 0; j < 4; ++j) {
-    if (k.wt[j] == acc_t(0)) continue;
-    acc_t* g = g_src + k.off[j] * C;
-    const acc_t w = k.wt[j];
-    for (int64_t c = 0; c < nc; ++c) g[c] -= w * tmp[c];
+}
+
+template <int64_t NC, bool GRAD, typename acc_t>
+__attribute__((always_inline)) inline void pair_block_impl(const acc_t* xa, const acc_t* xb, acc_t* ga, acc_t* gb,
+                                                           const Coef<acc_t>* cb, const Coef<acc_t>* cf,
+                                                           const acc_t* bop, const acc_t* fop, int64_t nc, int64_t ld,
+                                                           int64_t HW, acc_t scale, acc_t* lanes) {
+  for (int64_t p = 0; p < HW; ++p) {
+    // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
+    const acc_t mb = acc_t(1) - bop[p];
+    if (mb != acc_t(0))
+      warp_term<NC, GRAD>(xb + p * ld, xa, cb[p], mb, ld, nc, scale, lanes, GRAD ? gb + p * ld : nullptr, ga);
+    // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
+    const acc_t mf = acc_t(1) - fop[p];
+    if (mf != acc_t(0))
+      warp_term<NC, GRAD>(xa + p * ld, xb, cf[p], mf, ld, nc, scale, lanes, GRAD ? ga + p * ld : nullptr, gb);
   }
 }
 
 // One frame pair (a = frame i, b = frame i+1 of the chunk) over a channel block: both warp terms, |·| into the
 // per-channel lanes and, when ga/gb are given, the gradient scattered into the two frames' gradient slabs
-// ([HW, ld] channels-last each).
+// ([HW + kPad, ld] channels-last each).
 template <typename acc_t>
 FRESCO_SIMD_CLONES void pair_block(const acc_t* xa, const acc_t* xb, acc_t* ga, acc_t* gb, const Coef<acc_t>* cb,
                                    const Coef<acc_t>* cf, const acc_t* bop, const acc_t* fop, int64_t nc, int64_t ld,
                                    int64_t HW, acc_t scale, acc_t* lanes) {
-  acc_t tmp[kCB];
-  for (int64_t p = 0; p < HW; ++p) {
-    // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
-    const acc_t mb = acc_t(1) - bop[p];
-    if (mb != acc_t(0)) warp_term(xb + p * ld, xa, cb[p], mb, ld, nc, scale, lanes, gb ? gb + p * ld : nullptr, ga, tmp);
-    // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
-    const acc_t mf = acc_t(1) - fop[p];
-    if (mf != acc_t(0)) warp_term(xa + p * ld, xb, cf[p], mf, ld, nc, scale, lanes, ga ? ga + p * ld : nullptr, gb, tmp);
+  if (nc == kCB) {
+    if (ga) pair_block_impl<kCB, true>(xa, xb, ga, gb, cb, cf, bop, fop, nc, ld, HW, scale, lanes);
+    else pair_block_impl<kCB, false>(xa, xb, ga, gb, cb, cf, bop, fop, nc, ld, HW, scale, lanes);
+  } else {
+    if (ga) pair_block_impl<0, true>(xa, xb, ga, gb, cb, cf, bop, fop, nc, ld, HW, scale, lanes);
+    else pair_block_impl<0, false>(xa, xb, ga, gb, cb, cf, bop, fop, nc, ld, HW, scale, lanes);
   }
 }
 
@@ -208,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
   auto out = need_grad ? at::empty_like(feat_in) : at::empty({0}, feat_in.options());
   auto g = need_grad && !is_dense(out) ? at::empty_like(feat) : out;
   if (need_grad) advise_huge_pages(g);
-  const int64_t HW = H * W, nblk = (C + kCB - 1) / kCB, ld = std::min(kCB, C);
+  const int64_t HW = H * W, nblk = (C + kCB - 1) / kCB, ld = std::min(kCB, C), FS = (HW + kPad) * ld;
   auto partial = at::zeros({chunks * nblk}, feat_in.options().dtype(at::kDouble));
   const double scale = 2.0 / double(B * C * HW);
   const Dense fs = dense_strides(feat), gst = need_grad ? dense_strides(g) : Dense{0, 0, 0};
@@ -227,14 +251,14 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
     // still in cache.
     auto slot = [](int64_t f) { return f == 0 ? int64_t(0) : 1 + (f & 1); };
     at::parallel_for(0, chunks * nblk, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<acc_t> xs(3 * HW * ld), gs(need_grad ? 3 * HW * ld : 0);
+      std::vector<acc_t> xs(3 * FS), gs(need_grad ? 3 * FS : 0);
       acc_t lanes[kCB];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t k = t / nblk, c0 = (t % nblk) * kCB, nc = std::min(kCB, C - c0);
         // channels-last slab of frame f of this task (unused lanes stay 0 and are never read back)
         auto stage = [&](int64_t f) {
           const scalar_t* src = xp + (k * N + f) * fs.sb + c0 * fs.sc;
-          acc_t* dst = xs.data() + slot(f) * HW * ld;
+          acc_t* dst = xs.data() + slot(f) * FS;
           // the unit-stride axis of the source innermost (pixels for NCHW, channels for channels-last)
           if (fs.sp == 1) {
             transpose(src, fs.sc, dst, ld, nc, HW);
@@ -242,10 +266,10 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
             for (int64_t p = 0; p < HW; ++p)
               for (int64_t c = 0; c < nc; ++c) dst[p * ld + c] = acc_t(src[c * fs.sc + p * fs.sp]);
           }
-          if (need_grad) std::fill_n(gs.data() + slot(f) * HW * ld, HW * ld, acc_t(0));
+          if (need_grad) std::fill_n(gs.data() + slot(f) * FS, FS, acc_t(0));
         };
         auto write_out = [&](int64_t f) {
-          const acc_t* src = gs.data() + slot(f) * HW * ld;
+          const acc_t* src = gs.data() + slot(f) * FS;
           scalar_t* dst = gp + (k * N + f) * gst.sb + c0 * gst.sc;
           if (gst.sp == 1) {
             transpose(src, ld, dst, gst.sc, HW, nc);
@@ -259,9 +283,9 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat_in, const at::Tens
         for (int64_t i = 0; i < N; ++i) {
           const int64_t a = i, b = (i + 1) % N;
           if (b != 0) stage(b);
-          pair_block(xs.data() + slot(a) * HW * ld, xs.data() + slot(b) * HW * ld,
-                     need_grad ? gs.data() + slot(a) * HW * ld : nullptr,
-                     need_grad ? gs.data() + slot(b) * HW * ld : nullptr, cb.data() + i * HW, cf.data() + i * HW,
+          pair_block(xs.data() + slot(a) * FS, xs.data() + slot(b) * FS,
+                     need_grad ? gs.data() + slot(a) * FS : nullptr,
+                     need_grad ? gs.data() + slot(b) * FS : nullptr, cb.data() + i * HW, cf.data() + i * HW,
                      bop + i * HW, fop + i * HW, nc, ld, HW, acc_t(scale), lanes);
           if (need_grad && a != 0) write_out(a);
         }
