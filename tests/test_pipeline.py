@@ -383,3 +383,85 @@ def test_from_pretrained_local_folder(tmp_path):
     assert torch.equal(a.latents, b.latents) and a.events == b.events
     with pytest.raises(RuntimeError, match="model: could not load the SD1.5 components"):
         FrescoPipeline.from_pretrained(str(tmp_path / "missing"), local_files_only=True)
+
+
+def _published_attn1(attn, x, ref_x, keep, fwd_mapping, segment, cross_frame, spatial, temporal, n):
+    """The published FRESCOAttnProcessor2_0.__call__ (diffusion_hacked.py) for a self-attention layer, transcribed
+    step by step in plain torch (its einops patterns in the comments), with 2 CFG chunks and the dense `eye` bias
+    of the spatial step kept (it is all zero there)."""
+    B, hw, C = x.shape
+    heads = attn.heads
+    d = C // heads
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    q_raw, k_raw = q.clone(), k.clone()
+    if cross_frame:
+        # "(b f) d c -> b f d c"; key[:, attn_mask] repeated for every frame; "b f d c -> (b f) d c"
+        k = k.view(2, n, hw, C)[:, keep].unsqueeze(1).expand(2, n, -1, C).reshape(B, -1, C)
+        v = v.view(2, n, hw, C)[:, keep].unsqueeze(1).expand(2, n, -1, C).reshape(B, -1, C)
+
+    def split(t):
+        return t.view(B, -1, heads, d).transpose(1, 2)
+
+    q, k, v = split(q), split(k), split(v)
+    if spatial:
+        q_ref, k_ref = split(attn.to_q(ref_x)), split(attn.to_k(ref_x))
+        q = torch.nn.functional.scaled_dot_product_attention(q_ref, k_ref * 0.2, q,
+                                                             attn_mask=torch.eye(hw, hw) * 0.0)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    if temporal:
+        # "(b f) d c -> f (b c) d" for the raw projections, "(b f) h d c -> f (b h c) d" for the output
+        key = k_raw.view(2, n, hw, C).permute(1, 0, 3, 2).reshape(n, 2 * C, hw)
+        query = q_raw.view(2, n, hw, C).permute(1, 0, 3, 2).reshape(n, 2 * C, hw)
+        value = out.view(2, n, heads, hw, d).permute(1, 0, 2, 4, 3).reshape(n, 2 * C, hw)
+        idx = fwd_mapping.unsqueeze(1).expand(-1, 2 * C, -1)
+        key, query, value = key.gather(2, idx), query.gather(2, idx), value.gather(2, idx)
+
+        # "f (b c) d -> (b d) f c", then view(-1, f, heads, D).transpose(1, 2)
+        def traj(t):
+            t = t.view(n, 2, C, hw).permute(1, 3, 0, 2).reshape(2 * hw, n, C)
+            return t.view(-1, n, heads, d).transpose(1, 2)
+
+        seg = segment.t()
+        mask = (seg[:, None, :, None] == seg[:, None, None, :])
+        h_ = torch.nn.functional.scaled_dot_product_attention(traj(query), traj(key) * 0.2, traj(value),
+                                                              attn_mask=mask.repeat(2, 1, 1, 1))
+        # "(b d) h f c -> f (b h c) d", gather with bwd_mapping = argsort(fwd_mapping), "f (b h c) d -> (b f) h d c"
+        h_ = h_.reshape(2, hw, heads, n, d).permute(3, 0, 2, 4, 1).reshape(n, 2 * C, hw)
+        h_ = h_.gather(2, fwd_mapping.argsort(dim=1).unsqueeze(1).expand(-1, 2 * C, -1))
+        out = h_.view(n, 2, heads, d, hw).permute(1, 0, 2, 4, 3).reshape(B, heads, hw, d)
+    out = out.transpose(1, 2).reshape(B, hw, C)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("cross_frame,spatial,temporal", [(True, True, True), (True, False, True),
+                                                          (False, True, True), (True, True, False)])
+def test_processor_matches_published_processor(pipe, backend, cross_frame, spatial, temporal):
+    """One FRESCO self-attention layer (up_blocks.3, 8x8 tokens of 64x64 frames) against the published processor's
+    code path on the masks and trajectories of a real batch (DIS flows of moving shapes)."""
+    from types import SimpleNamespace
+    from fresco.attention import FrescoController
+    from fresco.flow import DISFlow, batch_flows
+    from fresco.inputs import BatchInputs
+    n = 4
+    imgs = torch.from_numpy(make_frames(64, 64, n=n, step=6)).permute(0, 3, 1, 2).float()
+    inputs = BatchInputs(*batch_flows(imgs, DISFlow()))
+    inputs.add_attention_scale(8, imgs / 127.5 - 1, keep=True, trajectories=True)
+    keep, (fwd_mapping, segment) = inputs.keep[64], inputs.trajectories[64]
+    # a batch with real structure: some occluded tokens join the shared K/V, some trajectories are broken
+    assert 0 < int(keep[1:].sum()) and int(segment.max()) > 0
+    name = "up_blocks.3.attentions.0.transformer_blocks.0.attn1"
+    attn = pipe.unet.get_submodule(name)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2 * n, 64, attn.to_q.in_features, generator=g)
+    ref_x = torch.randn(2 * n, 64, attn.to_q.in_features, generator=g)
+    ctrl = FrescoController(backend=backend)
+    ctrl.inputs = SimpleNamespace(keep=inputs.keep, trajectories=inputs.trajectories)
+    ctrl.ref_hidden[name] = ref_x
+    ctrl.set_step(5, 501, cross_frame=cross_frame, spatial=spatial, temporal=temporal, optimize=False)
+    with torch.no_grad():
+        got = FrescoAttnProcessor(name, ctrl)(attn, x)
+        want = _published_attn1(attn, x, ref_x, keep, fwd_mapping, segment, cross_frame, spatial, temporal, n)
+    # measured max |difference| <= 3e-8 (fp32)
+    assert (got - want).abs().max().item() < 1e-5
+    assert sum(ctrl.events.values()) == cross_frame + spatial + temporal
