@@ -29,8 +29,11 @@ def test_matches_published(backend):
     got = fk.occlusion_from_flows(fwd, bwd, images, backend=backend)
     for a, b in zip(got, exp):
         assert a.shape == (n, h, w) and a.dtype == torch.float32
-        # the fused warp may differ from grid_sample in the last bit, which can flip a pixel sitting on the threshold
-        assert (a != b).float().mean().item() < 0.01
+        if backend == "reference":
+            assert torch.equal(a, b)
+        else:
+            # the fused warp may differ from grid_sample in the last bit, which can flip a pixel on the threshold
+            assert (a != b).float().mean().item() < 0.01
 
 
 def test_hand_worked_translation():
