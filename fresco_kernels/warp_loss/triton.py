@@ -49,7 +49,8 @@ def _warp_term(tgt, src_b, oc, gc, g_src_b, g_tgt_b, o_g, keep, mask_c,
         triton.Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4),
     ]),
     key=["C", "H", "W", "NEED_GRAD"],
-    reset_to_zero=["grad_ptr"],
+    # partial too: a config with fewer programs leaves the tail of another config's trial run behind otherwise
+    reset_to_zero=["grad_ptr", "partial_ptr"],
 )
 @triton.jit
 def _warp_loss_fwd_bwd_kernel(
