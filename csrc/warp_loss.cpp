@@ -27,10 +27,11 @@
 namespace fresco {
 namespace {
 
+// Channels per task (fastest of 16/32/64 measured at C = 640).
+constexpr int64_t kCB = 64;
 // Slabs hold HW pixel rows per frame plus kPad rows: a corner outside the image has weight 0 and points at its own
 // pad row (HW + corner), so the four corners of a sample are always distinct rows and a term is one branch-free loop
 // (pad rows of the features stay 0; what pad rows of the gradient receive is never read).
-constexpr int64_t kCB = 64;
 constexpr int64_t kPad = 4;
 
 template <typename acc_t>
