@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fresco_kernels import BACKENDS
 
@@ -310,7 +311,7 @@ class FrescoPipeline:
                  temporal_attention_until: int = 350, bg_smoothing_steps: Optional[Sequence[int]] = None,
                  repeat_noise: bool = True, use_freeu: bool = False, backend: str = "fused",
                  anchor_latents: Optional[Sequence[torch.Tensor]] = None, return_anchor_record: bool = False,
-                 vae_chunk: int = 1) -> FrescoOutput:
+                 vae_chunk: int = 1, progress: bool = False) -> FrescoOutput:
         """Translate one batch of keyframes.
 
         frames: [N, H, W, 3] uint8 RGB 0..255, or float [N, 3, H, W] / [N, H, W, 3] RGB in [0, 1] (numpy, torch or
@@ -328,7 +329,8 @@ class FrescoPipeline:
         backend: "fused" (fresco_kernels ops) or "reference" (their plain-PyTorch references).
         anchor_latents: per run step a [2, 4, h, w] tensor written into frames 0 and 1 at the start of that step
         (long videos); return_anchor_record: also return frames 0 and N-1's latents at each step start.
-        vae_chunk: frames per VAE encode/decode call."""
+        vae_chunk: frames per VAE encode/decode call. progress: a tqdm bar over the denoising steps (cleared when
+        the batch is done)."""
         frames, imgs = _frames_input(frames)
         n, H, W = frames.shape[:3]
         if n < 2:
@@ -471,7 +473,8 @@ class FrescoPipeline:
                 return self.vae_encode(image, gen, vae_chunk)
 
             with stages("denoise"):
-                for j, t in enumerate(timesteps[num_warmup_steps:]):
+                run_steps = timesteps[num_warmup_steps:]
+                for j, t in enumerate(tqdm(run_steps, desc="steps", unit="step", leave=False, disable=not progress)):
                     i = num_warmup_steps + j
                     ctrl.set_step(i, t, cross_frame=cross_frame_attention, spatial=spatial_on and
                                   j < spatial_attention_steps, temporal=temporal_attention and

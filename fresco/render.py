@@ -215,7 +215,9 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         if stylizer is None:
             if make_stylizer is None:
                 from .stylize import make_stylizer as default_make
-                make_stylizer = default_make
+
+                def make_stylizer(c: RenderConfig) -> BatchStylizer:
+                    return default_make(c, progress=progress)
             stylizer = make_stylizer(cfg)
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)

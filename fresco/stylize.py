@@ -15,9 +15,9 @@ from .config import RenderConfig
 NEEDED_ARGS = ("anchor_latents", "return_anchor_record")
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None):
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model); a clear
-    error when that pipeline or its anchor hook is not available."""
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), showing a
+    per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available."""
     try:
         from .pipeline import FrescoPipeline
     except ImportError as e:
@@ -36,7 +36,7 @@ def make_stylizer(cfg: RenderConfig, pipe=None):
                    num_inference_steps=cfg.num_inference_steps, num_warmup_steps=cfg.num_warmup_steps,
                    end_opt_step=cfg.end_opt_step, opt_iters=cfg.opt_iters, guidance_scale=cfg.guidance_scale,
                    cond_scale=cfg.cond_scale, use_freeu=cfg.use_freeu, backend=cfg.backend,
-                   anchor_latents=anchor_latents, return_anchor_record=True)
+                   anchor_latents=anchor_latents, return_anchor_record=True, progress=progress)
         return out.images, out.anchor_record
 
     return stylize

@@ -164,6 +164,19 @@ def test_all_off_is_plain_diffusers(pipe, monkeypatch):
     assert torch.equal(a.latents, b.latents)
 
 
+def test_progress_bar_counts_the_run_steps(pipe, capsys):
+    """progress=True shows a tqdm bar over the run (post-warm-up) steps; the default shows none."""
+    frames = make_frames(64, 64, n=2)
+    off = dict(cross_frame_attention=False, spatial_attention=False, temporal_attention=False,
+               feature_optimization=False)
+    run_steps = len(expected_steps(pipe)[0])
+    run(pipe, frames, **off)
+    assert "steps" not in capsys.readouterr().err
+    run(pipe, frames, progress=True, **off)
+    err = capsys.readouterr().err
+    assert "steps: 100%" in err and f"{run_steps}/{run_steps}" in err, err
+
+
 def _unet_probe(pipe):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4, 4, 8, 8, generator=g)
