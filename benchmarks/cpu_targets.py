@@ -36,7 +36,7 @@ def _row(name: str, shape: str, target: str, fused: List[float], reference: List
                 reference_best_ms=r * unit, reference_median_ms=statistics.median(reference) / per * unit, speedup=r / f)
 
 
-def warp_loss(repeats: int) -> Dict:
+def warp_loss(repeats: int) -> List[Dict]:
     n, c, h, w = 8, 640, 64, 64
     feat = torch.randn(2 * n, c, h, w)
     ff, bf = torch.randn(n, 2, h, w) * 2, torch.randn(n, 2, h, w) * 2

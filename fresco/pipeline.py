@@ -473,8 +473,8 @@ class FrescoPipeline:
                 return self.vae_encode(image, gen, vae_chunk)
 
             with stages("denoise"):
-                run_steps = timesteps[num_warmup_steps:]
-                for j, t in enumerate(tqdm(run_steps, desc="steps", unit="step", leave=False, disable=not progress)):
+                for j, t in enumerate(tqdm(timesteps[num_warmup_steps:], desc="steps", unit="step", leave=False,
+                                           disable=not progress)):
                     i = num_warmup_steps + j
                     ctrl.set_step(i, t, cross_frame=cross_frame_attention, spatial=spatial_on and
                                   j < spatial_attention_steps, temporal=temporal_attention and

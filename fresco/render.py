@@ -212,13 +212,11 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
 
     todo = [b for b in batches if b.index not in state.data["done"]]
     if todo:
-        if stylizer is None:
-            if make_stylizer is None:
-                from .stylize import make_stylizer as default_make
-
-                def make_stylizer(c: RenderConfig) -> BatchStylizer:
-                    return default_make(c, progress=progress)
+        if stylizer is None and make_stylizer is not None:
             stylizer = make_stylizer(cfg)
+        elif stylizer is None:
+            from .stylize import make_stylizer as default_make
+            stylizer = default_make(cfg, progress=progress)
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
         for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
