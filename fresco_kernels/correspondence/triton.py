@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import require_triton
+from ..common.triton_utils import require_triton
 
 NO_KEY = torch.iinfo(torch.int64).max
 BLOCK_SRC = 256

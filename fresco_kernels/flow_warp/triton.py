@@ -8,48 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import configs, require_triton
-
-
-@triton.jit
-def _bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p):
-    """grid_sample(align_corners=True) corner offsets and weights for pixels offs_p (the round trip through the
-    normalised grid is kept so results match the reference to the last bits)."""
-    h = offs_p // W
-    w = offs_p % W
-    f_off = h.to(tl.int64) * sfh + w.to(tl.int64) * sfw
-    # [BLOCK_P]
-    fx = tl.load(flow_ptr + f_off, mask=mask_p, other=0.0).to(tl.float32)
-    fy = tl.load(flow_ptr + f_off + sfc, mask=mask_p, other=0.0).to(tl.float32)
-    gx = 2.0 * (w.to(tl.float32) + fx) / (W - 1) - 1.0
-    gy = 2.0 * (h.to(tl.float32) + fy) / (H - 1) - 1.0
-    ix = ((gx + 1.0) / 2.0) * (W - 1)
-    iy = ((gy + 1.0) / 2.0) * (H - 1)
-    ix0f = tl.floor(ix)
-    iy0f = tl.floor(iy)
-    ix0 = ix0f.to(tl.int32)
-    iy0 = iy0f.to(tl.int32)
-    return ix, iy, ix0, iy0, ix0f, iy0f
-
-
-@triton.jit
-def _corners(offs_p, flow_ptr, sfc, sfh, sfw, sxh, sxw, H, W, mask_p):
-    """The four corners of each pixel's sample point: the nw corner's offset in x's strides (ne = +sxw, sw = +sxh)
-    and in a contiguous H*W plane (ne = +1, sw = +W), the axis weights (ax0 + ax1 = 1, ay0 + ay1 = 1; corner weight
-    nw = ax0*ay0, ne = ax1*ay0, sw = ax0*ay1, se = ax1*ay1 as ATen's grid_sampler) and each corner's in-bounds mask."""
-    ix, iy, ix0, iy0, ix0f, iy0f = _bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p)
-    ax1 = ix - ix0f
-    ax0 = ix0f + 1.0 - ix
-    ay1 = iy - iy0f
-    ay0 = iy0f + 1.0 - iy
-    in_x0 = (ix0 >= 0) & (ix0 < W)
-    in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
-    in_y0 = (iy0 >= 0) & (iy0 < H)
-    in_y1 = (iy0 + 1 >= 0) & (iy0 + 1 < H)
-    o_nw = iy0.to(tl.int64) * sxh + ix0.to(tl.int64) * sxw
-    g_nw = iy0.to(tl.int64) * W + ix0.to(tl.int64)
-    return (o_nw, g_nw, ax0, ax1, ay0, ay1,
-            mask_p & in_x0 & in_y0, mask_p & in_x1 & in_y0, mask_p & in_x0 & in_y1, mask_p & in_x1 & in_y1)
+from ..common.bilinear import corners
+from ..common.triton_utils import configs, require_triton
 
 
 @triton.autotune(
@@ -74,7 +34,7 @@ def _flow_warp_fwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < H * W
-    o_nw, _, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se = _corners(
+    o_nw, _, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se = corners(
         offs_p, flow_ptr + b * sfb, sfc, sfh, sfw, sxh, sxw, H, W, mask_p)
     w_nw = ax0 * ay0
     w_ne = ax1 * ay0
@@ -127,7 +87,7 @@ def _flow_warp_bwd_kernel(
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < H * W
     # the grad-x buffer is contiguous NCHW: g_nw is the nw corner's offset in it
-    o_nw, g_nw, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se = _corners(
+    o_nw, g_nw, ax0, ax1, ay0, ay1, m_nw, m_ne, m_sw, m_se = corners(
         offs_p, flow_ptr + b * sfb, sfc, sfh, sfw, sxh, sxw, H, W, mask_p)
     h = offs_p // W
     w = offs_p % W

@@ -13,7 +13,7 @@ from .reference import (REDUCTIONS, as_rows, gram_loss_from_gram, gram_loss_refe
                         normalize_features_reference)
 
 __all__ = ["gram_loss", "gram_loss_reference", "normalize_features", "gram_matrix", "gram_loss_from_gram",
-           "PRECISIONS", "DEFAULT_PRECISION"]
+           "PRECISIONS", "DEFAULT_PRECISION", "REDUCTIONS"]
 
 # Input precision of the Gram tile products on CUDA (accumulation is always fp32):
 #   "tf32"   fp32 rows, tf32 tensor cores (10-bit mantissa products): the default, speed with Gram entries good to ~1e-3

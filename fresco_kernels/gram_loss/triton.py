@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import configs, interpreting, require_triton
+from ..common.triton_utils import configs, interpreting, require_triton
 
 # tl.dot input precision per public `precision`: "bf16" casts the normalised rows to bf16 (fp32 accumulation)
 _DOT_PRECISION = {"ieee": "ieee", "tf32": "tf32", "tf32x3": "tf32x3", "bf16": "ieee"}

@@ -10,8 +10,8 @@ import torch
 
 from .._config import resolve_backend
 from .._validate import check_same_device, check_shape, check_tensor
-from ..gram_loss import DEFAULT_PRECISION, PRECISIONS, gram_loss, gram_loss_from_gram, gram_matrix
-from ..gram_loss.reference import REDUCTIONS
+from ..gram_loss import DEFAULT_PRECISION, PRECISIONS, REDUCTIONS, gram_loss, gram_loss_from_gram, gram_matrix
+from ..warp_loss import warp_consistency_loss
 from .reference import adain, mean_std
 
 __all__ = ["optimize_features", "adain", "mean_std"]
@@ -102,9 +102,6 @@ def optimize_features(
     if not (use_temporal or use_spatial):
         return feat
 
-    if use_temporal:
-        # the temporal loss op (fresco_kernels.warp_loss); imported here so the spatial path works without it
-        from .. import warp_consistency_loss
     work = torch.float64 if feat.dtype == torch.float64 else torch.float32
     if use_spatial:
         # converted once here rather than in every iteration

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import configs, require_triton
+from ..common.triton_utils import configs, require_triton
 
 LOG2E = 1.4426950408889634
 # fp32 elements of one [BLOCK_P, BLOCK_N, BLOCK_D] register tile (the query and the accumulator are two of them)

@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import configs, require_triton
-from ..flow_warp.triton import _corners
+from ..common.bilinear import corners
+from ..common.triton_utils import configs, require_triton
 
 
 @triton.jit
@@ -76,8 +76,8 @@ def _warp_loss_fwd_bwd_kernel(
     b = (k * N + (i + 1) % N).to(tl.int64)
     i64 = i.to(tl.int64)
     # term 1: c2 vs warp(c1, bwd[i]) on frame b's grid; term 2: c1 vs warp(c2, fwd[i]) on frame a's grid
-    c_b = _corners(offs_p, bwd_ptr + i64 * sbn, sbc, sbh, sbw, sxh, sxw, H, W, mask_p)
-    c_f = _corners(offs_p, fwd_ptr + i64 * sfn, sfc, sfh, sfw, sxh, sxw, H, W, mask_p)
+    c_b = corners(offs_p, bwd_ptr + i64 * sbn, sbc, sbh, sbw, sxh, sxw, H, W, mask_p)
+    c_f = corners(offs_p, fwd_ptr + i64 * sfn, sfc, sfh, sfw, sxh, sxw, H, W, mask_p)
     # [BLOCK_P] keep = 1 - occlusion (0 outside the block)
     keep_b = tl.where(mask_p, 1.0 - tl.load(bocc_ptr + i64 * sqn + h.to(tl.int64) * sqh + w.to(tl.int64) * sqw,
                                              mask=mask_p, other=1.0).to(tl.float32), 0.0)

@@ -6,7 +6,7 @@ from typing import List
 
 import torch
 
-from . import _config
+from .. import _config
 
 if _config.HAS_TRITON:
     import triton
