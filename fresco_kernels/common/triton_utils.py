@@ -1,8 +1,10 @@
-"""Shared Triton helpers: interpreter detection and autotune lists that collapse to one config there."""
+"""Shared host-side Triton helpers: interpreter detection, autotune lists that collapse to one config there, the
+launchers' device check, and autotune pruning by the device's shared-memory limit."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 
@@ -12,6 +14,8 @@ if _config.HAS_TRITON:
     import triton
 else:  # pragma: no cover - triton is a dependency of the fused CUDA path only
     triton = None
+
+_accept_meta = {"on": False}
 
 
 def interpreting() -> bool:
@@ -23,8 +27,42 @@ def configs(candidates: List["triton.Config"]) -> List["triton.Config"]:
     return candidates[:1] if interpreting() else candidates
 
 
+@contextlib.contextmanager
+def accept_meta_tensors() -> Iterator[None]:
+    """Inside this block the launchers also take meta tensors (shapes, strides and dtypes without data): the offline
+    AOT check (benchmarks/aot_check.py) drives the real launch path with them and records the kernels instead of
+    running them. Nothing can run on meta tensors: the check replaces the kernels' launch before calling."""
+    previous, _accept_meta["on"] = _accept_meta["on"], True
+    try:
+        yield
+    finally:
+        _accept_meta["on"] = previous
+
+
 def require_triton(t: torch.Tensor, op: str) -> None:
     if triton is None:
         raise RuntimeError(f"{op}: the fused path needs Triton (pip install 'triton>=3.6'); use backend='reference'")
+    if t.device.type == "meta" and _accept_meta["on"]:
+        return
     if t.device.type != "cuda" and not interpreting():
         raise RuntimeError(f"{op}: Triton launchers run on CUDA tensors, or on CPU with TRITON_INTERPRET=1; got {t.device}")
+
+
+def max_shared_memory() -> int:
+    """Bytes of shared memory one program may use on the current device (opt-in maximum per block)."""
+    drv = triton.runtime.driver.active
+    return int(drv.utils.get_device_properties(drv.get_current_device())["max_shared_mem"])
+
+
+def prune_by_shared_memory(estimate: Callable[..., int]) -> Dict[str, Callable]:
+    """`prune_configs_by=` for triton.autotune: drop the configs whose shared memory, `estimate(config, named_args,
+    **kwargs)` bytes (an upper bound; benchmarks/aot_check.py checks it against the compiled kernels), exceeds the
+    device's limit; the smallest estimate is kept if none fits."""
+    def prune(candidates, named_args, **kwargs):
+        if len(candidates) <= 1:
+            return candidates
+        limit = max_shared_memory()
+        sized = [(estimate(c, named_args, **kwargs), c) for c in candidates]
+        fitting = [c for s, c in sized if s <= limit]
+        return fitting or [min(sized, key=lambda sc: sc[0])[1]]
+    return {"early_config_prune": prune}
