@@ -33,12 +33,17 @@ def corners(offs_p, flow_ptr, sfc, sfh, sfw, sxh, sxw, H, W, mask_p):
     """The four corners of each pixel's sample point ([BLOCK_P] each): the nw corner's offset in x's strides (ne =
     +sxw, sw = +sxh) and in a contiguous H*W plane (ne = +1, sw = +W), the axis weights (ax0 + ax1 = 1, ay0 + ay1 =
     1; corner weight nw = ax0*ay0, ne = ax1*ay0, sw = ax0*ay1, se = ax1*ay1 as ATen's grid_sampler) and each
-    corner's in-bounds mask (mask_p included)."""
+    corner's in-bounds mask (mask_p included; False for a non-finite sample point). Masked corners are never read:
+    a load gives 0, whatever x holds there."""
     ix, iy, ix0, iy0, ix0f, iy0f = bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p)
     ax1 = ix - ix0f
     ax0 = ix0f + 1.0 - ix
     ay1 = iy - iy0f
     ay0 = iy0f + 1.0 - iy
+    # a NaN/inf or huge coordinate has no valid corner (its weights are NaN: the output is NaN, nothing is scattered);
+    # the float test comes first because a float->int cast of NaN is 0 on NVIDIA GPUs
+    finite = (tl.abs(ix) < 1.0e9) & (tl.abs(iy) < 1.0e9)
+    mask_p = mask_p & finite
     in_x0 = (ix0 >= 0) & (ix0 < W)
     in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
     in_y0 = (iy0 >= 0) & (iy0 < H)

@@ -20,14 +20,15 @@ def normalize_features_reference(feat: torch.Tensor) -> torch.Tensor:
     """x / ‖x‖ over channels, exactly `v / ((v ** 2).sum(dim=2, keepdims=True) ** 0.5)` of the published code.
 
     feat: [B, hw, C] or [B, C, h, w]. Returns [B, hw, C] in fp32 (fp64 for fp64 input). A row whose norm is 0 (where
-    the published code divides 0 by 0) is defined as the zero row, with zero gradient, so everything stays finite."""
+    the published code divides 0 by 0) is defined as the zero row, with zero gradient; a row holding a NaN is NaN."""
     v = as_rows(feat)
     v = v.to(torch.float64 if v.dtype == torch.float64 else torch.float32)
     sq = (v ** 2).sum(dim=2, keepdim=True)
-    nonzero = sq > 0
-    # the division runs on a denominator of 1 where the norm is 0, so neither value nor gradient becomes NaN
-    norm = torch.where(nonzero, sq, torch.ones_like(sq)) ** 0.5
-    return torch.where(nonzero, v / norm, torch.zeros_like(v))
+    zero = sq == 0
+    # the division runs on a denominator of 1 where the norm is 0, so neither value nor gradient becomes NaN there;
+    # a row with a NaN stays NaN (its norm is NaN), so the loss shows it
+    norm = torch.where(zero, torch.ones_like(sq), sq) ** 0.5
+    return torch.where(zero, torch.zeros_like(v), v / norm)
 
 
 def gram_matrix(normalized: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,8 @@ def _gram_normalize_kernel(
         # [BLOCK_R, BLOCK_C]
         v = tl.load(x_ptr + base[:, None] + offs_c.to(tl.int64)[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
         sq += tl.sum(v * v, axis=1)
-    # 0 for an all-zero row: its normalised row is defined as the zero row
-    inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.where(sq > 0, sq, 1.0)), 0.0)
+    # 0 for an all-zero row: its normalised row is defined as the zero row; a NaN row stays NaN (not hidden)
+    inv = tl.where(sq == 0, 0.0, 1.0 / tl.sqrt(tl.where(sq == 0, 1.0, sq)))
     tl.store(inv_ptr + rows, inv, mask=mask_r)
     out = rows.to(tl.int64) * C
     for c0 in range(0, C, BLOCK_C):

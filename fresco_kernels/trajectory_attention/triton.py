@@ -71,7 +71,8 @@ def _trajectory_attention_fwd_kernel(
         v_j = tl.load(v_ptr + (row_j * svb + pix_j * svt)[:, None] + (chan * svc)[None, :], mask=m_pd, other=0.0)
         # [BLOCK_P, BLOCK_N] log2-domain scores of every query frame against frame j, same segment only
         s = tl.sum(q * k_j.to(tl.float32)[:, None, :], axis=2)
-        s = tl.where(seg == seg_j[:, None], s, float("-inf"))
+        # the mask is added, not selected, as SDPA adds its -inf bias: a NaN/+inf score stays NaN (see README)
+        s = s + tl.where(seg == seg_j[:, None], 0.0, float("-inf"))
         m_new = tl.maximum(m_i, s)
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new)
