@@ -13,7 +13,7 @@ def bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p):
     round trip through the normalised grid is kept so results match the reference to the last bits."""
     h = offs_p // W
     w = offs_p % W
-    f_off = h.to(tl.int64) * sfh + w.to(tl.int64) * sfw
+    f_off = h * sfh + w * sfw
     # [BLOCK_P]
     fx = tl.load(flow_ptr + f_off, mask=mask_p, other=0.0).to(tl.float32)
     fy = tl.load(flow_ptr + f_off + sfc, mask=mask_p, other=0.0).to(tl.float32)
@@ -30,8 +30,8 @@ def bilinear_coeffs(offs_p, flow_ptr, sfc, sfh, sfw, H, W, mask_p):
 
 @triton.jit
 def corners(offs_p, flow_ptr, sfc, sfh, sfw, sxh, sxw, H, W, mask_p):
-    """The four corners of each pixel's sample point ([BLOCK_P] each): the nw corner's offset in x's strides (ne =
-    +sxw, sw = +sxh) and in a contiguous H*W plane (ne = +1, sw = +W), the axis weights (ax0 + ax1 = 1, ay0 + ay1 =
+    """The four corners of each pixel's sample point ([BLOCK_P] each): the nw corner's int32 offset in x's strides
+    (ne = +sxw, sw = +sxh) and in a contiguous H*W plane (ne = +1, sw = +W), the axis weights (ax0 + ax1 = 1, ay0 + ay1 =
     1; corner weight nw = ax0*ay0, ne = ax1*ay0, sw = ax0*ay1, se = ax1*ay1 as ATen's grid_sampler) and each
     corner's in-bounds mask (mask_p included; False for a non-finite sample point). Masked corners are never read:
     a load gives 0, whatever x holds there."""
@@ -48,7 +48,7 @@ def corners(offs_p, flow_ptr, sfc, sfh, sfw, sxh, sxw, H, W, mask_p):
     in_x1 = (ix0 + 1 >= 0) & (ix0 + 1 < W)
     in_y0 = (iy0 >= 0) & (iy0 < H)
     in_y1 = (iy0 + 1 >= 0) & (iy0 + 1 < H)
-    o_nw = iy0.to(tl.int64) * sxh + ix0.to(tl.int64) * sxw
-    g_nw = iy0.to(tl.int64) * W + ix0.to(tl.int64)
+    o_nw = iy0 * sxh + ix0 * sxw
+    g_nw = iy0 * W + ix0
     return (o_nw, g_nw, ax0, ax1, ay0, ay1,
             mask_p & in_x0 & in_y0, mask_p & in_x1 & in_y0, mask_p & in_x0 & in_y1, mask_p & in_x1 & in_y1)

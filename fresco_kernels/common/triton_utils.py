@@ -48,6 +48,14 @@ def require_triton(t: torch.Tensor, op: str) -> None:
         raise RuntimeError(f"{op}: Triton launchers run on CUDA tensors, or on CPU with TRITON_INTERPRET=1; got {t.device}")
 
 
+def check_int32_extent(t: torch.Tensor, name: str) -> None:
+    """Kernels index inside one image with int32 offsets (fewer registers than int64): `t` (one image, any strides)
+    must span fewer than 2^31 elements."""
+    extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()) if n > 0)
+    if extent >= 2 ** 31:
+        raise ValueError(f"{name}: one image spans {extent} elements; the Triton path needs fewer than 2^31 per image")
+
+
 def max_shared_memory() -> int:
     """Bytes of shared memory one program may use on the current device (opt-in maximum per block)."""
     drv = triton.runtime.driver.active

@@ -13,7 +13,7 @@ from ..common.triton_utils import configs, require_triton
 
 LOG2E = 1.4426950408889634
 # fp32 elements of one [BLOCK_P, BLOCK_N, BLOCK_D] register tile (the query and the accumulator are two of them)
-_TILE_ELEMS = 8192
+_TILE_ELEMS = 2048
 
 
 @triton.autotune(
@@ -27,14 +27,14 @@ _TILE_ELEMS = 8192
 @triton.jit
 def _trajectory_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, fwd_ptr, seg_ptr, out_ptr,
-    N, HW, D, qk_scale,
+    N, HW, qk_scale,
     sqb, sqt, sqc,
     skb, skt, skc,
     svb, svt, svc,
     sob, sot, soc,
     sfn, sft,
     ssn, sst,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     chunk = tl.program_id(1).to(tl.int64)
@@ -107,8 +107,8 @@ def trajectory_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     grid = (triton.cdiv(HW, block_p), B // N, heads)
     _trajectory_attention_fwd_kernel[grid](
         q, k, v, fwd_mapping, segment, out,
-        N, HW, D, float(scale_k) / math.sqrt(D) * LOG2E,
+        N, HW, float(scale_k) / math.sqrt(D) * LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *fwd_mapping.stride(), *segment.stride(),
-        BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_D=block_d,
+        D=D, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_D=block_d,
     )
     return out
