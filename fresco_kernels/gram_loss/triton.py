@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_utils import configs, interpreting, require_triton
+from ..common.triton_utils import configs, interpreting, prune_by_shared_memory, require_triton
 
 # tl.dot input precision per public `precision`: "bf16" casts the normalised rows to bf16 (fp32 accumulation)
 _DOT_PRECISION = {"ieee": "ieee", "tf32": "tf32", "tf32x3": "tf32x3", "bf16": "ieee"}
@@ -116,16 +116,57 @@ def _gram_diff_tile(xn_ptr, rn_ptr, offs_i, offs_j, mask_i, mask_j, C,
     return d
 
 
+# Tile configs: the union of the spill-free ones of each tile-product precision (make aot-check, sm_90, Triton 3.6
+# and 3.8); _prune_tiles keeps a precision's own and those whose shared memory fits the device. The first one suits
+# every precision: it is the one the interpreter runs.
 _TILE_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_C": 16}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_C": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_C": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_C": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_C": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_C": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_C": 64}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_C": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 32, "BLOCK_C": 32}, num_warps=4, num_stages=3),
 ]
+# (BLOCK_M, BLOCK_C, num_warps, num_stages) per public precision ("bf16" runs the "ieee" dot on bf16 rows)
+_PRECISION_TILES = {
+    "tf32": {(64, 16, 8, 4), (64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 8, 3)},
+    "bf16": {(64, 16, 8, 4), (64, 32, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3)},
+    "ieee": {(64, 16, 8, 4), (32, 32, 4, 3)},
+    "tf32x3": {(64, 16, 8, 4), (64, 32, 8, 3)},
+}
 
 
-@triton.autotune(configs=configs(_TILE_CONFIGS), key=["n", "C", "L1", "DOT_PRECISION"], reset_to_zero=["part_ptr"])
+def _tile_key(cfg) -> tuple:
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_C"], cfg.num_warps, cfg.num_stages
+
+
+def _tile_shared_memory(cfg, named_args, **kwargs) -> int:
+    """Upper bound of a tile config's shared memory in bytes: num_stages buffers of the four [BLOCK_M, BLOCK_C] row
+    tiles, an fp32 [BLOCK_M, BLOCK_M] tile, a quarter more for tf32x3's split operands (checked against the compiled
+    kernels by make aot-check)."""
+    bm, bc, _, stages = _tile_key(cfg)
+    esize = named_args["xn_ptr"].element_size()
+    est = stages * 4 * bm * bc * esize + bm * bm * 4
+    return est * 5 // 4 if kwargs.get("DOT_PRECISION") == "tf32x3" else est
+
+
+def _precision_of(named_args, kwargs) -> str:
+    return "bf16" if named_args["xn_ptr"].dtype == torch.bfloat16 else kwargs["DOT_PRECISION"]
+
+
+_prune_by_smem = prune_by_shared_memory(_tile_shared_memory)["early_config_prune"]
+
+
+def _prune_tiles(candidates, named_args, **kwargs):
+    """The precision's spill-free tiles that fit the device's shared memory."""
+    allowed = _PRECISION_TILES[_precision_of(named_args, kwargs)]
+    own = [c for c in candidates if _tile_key(c) in allowed] or candidates[:1]
+    return _prune_by_smem(own, named_args, **kwargs)
+
+
+
+@triton.autotune(configs=configs(_TILE_CONFIGS), key=["n", "C", "L1", "DOT_PRECISION", "UPCAST"],
+                 reset_to_zero=["part_ptr"], prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def _gram_loss_fwd_kernel(
     xn_ptr, rn_ptr, part_ptr,
@@ -153,8 +194,8 @@ def _gram_loss_fwd_kernel(
     tl.store(part_ptr + (b * nt + ti) * nt + tj, s)
 
 
-@triton.autotune(configs=configs(_TILE_CONFIGS), key=["n", "C", "L1", "DOT_PRECISION"],
-                 reset_to_zero=["part_ptr", "gxn_ptr"])
+@triton.autotune(configs=configs(_TILE_CONFIGS), key=["n", "C", "L1", "DOT_PRECISION", "UPCAST"],
+                 reset_to_zero=["part_ptr", "gxn_ptr"], prune_configs_by={"early_config_prune": _prune_tiles})
 @triton.jit
 def _gram_loss_bwd_kernel(
     xn_ptr, rn_ptr, part_ptr, gxn_ptr,
