@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo demo-ops bench-e2e-video test test-cuda bench-cpu bench-gpu bench-e2e clean
+.PHONY: install demo demo-ops bench-e2e-video test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -64,3 +64,22 @@ clean:
 bench-e2e-video:
 	mkdir -p $(OUT)
 	PYTHONPATH=. $(PY) -m benchmarks.e2e_video --out $(OUT)
+
+# Offline, no GPU: compile every Triton kernel x autotune config for sm_80 and sm_90 (registers, spills, shared
+# memory; fails on compile errors, hot-kernel spills, unpruned configs over a target's shared memory). Writes
+# $(OUT)/aot-triton-<version>.json/.md. A second Triton too: make aot-check TRITON36=/path/to/venv/bin/python
+AOT_PY ?= $(BIN)/python
+aot-check: $(if $(filter $(BIN)/python,$(AOT_PY)),$(STAMP))
+	mkdir -p $(OUT)
+	status=0; \
+	PYTHONPATH=. $(AOT_PY) -m benchmarks.aot_check --out $(OUT) || status=1; \
+	$(if $(TRITON36),PYTHONPATH=. $(TRITON36) -m benchmarks.aot_check --out $(OUT) || status=1;) \
+	exit $$status
+
+# On the GPU machine (issue 14): the essential GPU verification in <= 8 minutes of command time (parity tests,
+# L3 rows, trajectory attention, one end-to-end batch, launched kernels' registers vs the AOT table) -> $(OUT).
+# diffusers & co come from gpu_wheels/ (benchmarks/prepare_gpu_check.sh, carried with the run), installed offline.
+gpu-check:
+	mkdir -p $(OUT)
+	test ! -d gpu_wheels || $(PY) -m pip install -q --no-index --find-links gpu_wheels diffusers transformers
+	PYTHONPATH=. $(PY) -m benchmarks.gpu_check --out $(OUT) --budget 440

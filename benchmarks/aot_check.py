@@ -17,32 +17,27 @@ Usage: python -m benchmarks.aot_check [--out DIR] [--targets 80,90] [--quick]
 Writes DIR/aot-triton-<version>.json and .md (the Markdown table RESULTS.md shows)."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import io
+import json
 import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-# before Triton and the kernels are imported: real autotune lists (the interpreter collapses them to one config),
-# a fresh compile for every kernel (ptxas runs, so its log exists) and the ptxas log printed
-os.environ["TRITON_INTERPRET"] = "0"
-os.environ["TRITON_ALWAYS_COMPILE"] = "1"
-os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import importlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable, Dict, List, Optional, Tuple  # noqa: E402
-
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime.autotuner import Autotuner  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
+from benchmarks.kernel_stats import spec_key
 
 # target name -> (capability, opt-in shared memory per block in bytes: A100 163 KiB, H100/H200 227 KiB)
 TARGETS = {"sm_80": (80, 166912), "sm_90": (90, 232448)}
@@ -156,6 +151,18 @@ class Launch:
     kwargs: dict
 
 
+def prepare_environment() -> None:
+    """Before the kernels are created: real autotune lists (the interpreter collapses them to one config), a fresh
+    compile of every kernel (so ptxas runs and its log exists), the ptxas log printed."""
+    loaded = [m for m in (f"fresco_kernels.{op}.triton" for op in OP_MODULES) if m in sys.modules]
+    if loaded and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError(f"aot_check: {loaded} were imported under TRITON_INTERPRET=1; run in a fresh process")
+    os.environ["TRITON_INTERPRET"] = "0"
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="fresco-aot-"))
+
+
 def kernels() -> Dict[str, Any]:
     """{name: kernel object} of every launchable kernel (a JITFunction named *_kernel, or an Autotuner)."""
     found = {}
@@ -254,6 +261,7 @@ class Row:
     smem: Optional[int] = None
     smem_limit: int = 0
     message: str = ""
+    spec: str = ""  # benchmarks.kernel_stats.spec_key: matches the kernel a GPU run launches
 
 
 def _config_str(cfg) -> str:
@@ -312,6 +320,7 @@ def compile_all(records: List[Launch], targets: List[str], quick: bool) -> List[
                     row.regs, row.stack = stats["regs"], stats["stack"]
                     row.spill_stores, row.spill_loads = stats["spill_stores"], stats["spill_loads"]
                     row.smem = int(k.metadata.shared)
+                    row.spec = spec_key(k)
                     if cfg is not None and cfg not in kept:
                         row.status = "pruned"
                     elif row.smem > smem:
@@ -375,7 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         ap.error(f"--targets: capabilities among {[t[3:] for t in TARGETS]}, got {a.targets!r}")
     t0 = time.perf_counter()
-    os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="fresco-aot-"))
+    prepare_environment()
     records = capture()
     rows = compile_all(records, caps, a.quick)
     bad = failures(rows)
