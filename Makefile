@@ -37,7 +37,7 @@ test: $(STAMP)
 bench-cpu: $(STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m pytest benchmarks -q --benchmark-json=$(OUT)/bench-cpu.json
-	$(BIN)/python -m benchmarks.report $(OUT)/bench-cpu.json > $(OUT)/bench-cpu.md
+	$(BIN)/python -m benchmarks.report $(OUT)/bench-cpu.json --plots $(OUT)/plots-cpu --label CPU > $(OUT)/bench-cpu.md
 	cat $(OUT)/bench-cpu.md
 
 # On the GPU machine: no venv, the machine's torch + Triton; C++ not needed for CUDA.

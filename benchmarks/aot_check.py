@@ -391,7 +391,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     elapsed = time.perf_counter() - t0
     version = triton.__version__
     os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"aot-triton-{version}{'-quick' if a.quick else ''}")
+    suffix = ("-quick" if a.quick else "") + ("" if a.targets is None else "-" + "-".join(caps))
+    stem = os.path.join(a.out, f"aot-triton-{version}{suffix}")
     with open(stem + ".json", "w") as f:
         json.dump({"triton": version, "torch": torch.__version__, "targets": caps, "quick": a.quick,
                    "seconds": round(elapsed, 1), "launches": len(records), "failures": bad,
