@@ -9,12 +9,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 #include "simd.h"
 
 namespace fresco {
 namespace {
+
+template <typename acc_t>
+constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& fwd,
                   const at::Tensor& seg, int64_t heads) {
@@ -62,23 +66,26 @@ FRESCO_SIMD_CLONES void attend_trajectory(const acc_t* const* qr, const acc_t* c
     const int64_t c0 = h * D;
     for (int64_t i = 0; i < N; ++i) {
       acc_t* si = s + i * N;
-      // softmax over the frames of i's segment (i itself is always one of them)
+      // softmax over the frames of i's segment (i itself is always one of them). Other segments get a -inf bias
+      // added, not selected, and every value row is weighted even by 0, as in the reference's masked SDPA: a NaN/inf
+      // in any token of the trajectory reaches the output exactly as it does there
       for (int64_t j = 0; j < N; ++j) {
-        si[j] = sg[j] == sg[i] ? scale * dot8(qr[i] + c0, kr[j] + c0, D) : acc_t(0);
+        si[j] = scale * dot8(qr[i] + c0, kr[j] + c0, D) + (sg[j] == sg[i] ? acc_t(0) : kNegInf<acc_t>);
       }
-      acc_t m = si[i];
+      // a row whose scores are all -inf (an inf key) gets weight 0 everywhere, as in SDPA; a NaN score stays NaN
+      acc_t m = kNegInf<acc_t>;
       for (int64_t j = 0; j < N; ++j) {
-        if (sg[j] == sg[i] && si[j] > m) m = si[j];
+        if (si[j] > m) m = si[j];
       }
+      if (m == kNegInf<acc_t>) m = acc_t(0);
       acc_t l = acc_t(0);
       for (int64_t j = 0; j < N; ++j) {
-        si[j] = sg[j] == sg[i] ? std::exp(si[j] - m) : acc_t(0);
+        si[j] = std::exp(si[j] - m);
         l += si[j];
       }
-      const acc_t inv = acc_t(1) / l;
+      const acc_t inv = l == acc_t(0) ? acc_t(0) : acc_t(1) / l;
       for (int64_t d = 0; d < D; ++d) o[d] = acc_t(0);
       for (int64_t j = 0; j < N; ++j) {
-        if (si[j] == acc_t(0)) continue;
         const acc_t pj = si[j] * inv;
         const acc_t* __restrict vj = vr[j] + c0;
         for (int64_t d = 0; d < D; ++d) o[d] += pj * vj[d];
