@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -109,7 +110,6 @@ def _time_once(fn: Callable[[], Any]) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    import time
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
