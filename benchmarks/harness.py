@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -22,7 +23,7 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 # Dense tensor-core peaks (TFLOP/s, fp16/bf16, tf32) from the vendors' datasheets, by device-name substring.
 _TC_PEAK = {"H100": (989.0, 494.0), "H200": (989.0, 494.0), "A100": (312.0, 156.0), "L4": (121.0, 60.0)}
 
-# ---- SD1.5 shapes (DESIGN.md "Benchmarks"); decoder inputs at latent 64x64 (512²) and 64x112 (512x896) ----
+# ---- SD1.5 shapes (`docs/architecture.md`, "Benchmarks"); decoder inputs at latent 64x64 (512²) and 64x112 (512x896) ----
 # channels of each decoder block input and how much smaller than the latent it is
 DECODER_LAYERS = {"up0": (1280, 8), "up1": (1280, 4), "up2": (1280, 2), "up3": (640, 1)}
 
@@ -109,7 +110,6 @@ def _time_once(fn: Callable[[], Any]) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    import time
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0

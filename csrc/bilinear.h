@@ -7,7 +7,9 @@
 namespace fresco {
 
 // The four corners (nw, ne, sw, se) of the sample point of pixel (h, w) displaced by (fx, fy), as flat offsets
-// into an H*W plane, with their weights; a corner outside the image has weight 0 and offset 0.
+// into an H*W plane, with their weights; a corner outside the image has weight 0 and offset 0, and callers must
+// select on `valid` (never multiply the weight 0 by the value at offset 0, which may be NaN). A NaN/inf coordinate
+// has no valid corner and `finite` false: grid_sample's weights are NaN there, so its output is NaN.
 template <typename acc_t>
 struct Bilinear {
   int64_t off[4];
@@ -15,6 +17,7 @@ struct Bilinear {
   // weights along x and y (ax0 + ax1 = 1) and per-corner validity, for the gradient w.r.t. the flow
   acc_t ax0, ax1, ay0, ay1;
   bool valid[4];
+  bool finite;
 };
 
 template <typename acc_t>
@@ -30,9 +33,10 @@ inline Bilinear<acc_t> bilinear_coeffs(int64_t h, int64_t w, acc_t fx, acc_t fy,
   b.ax0 = ix0f + acc_t(1) - ix;
   b.ay1 = iy - iy0f;
   b.ay0 = iy0f + acc_t(1) - iy;
-  // NaN/inf coordinates: no corner is valid (grid_sample gives 0 there too)
-  const bool finite = std::isfinite(ix) && std::isfinite(iy) && std::fabs(ix) < acc_t(1) * 1e9 && std::fabs(iy) < acc_t(1) * 1e9;
-  const int64_t x0 = finite ? static_cast<int64_t>(ix0f) : -2, y0 = finite ? static_cast<int64_t>(iy0f) : -2;
+  // NaN/inf or huge coordinates: no corner is valid (a huge finite one samples zeros, as grid_sample)
+  b.finite = std::isfinite(ix) && std::isfinite(iy);
+  const bool in_range = b.finite && std::fabs(ix) < acc_t(1e9) && std::fabs(iy) < acc_t(1e9);
+  const int64_t x0 = in_range ? static_cast<int64_t>(ix0f) : -2, y0 = in_range ? static_cast<int64_t>(iy0f) : -2;
   const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
   const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
   const acc_t ws[4] = {b.ax0 * b.ay0, b.ax1 * b.ay0, b.ax0 * b.ay1, b.ax1 * b.ay1};

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 
+#include <limits>
 #include <vector>
 
 #include "bilinear.h"
@@ -58,9 +59,10 @@ at::Tensor flow_warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in) {
           scalar_t* dst = res.data_ptr<scalar_t>() + (b * C + c) * H * W;
           for (int64_t p = p0; p < p1; ++p) {
             const auto& k = co[p - p0];
+            // select, not multiply: an outside corner's offset 0 may hold a NaN
             acc_t v = acc_t(0);
-            for (int j = 0; j < 4; ++j) v += k.wt[j] * acc_t(plane[k.off[j]]);
-            dst[p] = scalar_t(v);
+            for (int j = 0; j < 4; ++j) v += k.valid[j] ? k.wt[j] * acc_t(plane[k.off[j]]) : acc_t(0);
+            dst[p] = k.finite ? scalar_t(v) : std::numeric_limits<scalar_t>::quiet_NaN();
           }
         }
       }
@@ -97,7 +99,8 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad
           for (int64_t p = 0; p < H * W; ++p) {
             const acc_t gv = acc_t(gplane[p]);
             const auto& k = co[p];
-            for (int j = 0; j < 4; ++j) dst[k.off[j]] += k.wt[j] * gv;
+            for (int j = 0; j < 4; ++j)
+              if (k.valid[j]) dst[k.off[j]] += k.wt[j] * gv;
           }
         }
       });

@@ -146,7 +146,8 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& feat, const at::Tensor&
         const scalar_t* v = xp + row * C;
         scalar_t s = 0;
         for (int64_t c = 0; c < C; ++c) s += v[c] * v[c];
-        const scalar_t k = s > 0 ? scalar_t(1) / std::sqrt(s) : scalar_t(0);
+        // 0 for an all-zero row (defined as the zero row); a NaN row stays NaN, as in the reference
+        const scalar_t k = s == 0 ? scalar_t(0) : scalar_t(1) / std::sqrt(s);
         ip[row] = k;
         for (int64_t c = 0; c < C; ++c) np_[row * C + c] = v[c] * k;
       }

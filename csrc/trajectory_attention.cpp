@@ -9,12 +9,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 #include "simd.h"
 
 namespace fresco {
 namespace {
+
+template <typename acc_t>
+constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& fwd,
                   const at::Tensor& seg, int64_t heads) {
@@ -50,43 +54,71 @@ inline acc_t dot8(const acc_t* __restrict a, const acc_t* __restrict b, int64_t 
   return r;
 }
 
+// Whether n values are all finite: x·0 is 0 for a finite x and NaN for NaN/inf; 8 independent partial sums so
+// the pass vectorises (one running sum would be a chain of dependent adds).
+template <typename acc_t>
+inline bool all_finite(const acc_t* __restrict p, int64_t n) {
+  acc_t part[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int t = 0; t < 8; ++t) part[t] += p[c + t] * acc_t(0);
+  }
+  acc_t s = acc_t(0);
+  for (; c < n; ++c) s += p[c] * acc_t(0);
+  for (int t = 0; t < 8; ++t) s += part[t];
+  return s == acc_t(0);
+}
+
 // All heads of one trajectory. qr/kr/vr/orow: the N frames' token rows ([heads*D] each, the head's D channels
 // contiguous); sg: the N segment ids; s: [N*N] and o: [D] scratch.
 // orow[i] = softmax_j(scale * q_i . k_j over sg[j] == sg[i]) V.
+// Frames of other segments get the reference's masked-SDPA treatment: a -inf bias added to their score (NaN stays
+// NaN) and their value weighted by 0 (0·NaN is NaN). With `full` false they are skipped instead (no dot product, no
+// value row), which is the same for finite rows. Returns false when `check` is set and the skipped frames could
+// have mattered: a self score q_i·k_i is non-finite exactly when q_i or k_i holds a NaN/inf, and an output row
+// exactly when, besides, its own v holds one (it is weighted by p_ii >= 0); the caller then reruns with `full`.
 template <typename acc_t>
-FRESCO_SIMD_CLONES void attend_trajectory(const acc_t* const* qr, const acc_t* const* kr, const acc_t* const* vr,
+FRESCO_SIMD_CLONES bool attend_trajectory(const acc_t* const* qr, const acc_t* const* kr, const acc_t* const* vr,
                                           acc_t* const* orow, const int32_t* sg, int64_t N, int64_t heads,
-                                          int64_t D, acc_t scale, acc_t* __restrict s,
+                                          int64_t D, acc_t scale, bool full, bool check, acc_t* __restrict s,
                                           acc_t* __restrict o) {
+  bool finite = true;
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t c0 = h * D;
     for (int64_t i = 0; i < N; ++i) {
       acc_t* si = s + i * N;
       // softmax over the frames of i's segment (i itself is always one of them)
       for (int64_t j = 0; j < N; ++j) {
-        si[j] = sg[j] == sg[i] ? scale * dot8(qr[i] + c0, kr[j] + c0, D) : acc_t(0);
+        const bool same = sg[j] == sg[i];
+        si[j] = same || full ? scale * dot8(qr[i] + c0, kr[j] + c0, D) + (same ? acc_t(0) : kNegInf<acc_t>)
+                             : kNegInf<acc_t>;
       }
-      acc_t m = si[i];
+      if (check) finite &= std::isfinite(si[i]);
+      // a row whose scores are all -inf (an inf key) gets weight 0 everywhere, as in SDPA; a NaN score stays NaN
+      acc_t m = kNegInf<acc_t>;
       for (int64_t j = 0; j < N; ++j) {
-        if (sg[j] == sg[i] && si[j] > m) m = si[j];
+        if (si[j] > m) m = si[j];
       }
+      if (m == kNegInf<acc_t>) m = acc_t(0);
       acc_t l = acc_t(0);
       for (int64_t j = 0; j < N; ++j) {
-        si[j] = sg[j] == sg[i] ? std::exp(si[j] - m) : acc_t(0);
+        si[j] = std::exp(si[j] - m);
         l += si[j];
       }
-      const acc_t inv = acc_t(1) / l;
+      const acc_t inv = l == acc_t(0) ? acc_t(0) : acc_t(1) / l;
       for (int64_t d = 0; d < D; ++d) o[d] = acc_t(0);
       for (int64_t j = 0; j < N; ++j) {
-        if (si[j] == acc_t(0)) continue;
+        if (!full && sg[j] != sg[i]) continue;
         const acc_t pj = si[j] * inv;
         const acc_t* __restrict vj = vr[j] + c0;
         for (int64_t d = 0; d < D; ++d) o[d] += pj * vj[d];
       }
       acc_t* __restrict oi = orow[i] + c0;
       for (int64_t d = 0; d < D; ++d) oi[d] = o[d];
+      if (check) finite &= all_finite(oi, D);
     }
   }
+  return finite;
 }
 
 at::Tensor trajectory_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -160,8 +192,14 @@ at::Tensor trajectory_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_
             }
           }
         }
-        attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D, scale,
-                                 s.data(), o.data());
+        // one segment: no frame is masked. Several: the masked frames are skipped, unless a row turns out to be
+        // non-finite (then the trajectory is redone the reference's way)
+        bool several = false;
+        for (int64_t f = 1; f < N; ++f) several |= sg[f] != sg[0];
+        if (!attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D, scale,
+                                      false, several, s.data(), o.data()))
+          attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D, scale, true,
+                                   false, s.data(), o.data());
         if constexpr (!kInPlace) {
           for (int64_t f = 0; f < N; ++f) {
             const int64_t px = fp[f * HW + p];

@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -38,6 +39,9 @@ template <typename acc_t>
 struct Coef {
   int64_t off[4];
   acc_t wt[4];
+  // false for a NaN/inf sample point: the reference's warped value is NaN there, so the loss is NaN and the term
+  // adds no gradient (sign(NaN) = 0; grid_sample scatters nothing)
+  bool finite;
 };
 
 template <typename acc_t>
@@ -54,6 +58,7 @@ std::vector<Coef<acc_t>> pair_coeffs(const at::Tensor& flow, int64_t N, int64_t 
         co[q].off[j] = b.valid[j] ? b.off[j] : H * W + j;
         co[q].wt[j] = b.wt[j];
       }
+      co[q].finite = b.finite;
     }
   });
   return co;
@@ -93,6 +98,16 @@ __attribute__((always_inline)) inline void warp_term(const acc_t* __restrict__ t
   }
 }
 
+// A fully occluded pixel (weight 1 − occ = 0): the reference still adds |(tgt − warped)·0|, NaN for a non-finite
+// tgt. Adding tgt·0 keeps that (0 for finite values, no gradient); a non-finite source value shows up as some
+// other term's tgt, so the loss is non-finite exactly when the reference's is.
+template <int64_t NC, typename acc_t>
+__attribute__((always_inline)) inline void masked_term(const acc_t* __restrict__ tgt, int64_t nc_rt,
+                                                       acc_t* __restrict__ lanes) {
+  const int64_t nc = NC > 0 ? NC : nc_rt;
+  for (int64_t c = 0; c < nc; ++c) lanes[c] += tgt[c] * acc_t(0);
+}
+
 template <int64_t NC, bool GRAD, typename acc_t>
 __attribute__((always_inline)) inline void pair_block_impl(const acc_t* xa, const acc_t* xb, acc_t* ga, acc_t* gb,
                                                            const Coef<acc_t>* cb, const Coef<acc_t>* cf,
@@ -101,12 +116,20 @@ __attribute__((always_inline)) inline void pair_block_impl(const acc_t* xa, cons
   for (int64_t p = 0; p < HW; ++p) {
     // |(c2 − warp(c1, bwd))·(1 − bwd_occ)| on frame b's grid
     const acc_t mb = acc_t(1) - bop[p];
-    if (mb != acc_t(0))
+    if (!cb[p].finite)
+      lanes[0] += std::numeric_limits<acc_t>::quiet_NaN();
+    else if (mb != acc_t(0))
       warp_term<NC, GRAD>(xb + p * ld, xa, cb[p], mb, ld, nc, scale, lanes, GRAD ? gb + p * ld : nullptr, ga);
+    else
+      masked_term<NC>(xb + p * ld, nc, lanes);
     // |(c1 − warp(c2, fwd))·(1 − fwd_occ)| on frame a's grid
     const acc_t mf = acc_t(1) - fop[p];
-    if (mf != acc_t(0))
+    if (!cf[p].finite)
+      lanes[0] += std::numeric_limits<acc_t>::quiet_NaN();
+    else if (mf != acc_t(0))
       warp_term<NC, GRAD>(xa + p * ld, xb, cf[p], mf, ld, nc, scale, lanes, GRAD ? ga + p * ld : nullptr, gb);
+    else
+      masked_term<NC>(xa + p * ld, nc, lanes);
   }
 }
 

@@ -5,7 +5,8 @@ Environment variables (read once at import):
                    (plain PyTorch, the spec). Change at run time with `set_backend` / `use_backend`.
   FRESCO_NO_CPP    "1": do not load the compiled C++ library; CPU ops then run the Python reference.
   FRESCO_BUILD_CPP "0" at install time: build no C++ (read by setup.py, listed here for completeness).
-  TRITON_INTERPRET "1": Triton kernels run on CPU tensors (tests do this when there is no CUDA).
+  TRITON_INTERPRET "1": Triton kernels run on CPU tensors (tests do this when there is no CUDA); read by Triton
+                   itself and by `_triton_utils.interpreting()`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Iterator, Optional
 BACKENDS = ("fused", "reference")
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 NO_CPP = os.environ.get("FRESCO_NO_CPP", "0") == "1"
 
 

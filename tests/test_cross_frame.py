@@ -86,6 +86,29 @@ def test_low_precision(dtype):
     assert_lowp_close(out, ref_lp, ref32, f"cross_frame {dtype}")
 
 
+@pytest.mark.parametrize("with_keep", [True, False], ids=["keep", "frame0"])
+def test_backends_agree_and_the_switch_routes(monkeypatch, with_keep):
+    # backend=None follows the global switch; "reference" runs the published selection and the N-fold repeat
+    import fresco_kernels.cross_frame as cf
+    calls = []
+    for name in ("cross_frame_kv_reference", "repeated_kv_attention_reference"):
+        real = getattr(cf, name)
+        monkeypatch.setattr(cf, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    chunks, n, hw, heads, d = 2, 3, 10, 2, 8
+    q, k, v = (torch.randn(chunks * n, hw, heads * d) for _ in range(3))
+    keep = make_keep(n, hw) if with_keep else None
+    out = {}
+    for backend in fk.BACKENDS:
+        with fk.use_backend(backend):
+            K, V = fk.cross_frame_kv(k, v, keep, chunks)
+            out[backend] = (K, V, fk.cross_frame_attention(q, K, V, heads, chunks))
+        assert calls == ([] if backend == "fused" else ["cross_frame_kv_reference", "repeated_kv_attention_reference"])
+    assert torch.equal(out["fused"][0], out["reference"][0]) and torch.equal(out["fused"][1], out["reference"][1])
+    assert max_err(out["fused"][2], out["reference"][2]) < 1e-5
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fk.cross_frame_kv(k, v, keep, chunks, backend="xformers")
+
+
 def test_compile_fullgraph():
     q, k, v = (torch.randn(6, 12, 16) for _ in range(3))
     K, V = fk.cross_frame_kv(k, v, make_keep(3, 12), 2)

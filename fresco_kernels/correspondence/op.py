@@ -26,7 +26,7 @@ def _reference_forward(bwd_flow, occ, frames) -> Tuple[torch.Tensor, torch.Tenso
     return flow_correspondence_reference(bwd_flow, occ, frames)
 
 
-CPU_BACKEND = impl_cpu("flow_correspondence", _reference_forward)
+impl_cpu("flow_correspondence", _reference_forward)
 
 if HAS_TRITON:
     from .triton import flow_correspondence_fwd

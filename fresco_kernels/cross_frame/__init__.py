@@ -8,8 +8,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._config import resolve_backend
 from .._validate import check_positive_int, check_same_device, check_same_dtype, check_shape, check_tensor
-from .reference import cross_frame_attention_reference, cross_frame_keep_reference
+from .reference import (cross_frame_attention_reference, cross_frame_keep_reference, cross_frame_kv_reference,
+                        repeated_kv_attention_reference)
 
 __all__ = ["cross_frame_keep", "cross_frame_kv", "cross_frame_attention", "cross_frame_attention_reference"]
 
@@ -33,8 +35,8 @@ def cross_frame_keep(bwd_occ: torch.Tensor, scale: float) -> torch.Tensor:
     return cross_frame_keep_reference(bwd_occ, float(scale))
 
 
-def cross_frame_kv(k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
-                   cfg_chunks: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
+def cross_frame_kv(k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], cfg_chunks: int = 2, *,
+                   backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The shared key/value set of each CFG chunk: frame 0's tokens, then the tokens with keep True of frames 1..N-1
     (frame-major, pixel order inside a frame), exactly the published `key[:, attn_mask]` without its N-fold repeat.
 
@@ -42,6 +44,8 @@ def cross_frame_kv(k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor
         k, v: [B = cfg_chunks*N, hw, C] key/value projections, images ordered (chunk, frame).
         keep: [N, hw] bool from `cross_frame_keep` (row 0 is all True there), or None: frame 0's tokens only.
         cfg_chunks: CFG chunks in the batch (2: uncond + cond).
+        backend: "fused" (one boolean gather over the chunk's frames) or "reference" (the published
+            `rearrange(...)[:, attn_mask]`); default: the global switch. Equal results.
     Returns:
         (K, V), each [cfg_chunks, L, C] with L = keep.sum() (hw when keep is None).
     """
@@ -54,18 +58,22 @@ def cross_frame_kv(k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor
     n = B // cfg_chunks
     check_shape("v", v, (B, hw, None), " (k is [B, hw, C])")
     check_same_device(k=k, v=v)
-    kk = k.reshape(cfg_chunks, n, hw, C)
-    vv = v.reshape(cfg_chunks, n, hw, v.shape[-1])
+    if keep is not None:
+        check_tensor("keep", keep, ndim=2, dtypes=(torch.bool,))
+        check_shape("keep", keep, (n, hw), f" ([N, hw] with N = B / cfg_chunks = {n})")
+        check_same_device(k=k, keep=keep)
+    if resolve_backend(backend) == "reference":
+        return cross_frame_kv_reference(k, v, keep, cfg_chunks)
     if keep is None:
-        return kk[:, 0], vv[:, 0]
-    check_tensor("keep", keep, ndim=2, dtypes=(torch.bool,))
-    check_shape("keep", keep, (n, hw), f" ([N, hw] with N = B / cfg_chunks = {n})")
-    check_same_device(k=k, keep=keep)
-    return kk[:, keep], vv[:, keep]
+        return k.unflatten(0, (cfg_chunks, n))[:, 0], v.unflatten(0, (cfg_chunks, n))[:, 0]
+    # one gather of the kept tokens of all frames at once: flat (frame, pixel) indices, shared by every chunk
+    idx = keep.reshape(-1).nonzero().squeeze(1)
+    return (k.reshape(cfg_chunks, n * hw, C).index_select(1, idx),
+            v.reshape(cfg_chunks, n * hw, v.shape[-1]).index_select(1, idx))
 
 
-def cross_frame_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int,
-                          cfg_chunks: int = 2) -> torch.Tensor:
+def cross_frame_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int, cfg_chunks: int = 2, *,
+                          backend: Optional[str] = None) -> torch.Tensor:
     """Every frame of a CFG chunk attends that chunk's shared K/V: the chunk's N frames' queries form one sequence of
     N*hw tokens and one SDPA (batch = cfg_chunks) runs over it. Equal to the published repeat-then-SDPA path.
 
@@ -74,6 +82,8 @@ def cross_frame_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, hea
         K, V: [cfg_chunks, L, heads*D] from `cross_frame_kv`.
         heads: number of heads.
         cfg_chunks: CFG chunks in the batch.
+        backend: "fused" (one SDPA per chunk over the N*hw flattened queries) or "reference" (the published K/V
+            repeated N times, one SDPA per image); default: the global switch.
     Returns:
         [B, hw, heads*D]: the attention output in token layout (heads*D channels, head-major), i.e. SDPA's
         [B, heads, hw, D] transposed; this is the `v` that `trajectory_attention` takes.
@@ -93,6 +103,8 @@ def cross_frame_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, hea
     check_shape("V", V, (cfg_chunks, L, C), " (like K)")
     check_same_dtype(q=q, K=K, V=V)
     check_same_device(q=q, K=K, V=V)
+    if resolve_backend(backend) == "reference":
+        return repeated_kv_attention_reference(q, K, V, heads, cfg_chunks)
     D = C // heads
     query = q.reshape(cfg_chunks, -1, heads, D).transpose(1, 2)
     key = K.reshape(cfg_chunks, L, heads, D).transpose(1, 2)

@@ -3,7 +3,7 @@
 construction of get_flow_and_interframe_paras."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,29 +17,39 @@ def cross_frame_keep_reference(bwd_occ: torch.Tensor, scale: float) -> torch.Ten
     return torch.cat((occ[0:1].reshape(1, -1) > -1, occ.reshape(occ.shape[0], -1) > 0.5), dim=0)
 
 
-def cross_frame_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
-                                    heads: int, cfg_chunks: int = 2) -> torch.Tensor:
-    """Published path. q, k, v: [B = cfg_chunks*N, hw, heads*D] projections; keep [N, hw] bool or None (None: every
-    frame attends frame 0 only). K/V of chunk b = k[b*N:(b+1)*N][keep] repeated for each of the N frames, then one
-    SDPA per image. Returns [B, hw, heads*D] (SDPA's [B, heads, hw, D] transposed to token layout)."""
+def cross_frame_kv_reference(k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
+                              cfg_chunks: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The published selection: `rearrange(key, "(b f) d c -> b f d c")[:, attn_mask]` (frame 0 alone when keep is
+    None). k, v: [B = cfg_chunks*N, hw, C]; keep [N, hw] bool or None -> (K, V) [cfg_chunks, L, C], L = keep.sum()."""
+    B, hw, C = k.shape
+    n = B // cfg_chunks
+    key = k.reshape(cfg_chunks, n, hw, C)
+    value = v.reshape(cfg_chunks, n, hw, v.shape[-1])
+    if keep is None:
+        return key[:, 0], value[:, 0]
+    return key[:, keep], value[:, keep]
+
+
+def repeated_kv_attention_reference(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, heads: int,
+                                    cfg_chunks: int = 2) -> torch.Tensor:
+    """Published attention over a shared set: K/V [cfg_chunks, L, heads*D] repeated for each of the chunk's N frames
+    (`repeat(..., "b d c -> (b f) d c")`), then one SDPA per image. q: [B = cfg_chunks*N, hw, heads*D] ->
+    [B, hw, heads*D] (SDPA's [B, heads, hw, D] transposed to token layout)."""
     B, hw, C = q.shape
     n = B // cfg_chunks
     D = C // heads
-    # "(b f) d c -> b f d c"
-    key = k.reshape(cfg_chunks, n, hw, C)
-    value = v.reshape(cfg_chunks, n, hw, C)
-    if keep is None:
-        key = key[:, [0] * n]
-        value = value[:, [0] * n]
-    else:
-        # repeat(key[:, attn_mask], "b d c -> b f d c", f=n)
-        key = key[:, keep].unsqueeze(1).expand(-1, n, -1, -1)
-        value = value[:, keep].unsqueeze(1).expand(-1, n, -1, -1)
-    # "b f d c -> (b f) d c"
-    key = key.reshape(B, -1, C)
-    value = value.reshape(B, -1, C)
+    key = K.unsqueeze(1).expand(-1, n, -1, -1).reshape(B, -1, C)
+    value = V.unsqueeze(1).expand(-1, n, -1, -1).reshape(B, -1, C)
     query = q.reshape(B, -1, heads, D).transpose(1, 2)
     key = key.view(B, -1, heads, D).transpose(1, 2)
     value = value.view(B, -1, heads, D).transpose(1, 2)
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
     return out.transpose(1, 2).reshape(B, -1, heads * D)
+
+
+def cross_frame_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor],
+                                    heads: int, cfg_chunks: int = 2) -> torch.Tensor:
+    """Published path from the projections. q, k, v: [B = cfg_chunks*N, hw, heads*D]; keep [N, hw] bool or None
+    (None: every frame attends frame 0 only). K/V of chunk b = k[b*N:(b+1)*N][keep] repeated for each of the N
+    frames, then one SDPA per image. Returns [B, hw, heads*D]."""
+    return repeated_kv_attention_reference(q, *cross_frame_kv_reference(k, v, keep, cfg_chunks), heads, cfg_chunks)

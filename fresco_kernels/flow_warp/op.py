@@ -58,7 +58,7 @@ def _reference_backward(grad_out, x, flow, need_x: bool, need_flow: bool) -> Tup
     return gx, gf
 
 
-CPU_BACKEND = impl_cpu("flow_warp", _reference_forward)
+impl_cpu("flow_warp", _reference_forward)
 impl_cpu("flow_warp_backward", _reference_backward)
 
 if HAS_TRITON:

@@ -66,8 +66,9 @@ def gram_loss(feat: torch.Tensor, ref: torch.Tensor, reduction: str = "l1", weig
     check_tensor("ref", ref, ndim=3)
     check_shape("ref", ref, tuple(rows.shape), " (feat as [B, hw, C])")
     check_same_device(feat=feat, ref=ref)
-    if rows.shape[1] < 1 or rows.shape[2] < 1:
-        raise ValueError(f"feat must have hw >= 1 and C >= 1, got {list(feat.shape)}")
+    if rows.shape[0] < 1 or rows.shape[1] < 1 or rows.shape[2] < 1:
+        raise ValueError(f"feat must have B >= 1, hw >= 1 and C >= 1 (the loss is a mean over B·hw·hw), got "
+                         f"{list(feat.shape)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if precision not in PRECISIONS:

@@ -50,7 +50,7 @@ def _reference_fwd_bwd(feat, ref, reduction: str, weight: float, precision: str)
     return loss.detach(), torch.empty_like(feat).copy_(grad)
 
 
-CPU_BACKEND = impl_cpu("gram_loss", _reference_loss)
+impl_cpu("gram_loss", _reference_loss)
 impl_cpu("gram_loss_fwd_bwd", _reference_fwd_bwd)
 
 if HAS_TRITON:

@@ -1,5 +1,5 @@
 """Occlusion from forward/backward flows and the flow/occlusion resampling to feature sizes, exactly as the published
-code does them (SEMANTICS.md "Flow and occlusion"). Compositions of `flow_warp` and torch ops: small, not fused."""
+code does them (`docs/algorithm.md`, "Flow and occlusion"). Compositions of `flow_warp` and torch ops: small, not fused."""
 from __future__ import annotations
 
 from typing import Optional, Tuple

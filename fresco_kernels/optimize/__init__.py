@@ -43,7 +43,7 @@ def optimize_features(
     precision: str = DEFAULT_PRECISION,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """The published feature optimisation of one decoder block input (SEMANTICS.md "Feature optimisation").
+    """The published feature optimisation of one decoder block input (`docs/algorithm.md`, "Feature optimisation").
 
     cs = fp32 copy of feat (fp64 for fp64 feat); `iters` times: loss = temporal + spatial, backward, Adam(lr) step; then
     AdaIN(cs cast to feat's dtype, feat) per image and channel (content eps 1e-5, style eps `adain_eps`).

@@ -39,7 +39,7 @@ def _reference_forward(q, k, v, fwd_mapping, segment, scale_k: float, heads: int
     return q.new_empty(q.shape).copy_(out)
 
 
-CPU_BACKEND = impl_cpu("trajectory_attention", _reference_forward)
+impl_cpu("trajectory_attention", _reference_forward)
 
 if HAS_TRITON:
     from .triton import trajectory_attention_fwd

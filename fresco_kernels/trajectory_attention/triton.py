@@ -79,8 +79,9 @@ def _trajectory_attention_fwd_kernel(
         l_i = l_i * alpha + p
         acc = acc * alpha[:, :, None] + p[:, :, None] * v_j.to(tl.float32)[:, None, :]
         m_i = m_new
-    # every real (p, n) attends at least itself, so l_i >= 1 wherever the store is unmasked
-    out = acc / l_i[:, :, None]
+    # every real (p, n) attends at least itself, so l_i >= 1 unless all its scores are -inf (an inf key): SDPA then
+    # weights every value by 0, and so does this
+    out = acc * tl.where(l_i == 0.0, 0.0, 1.0 / l_i)[:, :, None]
     o_off = (row[None, :] * sob + pix * sot)[:, :, None] + (chan * soc)[None, None, :]
     tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=m_pnd)
 

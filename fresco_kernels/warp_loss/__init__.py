@@ -30,6 +30,9 @@ def warp_consistency_loss(feat: torch.Tensor, fwd_flow: torch.Tensor, bwd_flow: 
         backend: "fused" (the op) or "reference" (the published formula); default: the global switch.
     Returns:
         0-d fp32 tensor (fp64 for fp64 feat), differentiable w.r.t. feat.
+    Raises:
+        ValueError when grad is enabled and a flow or occlusion requires grad (both backends).
+    Non-finite inputs: see the op's README ("Non-finite inputs").
     """
     check_tensor("feat", feat, ndim=4)
     check_positive_int("cfg_chunks", cfg_chunks)
@@ -45,9 +48,14 @@ def warp_consistency_loss(feat: torch.Tensor, fwd_flow: torch.Tensor, bwd_flow: 
         check_tensor(name, t, ndim=4)
         check_shape(name, t, (n, c, h, w), f" (N = feat batch / cfg_chunks = {n}, feat is {list(feat.shape)})")
     check_same_device(feat=feat, fwd_flow=fwd_flow, bwd_flow=bwd_flow, fwd_occ=fwd_occ, bwd_occ=bwd_occ)
+    if torch.is_grad_enabled():
+        for name, t in (("fwd_flow", fwd_flow), ("bwd_flow", bwd_flow), ("fwd_occ", fwd_occ), ("bwd_occ", bwd_occ)):
+            if t.requires_grad:
+                raise ValueError(f"{name} must not require grad: flows and occlusions are constants of the loss (no "
+                                 f"gradient reaches them); pass {name}.detach()")
     if resolve_backend(backend) == "reference":
         return warp_consistency_loss_reference(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks)
-    args = (feat, fwd_flow.detach(), bwd_flow.detach(), fwd_occ.detach(), bwd_occ.detach(), cfg_chunks)
+    args = (feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks)
     if torch.is_grad_enabled() and feat.requires_grad:
         # the optimisation loop always needs the gradient: produce it with the loss, in one pass
         return torch.ops.fresco.warp_consistency_loss_fwd_bwd(*args)[0]

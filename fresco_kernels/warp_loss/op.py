@@ -54,7 +54,7 @@ def _reference_fwd_bwd(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks: i
     return loss.detach().to(_loss_dtype(feat)), torch.empty_like(feat).copy_(grad)
 
 
-CPU_BACKEND = impl_cpu("warp_consistency_loss", _reference_loss)
+impl_cpu("warp_consistency_loss", _reference_loss)
 impl_cpu("warp_consistency_loss_fwd_bwd", _reference_fwd_bwd)
 
 if HAS_TRITON:
