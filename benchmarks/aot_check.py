@@ -182,7 +182,10 @@ def capture() -> List[Launch]:
     current = {}
 
     def recorder(name, obj):
-        def run(*args, grid=None, warmup=False, **kwargs):
+        def run(*args, **kwargs):
+            # the launch options of fn[grid](...) are not kernel arguments
+            kwargs.pop("grid", None)
+            kwargs.pop("warmup", None)
             records.append(Launch(current["op"], current["use"], obj, name, args, kwargs))
         return run
 

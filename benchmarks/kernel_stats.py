@@ -51,7 +51,7 @@ def dump(path: str) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def pytest_sessionfinish(session, exitstatus) -> None:
+def pytest_sessionfinish() -> None:
     if os.environ.get("FRESCO_KERNEL_STATS"):
         dump(os.environ["FRESCO_KERNEL_STATS"])
 
