@@ -1,4 +1,4 @@
-"""Golden checksums: a short render with the tiny random-weight model through `fresco.render`, and one FrescoPipeline
+"""Golden checksums: a short render with the tiny random-weight model through `fresco.video.render`, and one FrescoPipeline
 call with every constraint on (both backends), hashed and compared with values recorded before the issue-9 refactor
 (at a84f3b0). A refactor that is meant to keep behaviour must keep these bytes.
 
@@ -18,7 +18,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from fresco.config import RenderConfig  # noqa: E402
-from fresco.render import render  # noqa: E402
+from fresco.video.render import render  # noqa: E402
 from fresco.video import make_synthetic_clip, read_frames, synthetic_frame  # noqa: E402
 
 # recorded at a84f3b0 (before the issue-9 refactor)
@@ -61,7 +61,7 @@ def test_golden_render(tmp_path):
                        device="cpu")
     result = render(cfg, progress=False)
     assert len(result.batches) == 2
-    from fresco.render import _load_png
+    from fresco.video.render import _load_png
     keys = [_load_png(result.keys_dir / f"{k:05d}.png") for k in result.keys]
     frames = list(read_frames(result.video))
     assert len(frames) == 24
