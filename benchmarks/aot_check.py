@@ -12,8 +12,9 @@ Fails (exit 1) on: a compile error; a spill in any config of a hot kernel (every
 or per optimisation iteration; see COLD); a config the autotuner keeps for a target whose shared memory exceeds
 that target's limit; a kernel defined in the op folders that no launch reached.
 
-Usage: python -m benchmarks.aot_check [--out DIR] [--targets 80,90] [--quick]
+Usage: python -m benchmarks.aot_check [--out DIR] [--targets 80,90] [--quick] [--only TEXT ...]
   --quick: each kernel's first launch and first kept config, sm_90 only unless --targets says otherwise (CI).
+  --only: the launches whose kernel name or use contains TEXT (e.g. --only "optimisation up3").
 Writes DIR/aot-triton-<version>.json and .md (the Markdown table RESULTS.md shows)."""
 from __future__ import annotations
 
@@ -378,6 +379,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--targets", default=None, help="comma-separated capabilities, e.g. 80,90 (default: 80,90; "
                                                   "--quick: 90)")
     ap.add_argument("--quick", action="store_true", help="first launch and first kept config of each kernel")
+    ap.add_argument("--only", action="append", default=None, metavar="TEXT",
+                    help="only launches whose kernel name or use contains TEXT (repeatable: any of them)")
     a = ap.parse_args(argv)
     try:
         caps = [f"sm_{int(t)}" for t in (a.targets or ("90" if a.quick else "80,90")).split(",")]
@@ -389,12 +392,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.perf_counter()
     prepare_environment()
     records = capture()
+    if a.only:
+        records = [r for r in records if any(t in f"{r.name} {r.op}: {r.use}" for t in a.only)]
+        if not records:
+            ap.error(f"--only: no launch matches {a.only}")
     rows = compile_all(records, caps, a.quick)
     bad = failures(rows)
     elapsed = time.perf_counter() - t0
     version = triton.__version__
     os.makedirs(a.out, exist_ok=True)
-    suffix = ("-quick" if a.quick else "") + ("" if a.targets is None else "-" + "-".join(caps))
+    suffix = ("-quick" if a.quick else "") + ("" if a.targets is None else "-" + "-".join(caps)) + \
+        ("-subset" if a.only else "")
     stem = os.path.join(a.out, f"aot-triton-{version}{suffix}")
     with open(stem + ".json", "w") as f:
         json.dump({"triton": version, "torch": torch.__version__, "targets": caps, "quick": a.quick,

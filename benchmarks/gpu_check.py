@@ -3,8 +3,8 @@
 2. the warp-loss, Gram and optimisation benchmark rows at L3 (up3) for N = 8;
 3. trajectory attention at up3;
 4. one end-to-end FRESCO batch (512², N = 8, fused vs reference, time per stage and peak memory);
-5. n_regs / n_spills of every kernel those runs launched against the offline AOT table of the same Triton
-   (benchmarks/aot/aot-triton-<version>.json, made by `make aot-check`).
+5. n_regs / n_spills of every kernel those runs launched against the offline AOT tables of the same Triton
+   (benchmarks/aot/aot-triton-<version>*.json, made by `make aot-check`; matched by specialisation).
 Each stage runs in its own process with a share of what is left of the budget; a stage that would start with too
 little time is skipped and listed. Writes OUT/gpu-check.json and OUT/gpu-check.md (plus each stage's own files).
 
@@ -15,6 +15,7 @@ command installs them offline (see RESULTS.md "GPU check")."""
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -69,16 +70,18 @@ def compare_with_aot(stats_path: str) -> Dict:
     import triton
     major, minor = torch.cuda.get_device_capability()
     target = f"sm_{major}{minor}"
-    path = os.path.join(AOT_DIR, f"aot-triton-{triton.__version__}.json")
+    paths = sorted(glob.glob(os.path.join(AOT_DIR, f"aot-triton-{triton.__version__}*.json")))
     launched = []
     if os.path.exists(stats_path):
         with open(stats_path) as f:
             launched = [json.loads(line) for line in f if line.strip()]
-    if not os.path.exists(path):
+    if not paths:
         return {"target": target, "aot_table": None, "launched": launched, "rows": [],
-                "note": f"no AOT table for Triton {triton.__version__} ({path})"}
-    with open(path) as f:
-        aot = {r["spec"]: r for r in json.load(f)["rows"] if r.get("target") == target and r.get("spec")}
+                "note": f"no AOT table for Triton {triton.__version__} in {AOT_DIR}"}
+    aot = {}
+    for path in paths:
+        with open(path) as f:
+            aot.update({r["spec"]: r for r in json.load(f)["rows"] if r.get("target") == target and r.get("spec")})
     rows, seen = [], set()
     for k in launched:
         if k["spec"] in seen:
@@ -92,7 +95,7 @@ def compare_with_aot(stats_path: str) -> Dict:
                        config=a["config"], agree=(a["regs"] == k["n_regs"] and a["stack"] == 4 * k["n_spills"]
                                                   and a["smem"] == k["shared"]))
         rows.append(row)
-    return {"target": target, "aot_table": os.path.relpath(path, ROOT), "rows": rows,
+    return {"target": target, "aot_table": ", ".join(os.path.relpath(p, ROOT) for p in paths), "rows": rows,
             "matched": sum(r["aot"] for r in rows), "agree": sum(bool(r.get("agree")) for r in rows)}
 
 
