@@ -7,9 +7,9 @@
 namespace fresco {
 
 // The four corners (nw, ne, sw, se) of the sample point of pixel (h, w) displaced by (fx, fy), as flat offsets
-// into an H*W plane, with their weights; a corner outside the image has weight 0 and offset 0, and callers must
-// select on `valid` (never multiply the weight 0 by the value at offset 0, which may be NaN). A NaN/inf coordinate
-// has no valid corner and `finite` false: grid_sample's weights are NaN there, so its output is NaN.
+// into an H*W plane, with their weights; a corner outside the image has weight 0 and offset 0 (so weight · value
+// at offset 0 is 0 only while that value is finite: callers select on `valid` when it may not be). A NaN/inf
+// coordinate has no valid corner, `finite` false and NaN weights, as grid_sample's: its output is NaN.
 template <typename acc_t>
 struct Bilinear {
   int64_t off[4];
@@ -43,7 +43,7 @@ inline Bilinear<acc_t> bilinear_coeffs(int64_t h, int64_t w, acc_t fx, acc_t fy,
   for (int k = 0; k < 4; ++k) {
     b.valid[k] = xs[k] >= 0 && xs[k] < W && ys[k] >= 0 && ys[k] < H;
     b.off[k] = b.valid[k] ? ys[k] * W + xs[k] : 0;
-    b.wt[k] = b.valid[k] ? ws[k] : acc_t(0);
+    b.wt[k] = b.valid[k] || !b.finite ? ws[k] : acc_t(0);
   }
   return b;
 }

@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 
-#include <limits>
 #include <vector>
 
 #include "bilinear.h"
@@ -57,12 +56,22 @@ at::Tensor flow_warp_cpu(const at::Tensor& x_in, const at::Tensor& flow_in) {
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* plane = x.data_ptr<scalar_t>() + (b * C + c) * H * W;
           scalar_t* dst = res.data_ptr<scalar_t>() + (b * C + c) * H * W;
-          for (int64_t p = p0; p < p1; ++p) {
-            const auto& k = co[p - p0];
-            // select, not multiply: an outside corner's offset 0 may hold a NaN
-            acc_t v = acc_t(0);
-            for (int j = 0; j < 4; ++j) v += k.valid[j] ? k.wt[j] * acc_t(plane[k.off[j]]) : acc_t(0);
-            dst[p] = k.finite ? scalar_t(v) : std::numeric_limits<scalar_t>::quiet_NaN();
+          if (std::isfinite(acc_t(plane[0]))) {
+            // outside corners read offset 0 with weight 0 (NaN weights for a NaN/inf sample point): exact
+            for (int64_t p = p0; p < p1; ++p) {
+              const auto& k = co[p - p0];
+              acc_t v = acc_t(0);
+              for (int j = 0; j < 4; ++j) v += k.wt[j] * acc_t(plane[k.off[j]]);
+              dst[p] = scalar_t(v);
+            }
+          } else {
+            // pixel (0, 0) is NaN/inf: select, do not multiply, so it cannot leak into outside corners
+            for (int64_t p = p0; p < p1; ++p) {
+              const auto& k = co[p - p0];
+              acc_t v = acc_t(0);
+              for (int j = 0; j < 4; ++j) v += k.wt[j] * (k.valid[j] ? acc_t(plane[k.off[j]]) : acc_t(0));
+              dst[p] = scalar_t(v);
+            }
           }
         }
       }

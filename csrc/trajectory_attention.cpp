@@ -74,9 +74,8 @@ inline bool all_finite(const acc_t* __restrict p, int64_t n) {
 // orow[i] = softmax_j(scale * q_i . k_j over sg[j] == sg[i]) V.
 // Frames of other segments get the reference's masked-SDPA treatment: a -inf bias added to their score (NaN stays
 // NaN) and their value weighted by 0 (0·NaN is NaN). With `full` false they are skipped instead (no dot product, no
-// value row), which is the same for finite rows. Returns false when `check` is set and the skipped frames could
-// have mattered: a self score q_i·k_i is non-finite exactly when q_i or k_i holds a NaN/inf, and an output row
-// exactly when, besides, its own v holds one (it is weighted by p_ii >= 0); the caller then reruns with `full`.
+// value row), which is the same for finite rows. With `check` set, returns false when a self score q_i·k_i is
+// non-finite, which happens exactly when q_i or k_i holds a NaN/inf (the caller checks the output rows for v).
 template <typename acc_t>
 FRESCO_SIMD_CLONES bool attend_trajectory(const acc_t* const* qr, const acc_t* const* kr, const acc_t* const* vr,
                                           acc_t* const* orow, const int32_t* sg, int64_t N, int64_t heads,
@@ -115,7 +114,6 @@ FRESCO_SIMD_CLONES bool attend_trajectory(const acc_t* const* qr, const acc_t* c
       }
       acc_t* __restrict oi = orow[i] + c0;
       for (int64_t d = 0; d < D; ++d) oi[d] = o[d];
-      if (check) finite &= all_finite(oi, D);
     }
   }
   return finite;
@@ -196,8 +194,11 @@ at::Tensor trajectory_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_
         // non-finite (then the trajectory is redone the reference's way)
         bool several = false;
         for (int64_t f = 1; f < N; ++f) several |= sg[f] != sg[0];
-        if (!attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D, scale,
-                                      false, several, s.data(), o.data()))
+        // (an output row is non-finite when, besides, its own v holds a NaN/inf: v_i is weighted by p_ii >= 0)
+        bool finite = attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D,
+                                               scale, false, several, s.data(), o.data());
+        for (int64_t f = 0; f < N && several && finite; ++f) finite = all_finite(orow[f], C);
+        if (!finite)
           attend_trajectory<acc_t>(qr.data(), kr.data(), vr.data(), orow.data(), sg.data(), N, heads, D, scale, true,
                                    false, s.data(), o.data());
         if constexpr (!kInPlace) {

@@ -1,6 +1,6 @@
-"""No unused definitions (issue 9): vulture over the packages and benchmarks, with the whitelist of names that only
-a framework calls (tests/vulture_whitelist.py). Any finding fails: delete the dead code, or whitelist a real dynamic
-use with a comment saying who calls it."""
+"""No unused definitions (issue 9): vulture over fresco_kernels/, fresco/ and benchmarks/, with the whitelist of
+names that only a framework or a user calls (tests/vulture_whitelist.py). Any finding fails: delete the dead code,
+or whitelist a real dynamic use with a comment saying who calls it."""
 import os
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("vulture", reason="vulture is in the dev extra (make test installs it)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHS = ["fresco_kernels", "benchmarks"]
+PATHS = ["fresco_kernels", "fresco", "benchmarks"]
 WHITELIST = os.path.join("tests", "vulture_whitelist.py")
 
 
