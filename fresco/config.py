@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+from .outdir import check_output_name
 
 CONTROLNET_TYPES = ("canny", "hed", "depth")
 FLOWS = ("dis",)
@@ -52,6 +54,8 @@ class RenderConfig:
     crf: int = 18
     resume: bool = True
     overwrite: bool = False
+    strict: bool = False
+    force: bool = False
     extra: dict = field(default_factory=dict, repr=False)
 
     # keys replaced by our own machinery, with what happens instead
@@ -85,13 +89,12 @@ class RenderConfig:
             if not cond:
                 raise ValueError(f"{key}: {msg}, got {getattr(self, key)!r}")
 
+        for key in known_keys():
+            check_type(key, getattr(self, key))
+
         need(bool(self.file_path), "file_path", "the input video (or folder of images) is required")
         need(bool(self.save_path), "save_path", "the output folder is required")
         need(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", "a non-empty prompt is required")
-        for key in ("seed", "mininterv", "maxinterv", "batch_size", "num_inference_steps", "num_warmup_steps",
-                    "end_opt_step", "short_side", "opt_iters", "crf", "max_process"):
-            need(isinstance(getattr(self, key), int) and not isinstance(getattr(self, key), bool), key,
-                 "must be an integer")
         need(self.mininterv >= 1, "mininterv", "must be >= 1")
         need(self.maxinterv >= 1, "maxinterv", "must be >= 1")
         if self.mininterv > self.maxinterv:
@@ -108,6 +111,7 @@ class RenderConfig:
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.backend in ("fused", "reference"), "backend", "one of ('fused', 'reference')")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
+        check_output_name(self.output)
         need(self.output.lower().endswith((".mp4", ".mov", ".mkv")) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
         self.frame_size()
@@ -125,6 +129,31 @@ class RenderConfig:
 
 def known_keys() -> list[str]:
     return [f.name for f in fields(RenderConfig) if f.name != "extra"]
+
+
+_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
+def _accepted(key: str) -> tuple[tuple[type, ...], bool]:
+    """(the accepted types of `key`, whether null is accepted), from RenderConfig's annotations."""
+    hint = get_type_hints(RenderConfig)[key]
+    args = get_args(hint) if get_origin(hint) is Union else (hint,)
+    return tuple(a for a in args if a is not type(None)), type(None) in args
+
+
+def check_type(key: str, value: Any) -> None:
+    """One-line error naming `key` and what it accepts when `value` has the wrong type (an int is a number; a
+    bool is neither an int nor a number)."""
+    types, nullable = _accepted(key)
+    if value is None:
+        ok = nullable
+    elif isinstance(value, bool):
+        ok = bool in types
+    else:
+        ok = isinstance(value, types) or (float in types and isinstance(value, int))
+    if not ok:
+        what = " or ".join(_NAMES.get(t, t.__name__) for t in types) + (" or null" if nullable else "")
+        raise ValueError(f"{key}: expected {what}, got {value!r}")
 
 
 # our names for published keys (the YAML may use either)
@@ -154,6 +183,7 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
         if name not in known:
             raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known | set(ALIASES)))}")
         values[name] = _coerce(name, value)
+        check_type(name, values[name])
     return RenderConfig(**values)
 
 
@@ -163,7 +193,13 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config: '{path}' does not exist")
     with open(path) as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"config: '{path}'{where}: not valid YAML: {problem}") from None
     return {} if data is None else data
 
 

@@ -15,9 +15,10 @@ from .config import RenderConfig
 NEEDED_ARGS = ("anchor_latents", "return_anchor_record")
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), showing a
-    per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available."""
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False):
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model, from the
+    local cache only when `local_files_only`), showing a per-step progress bar when `progress`; a clear error when
+    that pipeline or its anchor hook is not available."""
     try:
         from .pipeline import FrescoPipeline
     except ImportError as e:
@@ -29,7 +30,8 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
         raise RuntimeError(f"fresco.pipeline.FrescoPipeline.__call__ lacks {missing}: the renderer restores the "
                            "anchors' latents at every step of each batch after the first")
     pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                          else None, device=cfg.device, dtype=cfg.dtype)
+                                          else None, device=cfg.device, dtype=cfg.dtype,
+                                          local_files_only=local_files_only)
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]):
         out = pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.seed,
