@@ -379,7 +379,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         for i, (ts, img) in enumerate(read_timed_frames(info.path, size)):
             if i in preview_keys:
                 sources.append(img)
-            times.append(ts)
+            if vfr_rate is not None:
+                times.append(ts)  # popped as the frame is written: at most the frames propagation holds
             yield img
 
     state.claim(_output_files(cfg, n), cfg.overwrite)
