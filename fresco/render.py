@@ -125,6 +125,10 @@ class _State:
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "
                              f"another -o") from None
+        if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours
+            batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
+            self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
+                                        for f in _batch_files(b))
         return self.data
 
     def owned(self) -> set:
