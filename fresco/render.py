@@ -336,8 +336,9 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
 
     todo = [b for b in batches if b.index not in state.data["done"]]
     if not cfg.overwrite:
-        # every path this render will write, checked before the model loads
-        planned = [f for b in todo for f in _batch_files(b)] + _output_files(cfg, n)
+        # every path this render will write, checked before the model loads; PNG frames go only into a folder
+        # that holds nothing but the renderer's own files
+        planned = [f for b in todo for f in _batch_files(b)] + _output_files(cfg, n) + [cfg.output]
         refuse_foreign(foreign(root, planned, state.owned()))
     if todo:
         if stylizer is None and make_stylizer is not None:

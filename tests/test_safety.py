@@ -86,7 +86,6 @@ def test_user_files_in_the_output_are_never_deleted(clip, tmp_path):
     o = tmp_path / "o"
     (o / "frames").mkdir(parents=True)
     (o / "frames" / "holiday_1.jpg").write_bytes(b"\xff\xd8 my holiday")
-    (o / "frames" / "00003.png").write_bytes(b"my own png")
     (o / "notes.txt").write_text("mine")
     user = _tree(o)
     out = fresco("render", clip, "--prompt", "x", "-o", o, "--output", "frames", *TINY)
@@ -101,6 +100,7 @@ def test_user_files_in_the_output_are_never_deleted(clip, tmp_path):
     assert (o / "video.mp4").read_bytes() == b"my video"
 
     # --overwrite replaces only the paths the render writes; the user's other files stay
+    (o / "frames" / "00003.png").write_bytes(b"my own png")
     out = fresco("render", clip, "--prompt", "x", "-o", o, "--output", "frames", "--overwrite", *TINY)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (o / "notes.txt").read_text() == "mine" and (o / "video.mp4").read_bytes() == b"my video"
