@@ -182,6 +182,17 @@ def test_lock_ctrl_c_and_resume(tmp_path):
     assert len(list((o / "frames").glob("*.png"))) == 48 and json.loads((o / "state.json").read_text())["complete"]
 
 
+def test_folder_lock_is_exclusive_and_removed_on_release(tmp_path):
+    from fresco.outdir import FolderLock, OutputLocked
+    a = FolderLock(tmp_path).acquire()
+    with pytest.raises(OutputLocked, match=f"in use by another render \\(pid {os.getpid()} on host"):
+        FolderLock(tmp_path).acquire()
+    a.release()
+    assert not (tmp_path / LOCK).exists()
+    with FolderLock(tmp_path) as b:
+        assert b.stale is None and json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(clip, tmp_path, capsys):
     import socket
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
