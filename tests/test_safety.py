@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from fresco import cli, preflight
-from fresco.outdir import LOCK
-from fresco.render import render
-from fresco.video import make_synthetic_clip, probe, read_frames, synthetic_frame
+from fresco import cli
+from fresco.video import make_synthetic_clip, preflight, probe, read_frames, synthetic_frame
+from fresco.video.outdir import LOCK
+from fresco.video.render import render
 
 from test_render import StandInStylizer, _cfg
 
@@ -141,8 +141,8 @@ def test_reserved_and_path_like_outputs_are_refused(clip, tmp_path, capsys, name
 
 
 # ------------------------------------------------------------------------ 4 + 12: lock, Ctrl-C, resume
-def test_lock_ctrl_c_and_resume(tmp_path):
-    clip = make_synthetic_clip(tmp_path / "c.mp4", 48, (64, 64), fps=Fraction(24))
+def test_lock_ctrl_c_and_resume(clip, tmp_path):
+    # 24 frames, keys every 4: 3 batches; the render is stopped (SIGSTOP) as soon as one is finished
     o = tmp_path / "o"
     args = ["render", clip, "--prompt", "x", "-o", o, "--output", "frames", *TINY]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -179,11 +179,11 @@ def test_lock_ctrl_c_and_resume(tmp_path):
     out = fresco(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming in" in out.stderr
-    assert len(list((o / "frames").glob("*.png"))) == 48 and json.loads((o / "state.json").read_text())["complete"]
+    assert len(list((o / "frames").glob("*.png"))) == 24 and json.loads((o / "state.json").read_text())["complete"]
 
 
 def test_folder_lock_is_exclusive_and_removed_on_release(tmp_path):
-    from fresco.outdir import FolderLock, OutputLocked
+    from fresco.video.outdir import FolderLock, OutputLocked
     a = FolderLock(tmp_path).acquire()
     with pytest.raises(OutputLocked, match=f"in use by another render \\(pid {os.getpid()} on host"):
         FolderLock(tmp_path).acquire()

@@ -1,7 +1,7 @@
 """Whole-video rendering: keyframe selection, anchored batches through the one-batch pipeline, propagation to the
 other frames, streamed output; resumable from the output folder after a crash or Ctrl-C (one finished batch at a
 time). The output folder is locked while a render runs, and only files the render wrote (its manifest in the state
-file) are ever deleted or replaced without --overwrite (fresco.outdir)."""
+file) are ever deleted or replaced without --overwrite (fresco.video.outdir)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,13 +19,17 @@ import cv2
 import numpy as np
 import torch
 
+from fresco_kernels import get_backend
+
+from ..config import RenderConfig
+from ..models.flow import FlowEstimator, get_flow_estimator
+from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
-from .config import RenderConfig
+from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, foreign, make_folder, refuse_foreign,
-                     remove_owned)
-from .propagate import FlowEstimator, propagate
-from .video import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
+from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, foreign, make_folder,
+                     refuse_foreign, remove_owned)
+from .propagate import propagate
 
 PREVIEW_KEYS = 6
 
@@ -33,15 +37,16 @@ PREVIEW_KEYS = 6
 class BatchStylizer(Protocol):
     """Renders one batch of keyframes (the one-batch FRESCO pipeline behind a narrow interface).
 
-    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order; anchor_latents: None for the first
-    batch, else one [2, C, h, w] tensor per denoising step run: the latents that frames 0 and 1 of this batch (the
-    anchors) must hold at the start of that step. Returns the stylised frames [N, H, W, 3] uint8 and, per step,
-    the [2, C, h, w] latents of frames 0 and N-1 at the start of the step (after anchors were restored), which
-    become the next batch's anchors."""
+    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order. anchor_latents: None for the first
+    batch, else the latents [2, C, h, w] that frames 0 and 1 of this batch (the anchors) must hold at the start of
+    each run step j: a sequence (one per run step) or a callable j -> tensor that may block until step j's anchors
+    exist (so a distributed renderer can hand them from batch k-1 to batch k step by step). on_anchor_record(j,
+    latents): called at the start of each run step j (after the anchors were restored) with the [2, C, h, w]
+    latents of frames 0 and N-1, which become the next batch's anchors. Returns the stylised frames
+    [N, H, W, 3] uint8."""
 
-    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]
-                 ) -> tuple[np.ndarray, list[torch.Tensor]]: ...
-
+    def __call__(self, frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
+                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray: ...
 
 
 class Interrupted(Exception):
@@ -229,13 +234,13 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
         raise ValueError(f"output: '{out}' is a folder; choose another --output")
     local_only = False
     if default_model:
-        from .models import CONTROLNET_IDS, TINY_NAMES
+        from ..models.sd import CONTROLNET_IDS, TINY_NAMES
         local_only = preflight.check_model_available(cfg.model, "unet/config.json", "sd_path")
         if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
             local_only |= preflight.check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
                                                           "controlnet_type")
     if not cfg.force:
-        from .models import TINY_NAMES
+        from ..models.sd import TINY_NAMES
         on_gpu = device.type == "cuda"
         dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
         model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"
@@ -250,10 +255,13 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            progress: bool = True) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input and output folder are
-    checked) by `make_stylizer(cfg)` when not given. Raises Interrupted on Ctrl-C (the folder stays resumable),
-    ValueError with the key named for bad settings, inputs and output folders, OutputLocked when another render
-    holds the folder."""
+    checked) by `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the
+    propagation (`flow` replaces the latter); every op runs on cfg.settings.backend (None: the global switch, read
+    once). Raises Interrupted on Ctrl-C (the folder stays resumable), ValueError with the key named for bad
+    settings, inputs and output folders, OutputLocked when another render holds the folder."""
     cfg.validate()
+    # the backend is read once: the batches, the propagation and the fingerprint all see the same one
+    cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
     device = preflight.check_device(cfg.device)
     info = probe(cfg.file_path, cfg.fps)
     size = cfg.frame_size() or processing_size(info.width, info.height, cfg.short_side)
@@ -357,7 +365,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             if b.n_anchors:
                 anchors = torch.load(root / LATENTS / f"{b.index - 1:04d}.pt", map_location="cpu")
             t = time.perf_counter()
-            images, record = stylizer(frames, anchors)
+            record: list[torch.Tensor] = []
+            images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()))
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
@@ -365,7 +374,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
                 _save_png(root / KEYS / f"{k:05d}.png", img)
             buf = root / LATENTS / f"{b.index:04d}.pt"
-            torch.save([r.detach().cpu() for r in record], buf.with_name(f".{buf.name}.tmp"))
+            torch.save(record, buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
@@ -375,8 +384,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
 
     t = time.perf_counter()
     if flow is None:
-        from .propagate import DISFlow
-        flow = DISFlow()
+        flow = get_flow_estimator(cfg.flow, device)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
     sources, outputs, times = [], [], deque()
 
@@ -395,7 +403,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in propagate(frames_with_preview(), keys, lambda k: _load_png(root / KEYS / f"{k:05d}.png"),
-                             flow, device):
+                             flow, device, backend=cfg.settings.backend):
             if count in preview_keys:
                 outputs.append(out)
             writer.write(out, times.popleft() if vfr_rate is not None else None)
