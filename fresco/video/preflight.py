@@ -63,7 +63,10 @@ def check_model_available(model: str, probe_file: str, key: str) -> bool:
     if "/" not in model or model.count("/") > 1 or model.startswith(("/", ".")):
         raise ValueError(f"{key}: a diffusers model id ('owner/name'), an existing local folder, or one of "
                          f"{TINY_NAMES}; got {model!r}")
-    from huggingface_hub import constants, try_to_load_from_cache
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # no hub client (it comes with diffusers): loading will say what is missing
+        return False
     cached = isinstance(try_to_load_from_cache(model, probe_file), str)
     if _offline():
         if not cached:
