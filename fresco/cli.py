@@ -12,7 +12,7 @@ from . import settings as settings_mod
 # render flags that set RenderConfig's own keys (the FRESCO knobs' flags are derived from FrescoSettings)
 RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
                "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "crf",
-               "resume", "overwrite")
+               "resume", "overwrite", "strict", "force")
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
@@ -62,7 +62,12 @@ def _render_parser(sub) -> None:
     p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start over even when the output folder holds finished batches")
     p.add_argument("--overwrite", action="store_const", const=True,
-                   help="replace a render of other settings in the output folder")
+                   help="replace a render of other settings in the output folder, and files at the paths the "
+                        "render writes that it did not write itself (the folder's other files are kept)")
+    p.add_argument("--strict", action="store_const", const=True,
+                   help="refuse a damaged input (fewer frames decode than its header promises) instead of warning")
+    p.add_argument("--force", action="store_const", const=True,
+                   help="render even when the memory estimate exceeds the free host/GPU memory")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _settings_flags(p)
 
@@ -133,19 +138,38 @@ def main(argv: list[str] | None = None) -> int:
             return _info()
         if args.command == "make-clip":
             from .video import make_synthetic_clip
-            w, h = (int(v) for v in args.size.lower().split("x"))
-            print(make_synthetic_clip(args.path, args.frames, (w, h), args.fps, audio=args.audio))
+            print(make_synthetic_clip(args.path, args.frames, _clip_size(args.size), args.fps, audio=args.audio))
             return 0
-        from .video.render import render
+        from .video.render import Interrupted, render
         cfg = _build_config(args)
-        result = render(cfg, progress=not args.quiet)
+        try:
+            result = render(cfg, progress=not args.quiet)
+        except Interrupted as e:
+            print(f"fresco: {e}", file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:
+        print("fresco: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"fresco: error: {e}", file=sys.stderr)
         return 2
     print(f"video:     {result.video}")
     print(f"keyframes: {result.keys_dir}  ({len(result.keys)} keys in {len(result.batches)} batch(es))")
     print(f"preview:   {result.preview}")
+    for w in result.warnings:
+        print(f"warning:   {w}")
     return 0
+
+
+def _clip_size(text: str) -> tuple[int, int]:
+    """make-clip's --size 'WxH' as (W, H)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size: expected WxH like 256x256, got {text!r}") from None
+    if w < 2 or h < 2 or w % 2 or h % 2:
+        raise ValueError(f"--size: both sides must be even and >= 2 (H.264), got {text!r}")
+    return w, h
 
 
 if __name__ == "__main__":

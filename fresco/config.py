@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+from .video.outdir import check_output_name
 
 from . import settings as settings_mod
 from .models.flow import FLOW_ESTIMATORS
@@ -50,6 +52,8 @@ class RenderConfig:
     crf: int = 18
     resume: bool = True
     overwrite: bool = False
+    strict: bool = False
+    force: bool = False
     extra: dict = field(default_factory=dict, repr=False)
     settings: FrescoSettings = field(default_factory=FrescoSettings)
 
@@ -107,12 +111,12 @@ class RenderConfig:
             if not cond:
                 raise ValueError(f"{key}: {msg}, got {getattr(self, key)!r}")
 
+        for key in _own_keys():  # the FRESCO knobs are checked by FrescoSettings itself
+            check_type(key, getattr(self, key))
+
         need(bool(self.file_path), "file_path", "the input video (or folder of images) is required")
         need(bool(self.save_path), "save_path", "the output folder is required")
         need(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", "a non-empty prompt is required")
-        for key in ("mininterv", "maxinterv", "batch_size", "short_side", "crf", "max_process"):
-            need(isinstance(getattr(self, key), int) and not isinstance(getattr(self, key), bool), key,
-                 "must be an integer")
         need(self.mininterv >= 1, "mininterv", "must be >= 1")
         need(self.maxinterv >= 1, "maxinterv", "must be >= 1")
         if self.mininterv > self.maxinterv:
@@ -123,6 +127,7 @@ class RenderConfig:
         need(self.flow in FLOW_ESTIMATORS, "flow", f"one of {FLOW_ESTIMATORS}")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
+        check_output_name(self.output)
         need(self.output.lower().endswith((".mp4", ".mov", ".mkv")) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
         self.frame_size()
@@ -145,9 +150,37 @@ def _settings_keys() -> dict[str, str]:
     return {settings_mod.yaml_key(f): f.name for f in settings_mod.settings_fields()}
 
 
+def _own_keys() -> list[str]:
+    return [f.name for f in fields(RenderConfig) if f.name not in ("extra", "settings")]
+
+
 def known_keys() -> list[str]:
-    own = [f.name for f in fields(RenderConfig) if f.name not in ("extra", "settings")]
-    return own + list(_settings_keys())
+    return _own_keys() + list(_settings_keys())
+
+
+_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
+def _accepted(key: str) -> tuple[tuple[type, ...], bool]:
+    """(the accepted types of RenderConfig's own `key`, whether null is accepted), from its annotations."""
+    hint = get_type_hints(RenderConfig)[key]
+    args = get_args(hint) if get_origin(hint) is Union else (hint,)
+    return tuple(a for a in args if a is not type(None)), type(None) in args
+
+
+def check_type(key: str, value: Any) -> None:
+    """One-line error naming `key` and what it accepts when `value` has the wrong type (an int is a number; a
+    bool is neither an int nor a number)."""
+    types, nullable = _accepted(key)
+    if value is None:
+        ok = nullable
+    elif isinstance(value, bool):
+        ok = bool in types
+    else:
+        ok = isinstance(value, types) or (float in types and isinstance(value, int))
+    if not ok:
+        what = " or ".join(_NAMES.get(t, t.__name__) for t in types) + (" or null" if nullable else "")
+        raise ValueError(f"{key}: expected {what}, got {value!r}")
 
 
 # our names for published keys (the YAML may use either)
@@ -181,6 +214,8 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
             raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known | set(ALIASES)))}")
         name = to_field.get(name, name)
         values[name] = _coerce(name, value)
+        if name not in to_field.values():
+            check_type(name, values[name])
     return RenderConfig(**values)
 
 
@@ -190,7 +225,13 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config: '{path}' does not exist")
     with open(path) as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"config: '{path}'{where}: not valid YAML: {problem}") from None
     return {} if data is None else data
 
 

@@ -1,10 +1,12 @@
 """Whole videos: frame I/O (io.py), keyframe selection and batching (keyframes.py), propagation of the stylised
 keyframes to the other frames (propagate.py), the resumable renderer (render.py) and its adapter to the one-batch
-pipeline (stylize.py). The renderer is imported on first use (`fresco.video.render`), so the I/O helpers stay light."""
+pipeline (stylize.py), with its output-folder rules (outdir.py: names, lock, manifest) and the checks it runs
+before loading anything (preflight.py: device, model, memory). The renderer is imported on first use
+(`fresco.video.render`), so the I/O helpers stay light."""
 from .io import (DEFAULT_FOLDER_FPS, IMAGE_EXTS, VideoInfo, VideoWriter, list_images, make_synthetic_clip, probe,
-                 processing_size, read_frames, resize_frame, synthetic_frame)
+                 processing_size, read_frames, read_timed_frames, resize_frame, synthetic_frame)
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
 
 __all__ = ["DEFAULT_FOLDER_FPS", "IMAGE_EXTS", "VideoInfo", "VideoWriter", "list_images", "make_synthetic_clip",
-           "probe", "processing_size", "read_frames", "resize_frame", "synthetic_frame", "Batch", "fixed_keyframes",
-           "frame_errors", "plan_batches", "select_keyframes"]
+           "probe", "processing_size", "read_frames", "read_timed_frames", "resize_frame", "synthetic_frame", "Batch",
+           "fixed_keyframes", "frame_errors", "plan_batches", "select_keyframes"]

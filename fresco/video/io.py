@@ -30,8 +30,9 @@ def _av():
 class VideoInfo:
     """What the renderer needs to know about an input before decoding it.
 
-    n_frames is the container's count (exact for images; for videos the decoded count is what the renderer trusts,
-    see `count_frames`). width/height are the source size; fps a Fraction."""
+    n_frames is the container's count (exact for images; for videos the decoded count is what the renderer trusts:
+    a truncated file's header promises more). width/height are the source size; fps a Fraction (the header's
+    rate); time_base the video stream's (None for a folder)."""
     path: str
     n_frames: int
     width: int
@@ -39,6 +40,7 @@ class VideoInfo:
     fps: Fraction
     has_audio: bool
     is_folder: bool
+    time_base: Fraction | None = None
 
 
 def _natural_key(name: str):
@@ -86,7 +88,7 @@ def probe(path: str | os.PathLike, folder_fps: Fraction | float | None = None) -
             if n <= 0:
                 n = sum(1 for p in c.demux(vs) if p.size)
             return VideoInfo(str(path), int(n), vs.codec_context.width, vs.codec_context.height, Fraction(fps),
-                             bool(c.streams.audio), False)
+                             bool(c.streams.audio), False, Fraction(vs.time_base) if vs.time_base else None)
     except av.error.FFmpegError as e:
         raise ValueError(f"input: cannot read video '{path}': {e}") from e
 
@@ -116,6 +118,14 @@ def resize_frame(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def read_frames(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of a video file or image folder one at a time as HxWx3 uint8 RGB, resized to size=(W, H)
     when given. Only the current frame is held."""
+    for _, img in read_timed_frames(path, size):
+        yield img
+
+
+def read_timed_frames(path: str | os.PathLike, size: tuple[int, int] | None = None
+                      ) -> Iterator[tuple[Fraction | None, np.ndarray]]:
+    """Like `read_frames`, with each frame's presentation time in seconds after the first frame's (the stream's
+    own timestamps, so a variable frame rate shows); None for images and for frames without a timestamp."""
     path = Path(path)
     if path.is_dir():
         files = list_images(path)
@@ -127,16 +137,22 @@ def read_frames(path: str | os.PathLike, size: tuple[int, int] | None = None) ->
             elif img.shape != first_shape:
                 raise ValueError(f"input: image '{f}' is {img.shape[1]}x{img.shape[0]} but the first image is "
                                  f"{first_shape[1]}x{first_shape[0]}; all frames must have one size")
-            yield img if size is None else resize_frame(img, size)
+            yield None, img if size is None else resize_frame(img, size)
         return
     av = _av()
     try:
         with av.open(str(path)) as c:
             vs = c.streams.video[0]
             vs.thread_type = "AUTO"
+            tb = Fraction(vs.time_base) if vs.time_base else None
+            first = None
             for frame in c.decode(vs):
+                t = None
+                if frame.pts is not None and tb is not None:
+                    first = frame.pts if first is None else first
+                    t = (frame.pts - first) * tb
                 img = frame.to_ndarray(format="rgb24")
-                yield img if size is None else resize_frame(img, size)
+                yield t, img if size is None else resize_frame(img, size)
     except av.error.FFmpegError as e:
         raise ValueError(f"input: cannot decode video '{path}': {e}") from e
 
@@ -183,16 +199,22 @@ class VideoWriter:
     `audio_from` when it has any; or, when `path` has no video suffix, to a folder of PNGs 00000.png, 00001.png, ...
 
     Use as a context manager. The file appears under its final name only when the writer closes without an error
-    (it is written to a temporary name first), so a crash never leaves a partial video that looks finished."""
+    (it is written to a temporary name first), so a crash never leaves a partial video that looks finished. PNG
+    frames go into an existing folder beside the files already there (same-named ones are replaced, others kept).
+
+    time_base: the video's time base when frames are written with their own times (`write(img, t)`, e.g. a
+    variable-frame-rate source's timestamps); default 1/fps, frame i at i/fps."""
 
     VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 
     def __init__(self, path: str | os.PathLike, fps: Fraction | float, size: tuple[int, int],
-                 audio_from: str | None = None, crf: int = 18):
+                 audio_from: str | None = None, crf: int = 18, time_base: Fraction | None = None):
         self.path = Path(path)
         self.size = size
         self.fps = Fraction(fps).limit_denominator(100000)
         self.n_written = 0
+        self.time_base = Fraction(time_base) if time_base else 1 / self.fps
+        self._last_pts = -1
         self._is_video = self.path.suffix.lower() in self.VIDEO_SUFFIXES
         w, h = size
         if self._is_video and (w % 2 or h % 2):
@@ -207,7 +229,7 @@ class VideoWriter:
             self._vs.width, self._vs.height = w, h
             self._vs.pix_fmt = "yuv420p"
             self._vs.options = {"crf": str(crf), "preset": "medium"}
-            self._vs.codec_context.time_base = 1 / self.fps
+            self._vs.codec_context.time_base = self.time_base
             if audio_from is not None and not Path(audio_from).is_dir():
                 with av.open(str(audio_from)) as c:
                     has_audio = bool(c.streams.audio)
@@ -216,17 +238,22 @@ class VideoWriter:
         else:
             self._tmp.mkdir(parents=True, exist_ok=True)
 
-    def write(self, img: np.ndarray) -> None:
+    def write(self, img: np.ndarray, t: Fraction | None = None) -> None:
+        """Append one frame; `t`: its time in seconds after the first frame (default n_written / fps)."""
         w, h = self.size
         if img.shape != (h, w, 3) or img.dtype != np.uint8:
             raise ValueError(f"frame: expected {h}x{w}x3 uint8, got {tuple(img.shape)} {img.dtype}")
         if self._is_video:
             av = _av()
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = self.n_written
-            frame.time_base = self._vs.codec_context.time_base
+            t = Fraction(self.n_written) / self.fps if t is None else Fraction(t)
+            # strictly increasing even when two source times round to one tick
+            pts = max(round(t / self.time_base), self._last_pts + 1)
+            self._last_pts = pts
+            frame.pts = pts
+            frame.time_base = self.time_base
             if self._audio is not None:
-                self._audio.until(float(self.n_written / self.fps))
+                self._audio.until(float(pts * self.time_base))
             for packet in self._vs.encode(frame):
                 self._out.mux(packet)
         else:
@@ -246,8 +273,14 @@ class VideoWriter:
         if not ok:
             _remove(self._tmp)
             return
-        _remove(self.path)
-        os.replace(self._tmp, self.path)
+        if self._is_video or not self.path.is_dir():
+            if not self._is_video and self.path.exists():
+                self.path.unlink()
+            os.replace(self._tmp, self.path)
+            return
+        for f in sorted(self._tmp.iterdir()):
+            os.replace(f, self.path / f.name)
+        self._tmp.rmdir()
 
     def __enter__(self) -> "VideoWriter":
         return self

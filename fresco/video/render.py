@@ -1,5 +1,7 @@
 """Whole-video rendering: keyframe selection, anchored batches through the one-batch pipeline, propagation to the
-other frames, streamed output; resumable from the output folder after a crash (one finished batch at a time)."""
+other frames, streamed output; resumable from the output folder after a crash or Ctrl-C (one finished batch at a
+time). The output folder is locked while a render runs, and only files the render wrote (its manifest in the state
+file) are ever deleted or replaced without --overwrite (fresco.video.outdir)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +9,9 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -20,11 +24,13 @@ from fresco_kernels import get_backend
 from ..config import RenderConfig
 from ..models.flow import FlowEstimator, get_flow_estimator
 from ..pipeline.core import AnchorCallback, AnchorSource
-from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
+from . import preflight
+from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
+from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, foreign, make_folder,
+                     refuse_foreign, remove_owned)
 from .propagate import propagate
 
-STATE = "state.json"
 PREVIEW_KEYS = 6
 
 
@@ -43,8 +49,14 @@ class BatchStylizer(Protocol):
                  on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray: ...
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a render; the output folder is left resumable and the message says how far the render got."""
+
+
 @dataclass
 class RenderResult:
+    """What a render wrote. warnings: problems with the input it rendered anyway (a truncated file, a variable
+    frame rate), also logged when found and kept in the state file."""
     video: Path
     keys_dir: Path
     preview: Path
@@ -54,6 +66,7 @@ class RenderResult:
     fps: float
     size: tuple[int, int]
     timings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _log(msg: str) -> None:
@@ -85,7 +98,8 @@ def _load_png(path: Path) -> np.ndarray:
 
 def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
-    skip = {"save_path", "output", "resume", "overwrite", "crf", "device", "run_ebsynth", "max_process"}
+    skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
+            "max_process"}
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     p = Path(info.path)
     st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
@@ -95,47 +109,85 @@ def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> s
 
 
 class _State:
-    """state.json in the output folder: the fingerprint, keys, batches and which batches are finished. Written
-    atomically after each finished batch; a batch counts only once its keyframes and latents are on disk."""
+    """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
+    manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
+    path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
+    The file is first written once the model is loaded and the first batch starts."""
 
     def __init__(self, root: Path):
+        self.root = root
         self.path = root / STATE
         self.data: dict = {}
 
     def load(self) -> Optional[dict]:
         if not self.path.exists():
             return None
-        with open(self.path) as f:
-            self.data = json.load(f)
+        try:
+            with open(self.path) as f:
+                self.data = json.load(f)
+            if not isinstance(self.data, dict) or "fingerprint" not in self.data:
+                raise ValueError("no fingerprint")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "
+                             f"another -o") from None
+        if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours
+            batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
+            self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
+                                        for f in _batch_files(b))
         return self.data
+
+    def owned(self) -> set:
+        return set(self.data.get("files", []))
 
     def save(self) -> None:
         _atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
 
-
-def _clear(root: Path, cfg: RenderConfig) -> None:
-    for name in (STATE, cfg.output, "preview.png"):
-        p = root / name
-        if p.is_dir():
-            for f in p.iterdir():
-                f.unlink()
-            p.rmdir()
-        elif p.exists():
-            p.unlink()
-    for sub in ("keys", "latents"):
-        d = root / sub
-        if d.is_dir():
-            for f in d.iterdir():
-                f.unlink()
+    def claim(self, rels: Sequence[str], overwrite: bool) -> None:
+        """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
+        unless `overwrite`."""
+        if not overwrite:
+            refuse_foreign(foreign(self.root, rels, self.owned()))
+        for rel in rels:
+            if "/" in rel:
+                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        self.data["files"] = sorted(self.owned() | set(rels))
+        self.save()
 
 
-def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> tuple[list[int], int]:
-    """(keyframes, exact frame count) from one streamed decode at the processing size."""
+def _output_files(cfg: RenderConfig, n: int) -> list[str]:
+    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES:
+        return [cfg.output, PREVIEW]
+    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
+
+
+def _batch_files(b: Batch) -> list[str]:
+    return [f"{KEYS}/{k:05d}.png" for k in b.frames[b.n_anchors:]] + [f"{LATENTS}/{b.index:04d}.pt"]
+
+
+def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
+                ) -> tuple[list[int], int, Optional[Fraction]]:
+    """(keyframes, exact frame count, true average rate) from one streamed decode at the processing size. The
+    rate is None unless the stream's timestamps stray from i / header fps by more than half a frame (a variable
+    frame rate); then it is (n - 1) / (last time - first time)."""
+    step = 1 / Fraction(info.fps)
+    last = [Fraction(0), False]
+
+    def frames():
+        for i, (t, img) in enumerate(read_timed_frames(info.path, size)):
+            if t is not None:
+                last[0] = t
+                last[1] = last[1] or abs(t - i * step) > step / 2
+            yield img
+
     if cfg.mininterv == cfg.maxinterv:
-        n = sum(1 for _ in read_frames(info.path, size))
-        return (fixed_keyframes(n, cfg.mininterv) if n else []), n
-    errors = frame_errors(read_frames(info.path, size))
-    return (select_keyframes(errors, cfg.mininterv, cfg.maxinterv) if errors else []), len(errors)
+        n = sum(1 for _ in frames())
+        keys = fixed_keyframes(n, cfg.mininterv) if n else []
+    else:
+        errors = frame_errors(frames())
+        n = len(errors)
+        keys = select_keyframes(errors, cfg.mininterv, cfg.maxinterv) if errors else []
+    rate = Fraction(n - 1) / last[0] if last[1] and last[0] > 0 else None
+    return keys, n, rate
 
 
 def _batch_frames(info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
@@ -170,62 +222,139 @@ def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], h
     _save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))
 
 
+def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
+               default_model: bool) -> bool:
+    """The checks before anything is written or loaded: the output is not the input, the model can be had
+    (when the default stylizer will load one), the memory fits (unless cfg.force). Returns whether the model
+    must be loaded from the local cache only."""
+    root = Path(cfg.save_path)
+    check_not_input(info.path, root, cfg.output)
+    out = root / cfg.output
+    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES and out.is_dir():
+        raise ValueError(f"output: '{out}' is a folder; choose another --output")
+    local_only = False
+    if default_model:
+        from ..models.sd import CONTROLNET_IDS, TINY_NAMES
+        local_only = preflight.check_model_available(cfg.model, "unet/config.json", "sd_path")
+        if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
+            local_only |= preflight.check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
+                                                          "controlnet_type")
+    if not cfg.force:
+        from ..models.sd import TINY_NAMES
+        on_gpu = device.type == "cuda"
+        dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
+        model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"
+        est = preflight.estimate_memory(size, cfg.batch_size, model, dtype_bytes, on_gpu, cfg.use_controlnet)
+        preflight.check_memory(est, device, size)
+    return local_only
+
+
 def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
            flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
            progress: bool = True) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
-    run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
-    `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the propagation
-    (`flow` replaces the latter); every op runs on cfg.settings.backend (None: the global switch, read once)."""
-    from tqdm.auto import tqdm
-
+    run and the render is left to resume). The stylizer is built lazily (after the input and output folder are
+    checked) by `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the
+    propagation (`flow` replaces the latter); every op runs on cfg.settings.backend (None: the global switch, read
+    once). Raises Interrupted on Ctrl-C (the folder stays resumable), ValueError with the key named for bad
+    settings, inputs and output folders, OutputLocked when another render holds the folder."""
     cfg.validate()
     # the backend is read once: the batches, the propagation and the fingerprint all see the same one
     cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
-    timings = {"keyframes_s": 0.0, "diffusion_s": 0.0, "propagation_s": 0.0}
-    t0 = time.perf_counter()
+    device = preflight.check_device(cfg.device)
     info = probe(cfg.file_path, cfg.fps)
     size = cfg.frame_size() or processing_size(info.width, info.height, cfg.short_side)
+    local_only = _preflight(cfg, info, size, device, stylizer is None and make_stylizer is None)
     root = Path(cfg.save_path)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "keys").mkdir(exist_ok=True)
-    (root / "latents").mkdir(exist_ok=True)
+    created = make_folder(root)
+    lock = FolderLock(root)
+    progress_note = {"done": 0, "total": None}
+    try:
+        lock.acquire()
+        if lock.stale:
+            _log(f"fresco: note: {lock.stale}")
+        return _render_locked(cfg, info, size, device, root, stylizer, make_stylizer, flow, stop_after, progress,
+                              local_only, progress_note)
+    except KeyboardInterrupt:
+        if progress_note["total"] is None:
+            raise Interrupted("interrupted before the first batch started; run the same command to start again") \
+                from None
+        raise Interrupted(f"interrupted after batch {progress_note['done']}/{progress_note['total']}; run the same "
+                          f"command to resume") from None
+    finally:
+        lock.release()
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+
+
+def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device, root: Path,
+                   stylizer: Optional[BatchStylizer], make_stylizer, flow: Optional[FlowEstimator],
+                   stop_after: Optional[int], progress: bool, local_only: bool,
+                   progress_note: dict) -> Optional[RenderResult]:
+    """render() once the output folder is locked; `progress_note` tracks finished/total batches for Ctrl-C."""
+    from tqdm.auto import tqdm
+
+    timings = {"keyframes_s": 0.0, "diffusion_s": 0.0, "propagation_s": 0.0}
+    t0 = time.perf_counter()
     state = _State(root)
     fp = _fingerprint(cfg, info, size)
     old = state.load()
-    if old is not None and (cfg.overwrite or not cfg.resume):
-        _clear(root, cfg)
+    if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old.get("done"))):
+        # only what the earlier render wrote goes; with no batch finished there is nothing to lose
+        remove_owned(root, old.get("files", []))
+        state.path.unlink()
         old = None
-    elif old is not None and old.get("fingerprint") != fp:
+    elif old is not None and old["fingerprint"] != fp:
         raise ValueError(f"save_path: '{root}' holds a render of other settings or another input; use --overwrite "
                          f"to replace it or choose another folder")
 
     if old is None:
-        keys, n = select_keys(cfg, info, size)
+        keys, n, vfr_rate = select_keys(cfg, info, size)
         if n < 2:
             raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
+        warnings = []
+        if not info.is_folder and n != info.n_frames:
+            msg = f"input: the header of '{cfg.file_path}' promises {info.n_frames} frames but {n} decode"
+            if cfg.strict:
+                raise ValueError(f"{msg} (a truncated or damaged file); --strict refuses it")
+            warnings.append(f"{msg} (a truncated or damaged file?); rendering the {n} that decode")
+        if vfr_rate is not None:
+            warnings.append(f"input: variable frame rate (header {float(info.fps):.3g} fps, average "
+                            f"{float(vfr_rate):.3g} fps); the output keeps the source's timestamps")
+        for w in warnings:
+            _log(f"fresco: warning: {w}")
         batches = plan_batches(keys, cfg.batch_size)
-        state.data = {"fingerprint": fp, "n_frames": n, "size": list(size), "fps": str(info.fps), "keys": keys,
-                      "batches": [[list(b.frames), b.n_anchors] for b in batches], "done": [], "complete": False}
-        state.save()
+        state.data = {"fingerprint": fp, "n_frames": n, "size": list(size), "fps": str(info.fps),
+                      "vfr_fps": None if vfr_rate is None else str(vfr_rate), "keys": keys,
+                      "batches": [[list(b.frames), b.n_anchors] for b in batches], "done": [], "complete": False,
+                      "warnings": warnings, "files": []}
     else:
         keys, n = state.data["keys"], state.data["n_frames"]
         batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
         _log(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished")
+    vfr_rate = Fraction(state.data["vfr_fps"]) if state.data.get("vfr_fps") else None
+    fps = vfr_rate or info.fps
+    progress_note.update(done=len(state.data["done"]), total=len(batches))
     timings["keyframes_s"] = time.perf_counter() - t0
     for note in cfg.unused_notes():
         _log(f"fresco: note: {note}")
-    _log(f"fresco: {n} frames at {size[0]}x{size[1]}, {info.fps} fps; {len(keys)} keyframes in {len(batches)} "
-         f"batch(es) of up to {cfg.batch_size}")
+    _log(f"fresco: {n} frames at {size[0]}x{size[1]}, {float(fps):.4g} fps; {len(keys)} keyframes in "
+         f"{len(batches)} batch(es) of up to {cfg.batch_size}")
 
     todo = [b for b in batches if b.index not in state.data["done"]]
+    if not cfg.overwrite:
+        # every path this render will write, checked before the model loads; PNG frames go only into a folder
+        # that holds nothing but the renderer's own files
+        planned = [f for b in todo for f in _batch_files(b)] + _output_files(cfg, n) + [cfg.output]
+        refuse_foreign(foreign(root, planned, state.owned()))
     if todo:
         if stylizer is None and make_stylizer is not None:
             stylizer = make_stylizer(cfg)
         elif stylizer is None:
             from .stylize import make_stylizer as default_make
-            stylizer = default_make(cfg, progress=progress)
+            stylizer = default_make(cfg, progress=progress, local_files_only=local_only)
+        state.save()  # the render has really started: from here on the folder is resumable
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
         for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
@@ -234,62 +363,60 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
                 return None
             anchors = None
             if b.n_anchors:
-                anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
+                anchors = torch.load(root / LATENTS / f"{b.index - 1:04d}.pt", map_location="cpu")
             t = time.perf_counter()
             record: list[torch.Tensor] = []
             images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()))
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
+            state.claim(_batch_files(b), cfg.overwrite)
             for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
-                _save_png(root / "keys" / f"{k:05d}.png", img)
-            buf = root / "latents" / f"{b.index:04d}.pt"
+                _save_png(root / KEYS / f"{k:05d}.png", img)
+            buf = root / LATENTS / f"{b.index:04d}.pt"
             torch.save(record, buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
+            progress_note["done"] = len(state.data["done"])
             bar.update(1)
         bar.close()
 
     t = time.perf_counter()
-    device = _device(cfg)
     if flow is None:
         flow = get_flow_estimator(cfg.flow, device)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
-    sources, outputs = [], []
+    sources, outputs, times = [], [], deque()
 
     def frames_with_preview():
-        for i, img in enumerate(read_frames(info.path, size)):
+        for i, (ts, img) in enumerate(read_timed_frames(info.path, size)):
             if i in preview_keys:
                 sources.append(img)
-            yield i, img
+            if vfr_rate is not None:
+                times.append(ts)  # popped as the frame is written: at most the frames propagation holds
+            yield img
 
-    stream = frames_with_preview()
+    state.claim(_output_files(cfg, n), cfg.overwrite)
     out_path = root / cfg.output
-    with VideoWriter(out_path, info.fps, size, audio_from=None if info.is_folder else info.path,
-                     crf=cfg.crf) as writer:
+    with VideoWriter(out_path, fps, size, audio_from=None if info.is_folder else info.path, crf=cfg.crf,
+                     time_base=info.time_base if vfr_rate is not None else None) as writer:
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
-        for out in propagate((img for _, img in stream), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png"),
+        for out in propagate(frames_with_preview(), keys, lambda k: _load_png(root / KEYS / f"{k:05d}.png"),
                              flow, device, backend=cfg.settings.backend):
             if count in preview_keys:
                 outputs.append(out)
-            writer.write(out)
+            writer.write(out, times.popleft() if vfr_rate is not None else None)
             count += 1
             bar.update(1)
         bar.close()
         if count != n:
             raise RuntimeError(f"input: decoded {count} frames now but {n} on the first pass")
     timings["propagation_s"] = time.perf_counter() - t
-    preview = root / "preview.png"
+    preview = root / PREVIEW
     _preview(preview, sources, outputs)
     state.data["complete"] = True
     state.save()
     timings["total_s"] = time.perf_counter() - t0
-    return RenderResult(out_path, root / "keys", preview, keys, batches, n, float(info.fps), size, timings)
-
-
-def _device(cfg: RenderConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return RenderResult(out_path, root / KEYS, preview, keys, batches, n, float(fps), size, timings,
+                        list(state.data.get("warnings", [])))

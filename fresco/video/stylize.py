@@ -11,12 +11,14 @@ from ..config import RenderConfig
 from ..pipeline.core import AnchorCallback, AnchorSource
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False) -> Callable:
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False) -> Callable:
     """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model with
-    cfg.flow), running cfg.settings; a per-step progress bar when `progress`."""
+    cfg.flow, from the local cache only when `local_files_only`), running cfg.settings; a per-step progress bar
+    when `progress`."""
     from ..pipeline import FrescoPipeline
     pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=cfg.flow)
+                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=cfg.flow,
+                                                  local_files_only=local_files_only)
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray:

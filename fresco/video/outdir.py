@@ -1,0 +1,200 @@
+"""The renderer's output folder, made safe for the user's files: which output names are allowed, the rule that the
+output never lands on or around the input, an exclusive lock per folder (a lock file holding the owner's pid and
+host), and the manifest of files the renderer wrote (kept in the state file). The renderer deletes or replaces
+only files listed in that manifest; anything else in the folder needs `overwrite`, and even then only the paths the
+renderer writes are replaced, never the user's other files."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+STATE = "state.json"
+LOCK = ".fresco.lock"
+PREVIEW = "preview.png"
+KEYS = "keys"
+LATENTS = "latents"
+# names the renderer itself uses inside the output folder: `output` may be none of them
+RESERVED = (KEYS, LATENTS, STATE, LOCK, PREVIEW)
+
+
+class OutputLocked(RuntimeError):
+    """The output folder is locked by another render that is still running."""
+
+
+def check_output_name(output: str) -> None:
+    """`output` must be one plain name inside the output folder: not '.', '..', empty, a path, hidden or reserved."""
+    accepted = "a plain file name like 'video.mp4' or a folder name like 'frames'"
+    if not isinstance(output, str) or output.strip() == "":
+        raise ValueError(f"output: {accepted}, got {output!r}")
+    if output in (".", "..") or "/" in output or "\\" in output or os.sep in output or Path(output).is_absolute():
+        raise ValueError(f"output: {accepted}, not a path; the folder is set with -o/save_path; got {output!r}")
+    if output.startswith("."):
+        raise ValueError(f"output: {accepted}; names starting with '.' are the renderer's temporary files, "
+                         f"got {output!r}")
+    if output.lower() in (r.lower() for r in RESERVED):
+        raise ValueError(f"output: {output!r} is a name the renderer uses itself in the output folder "
+                         f"({', '.join(RESERVED)}); choose another")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_not_input(input_path: str | os.PathLike, root: Path, output: str) -> None:
+    """Refuse when anything the renderer writes would be the input, or hold it: the output video/frames folder (or
+    keys/, latents/, state, preview, lock) resolving to the input or to a folder around it; for a folder of images,
+    an output folder that is that folder or inside it (the preview would become a frame)."""
+    inp = Path(input_path).resolve()
+    root_r = root.resolve()
+    for name in (output,) + RESERVED:
+        target = root_r / name
+        if _within(inp, target):
+            what = "is" if inp == target else "would hold"
+            key = "output" if name == output else "save_path"
+            raise ValueError(f"{key}: '{root / name}' {what} the input '{input_path}'; the render would replace "
+                             f"it. Choose another -o/--output")
+    if inp.is_dir() and _within(root_r, inp):
+        raise ValueError(f"save_path: '{root}' is inside the input folder of images '{input_path}'; choose an output "
+                         f"folder outside it")
+
+
+def make_folder(root: Path) -> bool:
+    """Create the output folder (and its parents); True when it did not exist. A clear error when it cannot be."""
+    if root.is_dir():
+        return False
+    if root.exists():
+        raise ValueError(f"save_path: '{root}' exists and is not a folder; choose another -o")
+    try:
+        root.mkdir(parents=True)
+    except FileExistsError:
+        raise ValueError(f"save_path: cannot create '{root}': a part of the path is a file") from None
+    except NotADirectoryError:
+        raise ValueError(f"save_path: cannot create '{root}': a part of the path is a file, not a folder") from None
+    except OSError as e:
+        raise ValueError(f"save_path: cannot create '{root}': {e.strerror or e}") from None
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive `flock` on `<root>/.fresco.lock`, which holds the owner's pid, host and start time as JSON.
+
+    The kernel drops the lock when its process dies, so a lock file left by a killed render is free to take: the
+    taker says so (`stale`). release() removes the file while still holding the lock; acquire() re-checks that the
+    file it locked is still the one at the path, so two renders can never both hold a lock."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = root / LOCK
+        self._fd: Optional[int] = None
+        self.stale: Optional[str] = None
+
+    @staticmethod
+    def _describe(text: str) -> str:
+        try:
+            d = json.loads(text)
+            return f"pid {d['pid']} on host {d['host']}, started {d['started']}"
+        except (ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+    def acquire(self) -> "FolderLock":
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = self._describe(os.read(fd, 4096).decode(errors="replace"))
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputLocked(f"save_path: '{self.root}' is in use by another render ({holder}); wait for "
+                                       f"it to finish or choose another -o") from None
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed the file between our open and flock: lock the new one
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        if previous:
+            try:
+                pid, host = (lambda d: (int(d["pid"]), d["host"]))(json.loads(previous))
+                dead = host == socket.gethostname() and not _pid_alive(pid)
+            except (ValueError, KeyError, TypeError):
+                dead = False
+            self.stale = (f"took over the stale lock of {self._describe(previous)}"
+                          f"{', which is no longer running' if dead else ''}")
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())})
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, record.encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def foreign(root: Path, rels: Iterable[str], owned: set) -> list[Path]:
+    """The paths among `rels` (relative to root) that exist and are not in the manifest `owned`; for a folder,
+    every file inside it that is not owned."""
+    out = []
+    for rel in rels:
+        p = root / rel
+        if p.is_dir():
+            out += [f for f in sorted(p.iterdir()) if f"{rel}/{f.name}" not in owned]
+        elif (p.exists() or p.is_symlink()) and rel not in owned:
+            out.append(p)
+    return out
+
+
+def refuse_foreign(paths: list[Path]) -> None:
+    """The error for files the renderer would replace but did not write (allowed only with --overwrite)."""
+    if paths:
+        shown = ", ".join(f"'{p}'" for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise ValueError(f"output: {shown} already exist(s) and were not written by fresco (not in its state "
+                         f"file); use --overwrite to replace them, or choose another -o/--output")
+
+
+def remove_owned(root: Path, owned: Iterable[str]) -> None:
+    """Delete the files of the manifest `owned` (paths relative to root); folders are removed only when empty."""
+    dirs = set()
+    for rel in owned:
+        p = root / rel
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+        if "/" in rel:
+            dirs.add(root / rel.rsplit("/", 1)[0])
+    for d in sorted(dirs, key=lambda d: -len(d.parts)):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
