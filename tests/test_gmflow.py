@@ -135,7 +135,7 @@ def test_checkpoint_has_published_layout(tmp_path):
     ck = torch.load(path, weights_only=True)
     assert set(ck) == {"model"}
     sd = ck["model"]
-    assert len(sd) == 123 and sum(v.numel() for v in sd.values()) == 4_680_288
+    assert len(sd) == 123 and sum(v.numel() for v in sd.values()) == 4_680_288  # as the published GMFlow(num_scales=1)
     assert sd["backbone.conv1.weight"].shape == (64, 3, 7, 7)
     assert sd["backbone.layer2.0.downsample.0.bias"].shape == (96,)
     assert sd["transformer.layers.5.cross_attn_ffn.mlp.0.weight"].shape == (1024, 256)

@@ -170,8 +170,9 @@ def load_egnet(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     sd = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):
         raise ValueError(f"sod_path: '{path}' does not hold a state_dict")
-    model = EGNet()
-    model.load_state_dict(sd, strict=True)
+    with torch.device("meta"):  # no random init of 112M parameters that the file replaces
+        model = EGNet()
+    model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -284,8 +284,10 @@ def load_gmflow(path: Union[str, os.PathLike], device: Union[str, torch.device] 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"gmflow_path: no such file '{path}' (the GMFlow checkpoint, e.g. "
                                 "gmflow_sintel-0c07dcb3.pth)")
-    model = GMFlow()
-    model.load_state_dict(_state_dict_of(torch.load(path, map_location="cpu", weights_only=True)), strict=True)
+    with torch.device("meta"):  # no random init that the file replaces
+        model = GMFlow()
+    model.load_state_dict(_state_dict_of(torch.load(path, map_location="cpu", weights_only=True)), strict=True,
+                          assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 
