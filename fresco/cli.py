@@ -41,6 +41,14 @@ def _render_parser(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=cfgmod.DTYPES)
     p.add_argument("--backend", choices=("fused", "reference"), help="fresco_kernels ops or the PyTorch reference")
+    p.add_argument("--flow", choices=cfgmod.FLOWS, help="flow estimator for every stage (default: gmflow when "
+                                                        "--gmflow-path is given, else dis)")
+    p.add_argument("--gmflow-path", dest="gmflow_path", help="GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth)")
+    p.add_argument("--raft-path", dest="raft_path", help="torchvision RAFT-large weights (default: torch hub cache)")
+    p.add_argument("--saliency", dest="use_salinecy", action="store_const", const=True,
+                   help="background smoothing from EGNet saliency (YAML: use_salinecy; needs --sod-path)")
+    p.add_argument("--no-saliency", dest="use_salinecy", action="store_const", const=False)
+    p.add_argument("--sod-path", dest="sod_path", help="EGNet checkpoint for --saliency")
     p.add_argument("--crf", type=int, help="H.264 quality (18)")
     p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start over even when the output folder holds finished batches")
@@ -56,7 +64,8 @@ def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
                                                 "seed", "batch_size", "num_inference_steps", "num_warmup_steps",
                                                 "end_opt_step", "opt_iters", "guidance_scale", "mininterv",
                                                 "maxinterv", "size", "short_side", "fps", "device", "dtype",
-                                                "backend", "crf", "resume", "overwrite")}
+                                                "backend", "crf", "resume", "overwrite", "flow", "gmflow_path",
+                                                "raft_path", "use_salinecy", "sod_path")}
     overrides["file_path"] = args.video
     if args.interval is not None:
         if args.mininterv is not None or args.maxinterv is not None:

@@ -323,8 +323,9 @@ class FrescoPipeline:
         Constraints, each switchable: cross_frame_attention, spatial_attention (first `spatial_attention_steps` run
         steps), temporal_attention (while t >= temporal_attention_until), feature_optimization (temporal_loss,
         spatial_loss with spatial_weight/loss_reduction, opt_iters Adam steps at lr opt_lr, AdaIN with adain_eps, on
-        decoder blocks opt_layers at steps < end_opt_step), background smoothing (needs `background` [N, H, W] in
-        [0, 1], 1 = background; features at the optimisation steps, x0 at bg_smoothing_steps).
+        decoder blocks opt_layers at steps < end_opt_step), background smoothing (needs `background` [N, h, w] in
+        [0, 1], 1 = background, any h x w: resized bilinearly to each tensor it smooths, as published; features
+        at the optimisation steps, x0 at bg_smoothing_steps).
         control_images: [N, H, W(, 3)] uint8 condition images (default: computed with the ControlNet's type).
         backend: "fused" (fresco_kernels ops) or "reference" (their plain-PyTorch references).
         anchor_latents: per run step a [2, 4, h, w] tensor written into frames 0 and 1 at the start of that step
@@ -394,8 +395,8 @@ class FrescoPipeline:
         bg = None
         if background is not None:
             bg = torch.as_tensor(np.asarray(background) if not isinstance(background, torch.Tensor) else background)
-            if bg.shape != (n, H, W) or not bg.is_floating_point():
-                raise ValueError(f"background: a float [N, H, W] = {[n, H, W]} map in [0, 1], got "
+            if bg.dim() != 3 or bg.shape[0] != n or min(bg.shape[1:]) < 1 or not bg.is_floating_point():
+                raise ValueError(f"background: a float [N={n}, h, w] map in [0, 1] (e.g. [N, H, W]), got "
                                  f"{bg.dtype} {list(bg.shape)}")
             if bool((bg < 0).any() or (bg > 1).any()):
                 raise ValueError("background: values must lie in [0, 1] (1 = background)")

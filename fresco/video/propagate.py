@@ -11,7 +11,7 @@ import torch
 from fresco_kernels import flow_warp, forward_backward_check
 from fresco_kernels.occlusion import PHOTO_THRESHOLD
 
-from ..models.flow import FlowEstimator
+from ..models.flow import FlowEstimator, flow_pair
 
 
 def occlusion(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -36,12 +36,12 @@ def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
     the two warps (no key sees the pixel; the nearer one dominates)."""
     m = frames.shape[0]
     a_src = src_a.expand(m, -1, -1, -1)
-    to_a, from_a = flow(frames, a_src), flow(a_src, frames)
-    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a)
     if src_b is None:
-        return warp_a
+        return flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), flow(frames, a_src))
+    to_a, from_a = flow_pair(flow, frames, a_src)
+    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a)
     b_src = src_b.expand(m, -1, -1, -1)
-    to_b, from_b = flow(frames, b_src), flow(b_src, frames)
+    to_b, from_b = flow_pair(flow, frames, b_src)
     warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), to_b)
     t = t.view(m, 1, 1, 1).to(frames)
     w_a = (1 - t) * (1 - occlusion(to_a, from_a, frames, a_src))

@@ -18,7 +18,7 @@ import torch
 from ..config import RenderConfig
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
 from .propagate import propagate
-from ..models.flow import FlowEstimator
+from ..models.flow import FlowEstimator, get_flow_estimator
 from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
 
 STATE = "state.json"
@@ -171,7 +171,8 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            progress: bool = True) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
-    `make_stylizer(cfg)` when not given."""
+    `make_stylizer(cfg)` when not given. `flow` (default: the estimator cfg names) serves every stage: the default
+    stylizer's pipeline (each batch's flows) and the propagation to non-keyframes."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -211,13 +212,16 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     _log(f"fresco: {n} frames at {size[0]}x{size[1]}, {info.fps} fps; {len(keys)} keyframes in {len(batches)} "
          f"batch(es) of up to {cfg.batch_size}")
 
+    device = _device(cfg)
+    if flow is None:  # one estimator for every stage that uses flow: the batches and the propagation
+        flow = get_flow_estimator(cfg.flow_name, device, gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
     todo = [b for b in batches if b.index not in state.data["done"]]
     if todo:
         if stylizer is None and make_stylizer is not None:
             stylizer = make_stylizer(cfg)
         elif stylizer is None:
             from .stylize import make_stylizer as default_make
-            stylizer = default_make(cfg, progress=progress)
+            stylizer = default_make(cfg, progress=progress, flow=flow)
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
         for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
@@ -243,10 +247,6 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         bar.close()
 
     t = time.perf_counter()
-    if flow is None:
-        from ..models.flow import DISFlow
-        flow = DISFlow()
-    device = _device(cfg)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
     sources, outputs = [], []
 

@@ -1,5 +1,7 @@
 """The one-batch FRESCO pipeline (fresco.pipeline, issue 5) behind the renderer's `BatchStylizer` interface: frames
-in, stylised frames and the per-step latents of frames 0 and N-1 out, anchors' latents restored at every step."""
+in, stylised frames and the per-step latents of frames 0 and N-1 out, anchors' latents restored at every step. With
+`use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md) goes to the pipeline, so both
+background smoothings run."""
 from __future__ import annotations
 
 import inspect
@@ -9,15 +11,20 @@ import numpy as np
 import torch
 
 from ..config import RenderConfig
+from ..models.flow import FlowEstimator
+from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
 
 # what the renderer needs from FrescoPipeline.__call__ beyond one batch: restore frames 0 and 1 from these
 # per-step latents at the start of each step, and return the per-step latents of frames 0 and N-1
 NEEDED_ARGS = ("anchor_latents", "return_anchor_record")
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, flow: Optional[FlowEstimator] = None,
+                  saliency: Optional[SaliencyEstimator] = None):
     """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), showing a
-    per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available."""
+    per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available.
+    `flow`: the render's flow estimator (default: the pipeline's own, built from cfg.flow). With cfg.use_salinecy
+    the background map of each batch comes from `saliency` (default: EGNet from cfg.sod_path)."""
     try:
         from ..pipeline import FrescoPipeline
     except ImportError as e:
@@ -29,10 +36,22 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
         raise RuntimeError(f"fresco.pipeline.FrescoPipeline.__call__ lacks {missing}: the renderer restores the "
                            "anchors' latents at every step of each batch after the first")
     pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                          else None, device=cfg.device, dtype=cfg.dtype)
+                                          else None, device=cfg.device, dtype=cfg.dtype,
+                                          flow=flow if flow is not None else cfg.flow_name)
+    if flow is not None:
+        pipe.flow = flow
+    if cfg.use_salinecy and saliency is None:
+        if not cfg.sod_path:
+            raise ValueError("sod_path: use_salinecy needs the EGNet checkpoint (or turn saliency off with "
+                             "--no-saliency), got none")
+        saliency = get_saliency_estimator(cfg.sod_path, pipe.device)
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]):
-        out = pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.seed,
+        background = None
+        if cfg.use_salinecy:
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(pipe.device).permute(0, 3, 1, 2).float()
+            background = background_mask(x, saliency)
+        out = pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.seed, background=background,
                    num_inference_steps=cfg.num_inference_steps, num_warmup_steps=cfg.num_warmup_steps,
                    end_opt_step=cfg.end_opt_step, opt_iters=cfg.opt_iters, guidance_scale=cfg.guidance_scale,
                    cond_scale=cfg.cond_scale, use_freeu=cfg.use_freeu, backend=cfg.backend,
