@@ -1,5 +1,5 @@
 """Optical flow of a keyframe batch behind a pluggable estimator interface, and the batch's occlusion masks
-(SEMANTICS.md "Flow and occlusion"): cyclic pairs (i, i+1) for i = 0..N-2 plus the wrap pair (N-1, 0).
+(docs/algorithm.md, "Flow and occlusion"): cyclic pairs (i, i+1) for i = 0..N-2 plus the wrap pair (N-1, 0).
 
 Estimators (docs/flow_and_saliency.md): OpenCV DIS (default, offline, CPU), torchvision RAFT (weights from a local
 file or the torch hub cache, never downloaded) and the published GMFlow (fresco.models.gmflow, `gmflow_path`). Any

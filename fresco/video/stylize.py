@@ -1,11 +1,10 @@
-"""The one-batch FRESCO pipeline (fresco.pipeline, issue 5) behind the renderer's `BatchStylizer` interface: frames
-in, stylised frames and the per-step latents of frames 0 and N-1 out, anchors' latents restored at every step. With
-`use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md) goes to the pipeline, so both
-background smoothings run."""
+"""The one-batch FRESCO pipeline (fresco.pipeline) behind the renderer's `BatchStylizer` interface: frames and the
+anchors' per-step latents in (a sequence or a callable), stylised frames out, frames 0 and N-1's latents reported
+per step through a callback. With `use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md)
+goes to the pipeline, so both background smoothings run."""
 from __future__ import annotations
 
-import inspect
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -13,31 +12,22 @@ import torch
 from ..config import RenderConfig
 from ..models.flow import FlowEstimator
 from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
-
-# what the renderer needs from FrescoPipeline.__call__ beyond one batch: restore frames 0 and 1 from these
-# per-step latents at the start of each step, and return the per-step latents of frames 0 and N-1
-NEEDED_ARGS = ("anchor_latents", "return_anchor_record")
+from ..pipeline.core import AnchorCallback, AnchorSource
 
 
 def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, flow: Optional[FlowEstimator] = None,
-                  saliency: Optional[SaliencyEstimator] = None):
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), showing a
-    per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available.
-    `flow`: the render's flow estimator (default: the pipeline's own, built from cfg.flow). With cfg.use_salinecy
-    the background map of each batch comes from `saliency` (default: EGNet from cfg.sod_path)."""
-    try:
-        from ..pipeline import FrescoPipeline
-    except ImportError as e:
-        raise RuntimeError("fresco render needs the one-batch pipeline fresco.pipeline.FrescoPipeline (and "
-                           f"diffusers): {e}") from e
-    params = inspect.signature(FrescoPipeline.__call__).parameters
-    missing = [a for a in NEEDED_ARGS if a not in params]
-    if missing:
-        raise RuntimeError(f"fresco.pipeline.FrescoPipeline.__call__ lacks {missing}: the renderer restores the "
-                           "anchors' latents at every step of each batch after the first")
+                  saliency: Optional[SaliencyEstimator] = None) -> Callable:
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), running
+    cfg.settings; a per-step progress bar when `progress`. `flow`: the render's flow estimator (default: built from
+    cfg's flow / gmflow_path / raft_path). With cfg.use_salinecy each batch's background map comes from `saliency`
+    (default: EGNet from cfg.sod_path)."""
+    from ..pipeline import FrescoPipeline
+    if flow is None and pipe is None:
+        from ..models.flow import get_flow_estimator
+        from .render import _device
+        flow = get_flow_estimator(cfg.flow_name, _device(cfg), gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
     pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                          else None, device=cfg.device, dtype=cfg.dtype,
-                                          flow=flow if flow is not None else cfg.flow_name)
+                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=flow)
     if flow is not None:
         pipe.flow = flow
     if cfg.use_salinecy and saliency is None:
@@ -46,16 +36,14 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, flow: Op
                              "--no-saliency), got none")
         saliency = get_saliency_estimator(cfg.sod_path, pipe.device)
 
-    def stylize(frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]):
+    def stylize(frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
+                on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray:
         background = None
         if cfg.use_salinecy:
             x = torch.from_numpy(np.ascontiguousarray(frames)).to(pipe.device).permute(0, 3, 1, 2).float()
             background = background_mask(x, saliency)
-        out = pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.seed, background=background,
-                   num_inference_steps=cfg.num_inference_steps, num_warmup_steps=cfg.num_warmup_steps,
-                   end_opt_step=cfg.end_opt_step, opt_iters=cfg.opt_iters, guidance_scale=cfg.guidance_scale,
-                   cond_scale=cfg.cond_scale, use_freeu=cfg.use_freeu, backend=cfg.backend,
-                   anchor_latents=anchor_latents, return_anchor_record=True, progress=progress)
-        return out.images, out.anchor_record
+        return pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, settings=cfg.settings,
+                    background=background, anchor_latents=anchor_latents, on_anchor_record=on_anchor_record,
+                    progress=progress).images
 
     return stylize
