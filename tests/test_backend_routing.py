@@ -49,9 +49,11 @@ def clip(tmp_path_factory):
     return make_synthetic_clip(tmp_path_factory.mktemp("routing") / "clip", 7, (64, 64), fps=Fraction(24))
 
 
+# 4 steps: timesteps 751, 501, 251, 1; the run steps 501 (temporal attention: t >= 350, optimisation: step 1 < 2),
+# 251 and 1
 def _cfg(clip, out, **kw):
     return RenderConfig(file_path=str(clip), save_path=str(out), prompt="a painting", sd_path="tiny-random",
-                        size="64x64", num_inference_steps=3, num_warmup_steps=1, end_opt_step=3, opt_iters=1,
+                        size="64x64", num_inference_steps=4, num_warmup_steps=1, end_opt_step=2, opt_iters=1,
                         mininterv=3, maxinterv=3, batch_size=4, output="frames", device="cpu", **kw)
 
 
@@ -74,8 +76,8 @@ def test_global_switch_routes_a_whole_render(clip, tmp_path, calls):
 
 
 def test_cli_backend_flag_routes_a_whole_render(clip, tmp_path, calls):
-    rc = cli.main(["render", str(clip), "--prompt", "x", "--model", "tiny-random", "--size", "64x64", "--steps", "3",
-                   "--warmup-steps", "1", "--end-opt-step", "3", "--opt-iters", "1", "--interval", "3",
+    rc = cli.main(["render", str(clip), "--prompt", "x", "--model", "tiny-random", "--size", "64x64", "--steps", "4",
+                   "--warmup-steps", "1", "--end-opt-step", "2", "--opt-iters", "1", "--interval", "3",
                    "--batch-size", "4", "--output", "frames", "--device", "cpu", "--backend", "reference",
                    "-o", str(tmp_path / "o"), "-q"])
     assert rc == 0
