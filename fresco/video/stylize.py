@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 from ..config import RenderConfig
 from ..models.flow import FlowEstimator
