@@ -60,8 +60,16 @@ def _frames(b: int, h: int, w: int, device: str) -> torch.Tensor:
     return torch.roll(base, (2, 3), dims=(2, 3)).to(device), base.to(device)
 
 
+class _Rows(list):
+    """The result rows, each printed as soon as it is measured (CPU runs take minutes)."""
+
+    def append(self, row: Dict) -> None:
+        print(json.dumps(row), flush=True)
+        super().append(row)
+
+
 def run(device: str, sizes, pairs: int, n: int, repeats: int, skip, tmp: str) -> List[Dict]:
-    rows = []
+    rows = _Rows()
     paths = {"gmflow": gmflow.write_random_checkpoint(os.path.join(tmp, "gmflow.pth")),
              "sod": egnet.write_random_checkpoint(os.path.join(tmp, "sod.pth"))}
     for name in ("dis", "raft", "gmflow"):
