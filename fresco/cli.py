@@ -12,7 +12,7 @@ from . import settings as settings_mod
 # render flags that set RenderConfig's own keys (the FRESCO knobs' flags are derived from FrescoSettings)
 RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
                "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "crf",
-               "resume", "overwrite", "strict", "force")
+               "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path")
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,14 @@ def _render_parser(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=cfgmod.DTYPES)
     p.add_argument("--flow", choices=cfgmod.FLOW_ESTIMATORS, help="optical flow of the batches and the propagation "
-                                                                     "(default dis: OpenCV DIS)")
+                                                                     "(default: gmflow when --gmflow-path is given, "
+                                                                     "else dis: OpenCV DIS)")
+    p.add_argument("--gmflow-path", dest="gmflow_path", help="GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth)")
+    p.add_argument("--raft-path", dest="raft_path", help="torchvision RAFT-large weights (default: torch hub cache)")
+    p.add_argument("--saliency", dest="use_salinecy", action="store_const", const=True,
+                   help="background smoothing from EGNet saliency (YAML: use_salinecy; needs --sod-path)")
+    p.add_argument("--no-saliency", dest="use_salinecy", action="store_const", const=False)
+    p.add_argument("--sod-path", dest="sod_path", help="EGNet checkpoint for --saliency")
     p.add_argument("--crf", type=int, help="H.264 quality (18)")
     p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start over even when the output folder holds finished batches")

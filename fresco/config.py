@@ -34,18 +34,19 @@ class RenderConfig:
     use_controlnet: bool = True
     controlnet_type: str = "canny"
     batch_size: int = 8
+    gmflow_path: Optional[str] = None  # GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth): flow 'gmflow'
+    sod_path: Optional[str] = None  # EGNet checkpoint for the background mask
+    use_salinecy: bool = False  # (sic, the published spelling) saliency -> background smoothing
     # published keys of tools this package replaces: accepted so the shipped configs load, reported as unused
     run_ebsynth: bool = False
     max_process: int = 4
-    gmflow_path: Optional[str] = None
-    sod_path: Optional[str] = None
-    use_salinecy: bool = False
     # --- ours ---
     negative_prompt: Optional[str] = None
     size: Optional[str] = None
     short_side: int = 512
     fps: Optional[float] = None
-    flow: str = "dis"
+    flow: Optional[str] = None  # dis | raft | gmflow; default: gmflow when gmflow_path is set (as published), else dis
+    raft_path: Optional[str] = None  # torchvision RAFT-large weights (default: the torch hub cache)
     device: str = "auto"
     dtype: str = "auto"
     output: str = "video.mp4"
@@ -84,14 +85,17 @@ class RenderConfig:
     UNUSED = {
         "run_ebsynth": "non-keyframes are always propagated with flow warps (fresco.video.propagate), no Ebsynth",
         "max_process": "propagation runs in-process on the render device",
-        "gmflow_path": "flow comes from the `flow` estimator (default OpenCV DIS)",
-        "sod_path": "no saliency network: background smoothing needs a background map",
-        "use_salinecy": "no saliency network: background smoothing needs a background map",
     }
 
     @property
     def model(self) -> str:
         return self.sd_path
+
+    @property
+    def flow_name(self) -> str:
+        """The flow estimator used: `flow`, or by default 'gmflow' when gmflow_path is set (the published
+        configs), else 'dis'."""
+        return self.flow or ("gmflow" if self.gmflow_path else "dis")
 
     def frame_size(self) -> Optional[tuple[int, int]]:
         """The explicit (W, H) from `size` ("WxH"), or None for the automatic size."""
@@ -124,7 +128,15 @@ class RenderConfig:
         need(self.batch_size >= 3, "batch_size", "must be >= 3 (2 anchors + 1 new keyframe)")
         need(self.short_side >= 64, "short_side", "must be >= 64")
         need(self.controlnet_type in CONTROL_TYPES, "controlnet_type", f"one of {CONTROL_TYPES}")
-        need(self.flow in FLOW_ESTIMATORS, "flow", f"one of {FLOW_ESTIMATORS}")
+        need(self.flow is None or self.flow in FLOW_ESTIMATORS, "flow", f"one of {FLOW_ESTIMATORS}")
+        need(self.flow_name != "gmflow" or bool(self.gmflow_path), "gmflow_path",
+             "flow 'gmflow' needs the GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth)")
+        need(not self.use_salinecy or bool(self.sod_path), "sod_path",
+             "use_salinecy needs the EGNet checkpoint (or turn saliency off: --no-saliency)")
+        for key, used in (("gmflow_path", self.flow_name == "gmflow"), ("raft_path", self.flow_name == "raft"),
+                          ("sod_path", self.use_salinecy)):
+            need(not used or getattr(self, key) is None or Path(getattr(self, key)).is_file(), key,
+                 "no such checkpoint file")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
         check_output_name(self.output)
@@ -136,8 +148,14 @@ class RenderConfig:
     def unused_notes(self) -> list[str]:
         """One line per published key that is set but has no effect here, saying what happens instead."""
         default = RenderConfig()
-        return [f"{k}={getattr(self, k)!r} has no effect: {why}" for k, why in self.UNUSED.items()
-                if getattr(self, k) != getattr(default, k)]
+        notes = [f"{k}={getattr(self, k)!r} has no effect: {why}" for k, why in self.UNUSED.items()
+                 if getattr(self, k) != getattr(default, k)]
+        for key, used, why in (("gmflow_path", self.flow_name == "gmflow", f"flow is {self.flow_name!r}"),
+                               ("raft_path", self.flow_name == "raft", f"flow is {self.flow_name!r}"),
+                               ("sod_path", self.use_salinecy, "use_salinecy is off")):
+            if getattr(self, key) is not None and not used:
+                notes.append(f"{key}={getattr(self, key)!r} has no effect: {why}")
+        return notes
 
     def to_dict(self) -> dict:
         """Every key and its value, the FRESCO knobs flattened in (as in the YAML)."""

@@ -25,13 +25,13 @@ def test_dis_interface_and_known_motion():
 
 
 def test_get_flow_estimator():
-    assert FLOW_ESTIMATORS == ("dis", "raft")
+    assert FLOW_ESTIMATORS == ("dis", "raft", "gmflow")
     assert isinstance(get_flow_estimator("dis"), DISFlow) and isinstance(get_flow_estimator(None), DISFlow)
 
     def mine(src, dst):
         return torch.zeros(src.shape[0], 2, *src.shape[2:])
     assert get_flow_estimator(mine) is mine
-    with pytest.raises(ValueError, match="flow: one of \\('dis', 'raft'\\) or a callable"):
+    with pytest.raises(ValueError, match="flow: one of \\('dis', 'raft', 'gmflow'\\) or a callable"):
         get_flow_estimator("farneback")
 
 

@@ -165,7 +165,7 @@ def test_unknown_config_key():
         from_mapping({"promt": "x"})
 
 
-def test_published_config_loads():
+def test_published_config_loads(tmp_path, monkeypatch):
     # config_music.yaml of the published repo, comments dropped
     yaml_text = textwrap.dedent("""\
         file_path: './data/music.mp4'
@@ -190,9 +190,20 @@ def test_published_config_loads():
         use_salinecy: True
         """)
     import yaml
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="gmflow_path: no such checkpoint file"):  # honoured, so it must exist
+        from_mapping(yaml.safe_load(yaml_text)).validate()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "gmflow_sintel-0c07dcb3.pth").touch()
+    with pytest.raises(ValueError, match="sod_path: no such checkpoint file"):
+        from_mapping(yaml.safe_load(yaml_text)).validate()
+    (tmp_path / "model" / "epoch_resnet.pth").touch()
     cfg = from_mapping(yaml.safe_load(yaml_text)).validate()
     assert (cfg.mininterv, cfg.maxinterv, cfg.num_warmup_steps, cfg.controlnet_type) == (10, 30, 3, "hed")
-    assert any("use_salinecy" in n for n in cfg.unused_notes())
+    assert (cfg.flow_name, cfg.use_salinecy) == ("gmflow", True)  # GMFlow and saliency, as published
+    assert cfg.unused_notes() == []  # run_ebsynth False and max_process 4 are the defaults
+    cfg = from_mapping(dict(yaml.safe_load(yaml_text), flow="dis", use_salinecy=False)).validate()
+    assert sorted(n.split("=")[0] for n in cfg.unused_notes()) == ["gmflow_path", "sod_path"]
 
 
 RSS_SCRIPT = """

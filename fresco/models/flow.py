@@ -1,8 +1,10 @@
 """Optical flow of a keyframe batch behind a pluggable estimator interface, and the batch's occlusion masks
 (docs/algorithm.md, "Flow and occlusion"): cyclic pairs (i, i+1) for i = 0..N-2 plus the wrap pair (N-1, 0).
 
-Estimators: OpenCV DIS (default, offline, CPU) and torchvision RAFT, the latter only when its weights are already in
-the local torch hub cache (never downloaded here). Any callable `(src, dst) -> flow` fits (see `FlowEstimator`)."""
+Estimators (docs/flow_and_saliency.md): OpenCV DIS (default, offline, CPU), torchvision RAFT (weights from a local
+file or the torch hub cache, never downloaded) and the published GMFlow (fresco.models.gmflow, `gmflow_path`). Any
+callable `(src, dst) -> flow` fits (see `FlowEstimator`); one that also has `bidirectional(src, dst) -> (fwd, bwd)`
+gives both directions from one pass (`flow_pair`)."""
 from __future__ import annotations
 
 import os
@@ -13,9 +15,10 @@ import torch
 
 from fresco_kernels import occlusion_from_flows
 
-__all__ = ["FlowEstimator", "DISFlow", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS", "batch_flows"]
+__all__ = ["FlowEstimator", "DISFlow", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS", "batch_flows",
+           "flow_pair"]
 
-FLOW_ESTIMATORS = ("dis", "raft")
+FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 
 
 class FlowEstimator(Protocol):
@@ -48,21 +51,28 @@ class DISFlow:
 
 
 class RAFTFlow:
-    """torchvision's RAFT (large) behind the `FlowEstimator` interface. The weights must already be in the torch hub
-    cache (`torch.hub.get_dir()/checkpoints`); otherwise a clear error says where to put them (nothing is
-    downloaded). H and W must be multiples of 8."""
+    """torchvision's RAFT (large) behind the `FlowEstimator` interface, all pairs in one batched call on `device`.
+    Weights from `path` (a state_dict file such as torchvision's raft_large_C_T_SKHT_V2-ff5fadd5.pth) or, without
+    it, the torch hub cache (`torch.hub.get_dir()/checkpoints`); otherwise a clear error says where to put them
+    (nothing is downloaded). H and W must be multiples of 8."""
 
-    def __init__(self, device: Union[str, torch.device] = "cpu", num_flow_updates: int = 12):
+    def __init__(self, device: Union[str, torch.device] = "cpu", num_flow_updates: int = 12,
+                 path: Optional[str] = None):
         try:
             from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
         except ImportError as e:
-            raise RuntimeError("flow='raft' needs torchvision (pip install torchvision); use flow='dis' otherwise") \
-                from e
-        weights = Raft_Large_Weights.DEFAULT
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        if not os.path.isfile(path):
-            raise RuntimeError(f"flow='raft': RAFT weights are not cached at '{path}'; download {weights.url} there "
-                               "yourself (this package never downloads weights), or use flow='dis'")
+            raise RuntimeError("flow='raft' needs torchvision importable beside this torch (pip install "
+                               f"torchvision; {e}); use flow='dis' or 'gmflow' otherwise") from e
+        if path is not None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"raft_path: no such file '{path}' (a torchvision RAFT-large state_dict)")
+        else:
+            weights = Raft_Large_Weights.DEFAULT
+            path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+            if not os.path.isfile(path):
+                raise RuntimeError(f"flow='raft': RAFT weights are not cached at '{path}'; download {weights.url} "
+                                   "there yourself or give raft_path (this package never downloads weights), or "
+                                   "use flow='dis'")
         model = raft_large(weights=None, progress=False)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.model = model.to(device).eval().requires_grad_(False)
@@ -77,16 +87,32 @@ class RAFTFlow:
         return flow.to(src.device)
 
 
-def get_flow_estimator(flow: Union[str, FlowEstimator, None], device: Union[str, torch.device] = "cpu"
-                       ) -> FlowEstimator:
-    """An estimator from a name ("dis" default, "raft") or the callable itself."""
+def get_flow_estimator(flow: Union[str, FlowEstimator, None], device: Union[str, torch.device] = "cpu", *,
+                       gmflow_path: Optional[str] = None, raft_path: Optional[str] = None) -> FlowEstimator:
+    """An estimator from a name ("dis" default, "raft", "gmflow": needs `gmflow_path`) or the callable itself."""
     if flow is None or flow == "dis":
         return DISFlow()
     if flow == "raft":
-        return RAFTFlow(device)
+        return RAFTFlow(device, path=raft_path)
+    if flow == "gmflow":
+        if not gmflow_path:
+            raise ValueError("gmflow_path: flow='gmflow' needs the GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth), "
+                             "got none")
+        from .gmflow import GMFlowEstimator
+        return GMFlowEstimator(gmflow_path, device)
     if callable(flow) and not isinstance(flow, str):
         return flow
     raise ValueError(f"flow: one of {FLOW_ESTIMATORS} or a callable (src, dst) -> flow, got {flow!r}")
+
+
+def flow_pair(estimator: FlowEstimator, src: torch.Tensor, dst: torch.Tensor
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(flow src -> dst, flow dst -> src): one pass through `estimator.bidirectional` when it has one (GMFlow, as
+    published), else two calls."""
+    both = getattr(estimator, "bidirectional", None)
+    if both is not None:
+        return both(src, dst)
+    return estimator(src, dst), estimator(dst, src)
 
 
 @torch.no_grad()
@@ -96,15 +122,15 @@ def batch_flows(frames: torch.Tensor, estimator: FlowEstimator, *, backend: Opti
 
     Args:
         frames: [N, 3, H, W] float RGB in 0..255, on the device the masks are wanted on.
-        estimator: (src, dst) -> [B, 2, H, W] flow src -> dst in pixels.
+        estimator: (src, dst) -> [B, 2, H, W] flow src -> dst in pixels (both directions from one pass when it
+            has `bidirectional`).
     Returns:
         fwd_flow [N, 2, H, W] (frame i -> i+1, the last i = N-1 -> 0), bwd_flow [N, 2, H, W] (frame i+1 -> i),
         fwd_occ [N, H, W] on frame i's grid, bwd_occ [N, H, W] on frame i+1's grid (float 0/1, forward-backward and
         photometric tests), all fp32 on frames' device."""
     n = frames.shape[0]
     nxt = frames[list(range(1, n)) + [0]]
-    fwd = estimator(frames, nxt).to(frames.device, torch.float32)
-    bwd = estimator(nxt, frames).to(frames.device, torch.float32)
+    fwd, bwd = (f.to(frames.device, torch.float32) for f in flow_pair(estimator, frames, nxt))
     expect = (n, 2) + tuple(frames.shape[2:])
     if tuple(fwd.shape) != expect or tuple(bwd.shape) != expect:
         raise RuntimeError(f"flow estimator returned {list(fwd.shape)} / {list(bwd.shape)}, expected {list(expect)}")

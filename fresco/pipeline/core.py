@@ -302,7 +302,8 @@ class FrescoPipeline:
         backend="reference") applied on top of `settings` (default FrescoSettings()). backend=None (the default)
         follows the global switch, fresco_kernels.use_backend / set_backend.
         control_images: [N, H, W(, 3)] uint8 condition images (default: computed with the ControlNet's type).
-        background: [N, H, W] float in [0, 1] (1 = background) for background smoothing.
+        background: [N, h, w] float in [0, 1] (1 = background) for background smoothing, any h x w (e.g. the
+        published half-size saliency map): resized bilinearly to each tensor it smooths, as published.
         anchor_latents: for long videos, the [2, 4, h, w] latents written into frames 0 and 1 at the start of each run
         step j: a sequence (one per run step) or a callable j -> tensor (called at step j; it may block until the
         anchors are available). on_anchor_record(j, latents): called at the start of each run step j (after the
@@ -422,12 +423,12 @@ class FrescoPipeline:
         return ci
 
     def _background(self, background, n: int, H: int, W: int) -> Optional[torch.Tensor]:
-        """The background map as [N, 1, H, W] float32 on the device (None when not given)."""
+        """The background map as [N, 1, h, w] float32 on the device (None when not given)."""
         if background is None:
             return None
         bg = torch.as_tensor(np.asarray(background) if not isinstance(background, torch.Tensor) else background)
-        if bg.shape != (n, H, W) or not bg.is_floating_point():
-            raise ValueError(f"background: a float [N, H, W] = {[n, H, W]} map in [0, 1], got "
+        if bg.dim() != 3 or bg.shape[0] != n or min(bg.shape[1:]) < 1 or not bg.is_floating_point():
+            raise ValueError(f"background: a float [N={n}, h, w] map in [0, 1] (e.g. [N, H, W]), got "
                              f"{bg.dtype} {list(bg.shape)}")
         if bool((bg < 0).any() or (bg > 1).any()):
             raise ValueError("background: values must lie in [0, 1] (1 = background)")

@@ -12,7 +12,7 @@ import torch
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
-from ..models.flow import FlowEstimator
+from ..models.flow import FlowEstimator, flow_pair
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
@@ -29,12 +29,12 @@ def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
     dominates). backend: the fresco_kernels backend of the warps and occlusion tests (None: the global switch)."""
     m = frames.shape[0]
     a_src = src_a.expand(m, -1, -1, -1)
-    to_a, from_a = flow(frames, a_src), flow(a_src, frames)
-    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a, backend=backend)
     if src_b is None:
-        return warp_a
+        return flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), flow(frames, a_src), backend=backend)
+    to_a, from_a = flow_pair(flow, frames, a_src)  # one bidirectional pass when the estimator has one
+    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a, backend=backend)
     b_src = src_b.expand(m, -1, -1, -1)
-    to_b, from_b = flow(frames, b_src), flow(b_src, frames)
+    to_b, from_b = flow_pair(flow, frames, b_src)
     warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), to_b, backend=backend)
     t = t.view(m, 1, 1, 1).to(frames)
     occ_a = occlusion_from_flows(to_a, from_a, frames, targets=a_src, backend=backend)[0].unsqueeze(1)

@@ -258,7 +258,9 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     checked) by `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the
     propagation (`flow` replaces the latter); every op runs on cfg.settings.backend (None: the global switch, read
     once). Raises Interrupted on Ctrl-C (the folder stays resumable), ValueError with the key named for bad
-    settings, inputs and output folders, OutputLocked when another render holds the folder."""
+    settings, inputs and output folders, OutputLocked when another render holds the folder. `flow` (default: the
+    estimator cfg names: flow / gmflow_path / raft_path) serves every stage that uses flow: the default stylizer's
+    pipeline (each batch's flows) and the propagation."""
     cfg.validate()
     # the backend is read once: the batches, the propagation and the fingerprint all see the same one
     cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
@@ -342,6 +344,9 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
     _log(f"fresco: {n} frames at {size[0]}x{size[1]}, {float(fps):.4g} fps; {len(keys)} keyframes in "
          f"{len(batches)} batch(es) of up to {cfg.batch_size}")
 
+    device = _device(cfg)
+    if flow is None:  # one estimator for every stage that uses flow: the batches and the propagation
+        flow = get_flow_estimator(cfg.flow_name, device, gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
     todo = [b for b in batches if b.index not in state.data["done"]]
     if not cfg.overwrite:
         # every path this render will write, checked before the model loads; PNG frames go only into a folder
@@ -353,7 +358,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             stylizer = make_stylizer(cfg)
         elif stylizer is None:
             from .stylize import make_stylizer as default_make
-            stylizer = default_make(cfg, progress=progress, local_files_only=local_only)
+            stylizer = default_make(cfg, progress=progress, local_files_only=local_only, flow=flow)
         state.save()  # the render has really started: from here on the folder is resumable
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
@@ -383,8 +388,6 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         bar.close()
 
     t = time.perf_counter()
-    if flow is None:
-        flow = get_flow_estimator(cfg.flow, device)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
     sources, outputs, times = [], [], deque()
 

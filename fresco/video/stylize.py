@@ -1,28 +1,50 @@
 """The one-batch FRESCO pipeline (fresco.pipeline) behind the renderer's `BatchStylizer` interface: frames and the
 anchors' per-step latents in (a sequence or a callable), stylised frames out, frames 0 and N-1's latents reported
-per step through a callback."""
+per step through a callback. With `use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md)
+goes to the pipeline, so both background smoothings run."""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 from ..config import RenderConfig
+from ..models.flow import FlowEstimator
+from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
 from ..pipeline.core import AnchorCallback, AnchorSource
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False) -> Callable:
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model with
-    cfg.flow, from the local cache only when `local_files_only`), running cfg.settings; a per-step progress bar
-    when `progress`."""
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False,
+                  flow: Optional[FlowEstimator] = None, saliency: Optional[SaliencyEstimator] = None) -> Callable:
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model, from the
+    local cache only when `local_files_only`), running cfg.settings; a per-step progress bar when `progress`.
+    `flow`: the render's flow estimator (default: built from cfg's flow / gmflow_path / raft_path). With
+    cfg.use_salinecy each batch's background map comes from `saliency` (default: EGNet from cfg.sod_path)."""
     from ..pipeline import FrescoPipeline
+    if flow is None and pipe is None:
+        from ..models.flow import get_flow_estimator
+        from .render import _device
+        flow = get_flow_estimator(cfg.flow_name, _device(cfg), gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
     pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=cfg.flow,
+                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=flow,
                                                   local_files_only=local_files_only)
+    if flow is not None:
+        pipe.flow = flow
+    if cfg.use_salinecy and saliency is None:
+        if not cfg.sod_path:
+            raise ValueError("sod_path: use_salinecy needs the EGNet checkpoint (or turn saliency off with "
+                             "--no-saliency), got none")
+        saliency = get_saliency_estimator(cfg.sod_path, pipe.device)
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray:
+        background = None
+        if cfg.use_salinecy:
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(pipe.device).permute(0, 3, 1, 2).float()
+            background = background_mask(x, saliency)
         return pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, settings=cfg.settings,
-                    anchor_latents=anchor_latents, on_anchor_record=on_anchor_record, progress=progress).images
+                    background=background, anchor_latents=anchor_latents, on_anchor_record=on_anchor_record,
+                    progress=progress).images
 
     return stylize
