@@ -123,16 +123,21 @@ def _clear(root: Path, cfg: RenderConfig) -> None:
                 f.unlink()
 
 
+def _read(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]):
+    """The input's frames at the processing size, with the published resize filter rule (fresco.video)."""
+    return read_frames(info.path, size, None if cfg.frame_size() else cfg.short_side)
+
+
 def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> tuple[list[int], int]:
     """(keyframes, exact frame count) from one streamed decode at the processing size."""
     if cfg.mininterv == cfg.maxinterv:
-        n = sum(1 for _ in read_frames(info.path, size))
+        n = sum(1 for _ in _read(cfg, info, size))
         return (fixed_keyframes(n, cfg.mininterv) if n else []), n
-    errors = frame_errors(read_frames(info.path, size))
+    errors = frame_errors(_read(cfg, info, size))
     return (select_keyframes(errors, cfg.mininterv, cfg.maxinterv) if errors else []), len(errors)
 
 
-def _batch_frames(info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
+def _batch_frames(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
     """Yield (batch, [N, H, W, 3] frames) for `batches` from one streamed decode, holding only the current batch's
     frames plus key 0 and the previous batch's last key (the anchors)."""
     todo = list(batches)
@@ -141,7 +146,7 @@ def _batch_frames(info: VideoInfo, size: tuple[int, int], batches: Sequence[Batc
     keep: dict[int, np.ndarray] = {}
     need_anchor = {0} | {b.frames[1] for b in todo if b.n_anchors}
     cur = 0
-    for i, img in enumerate(read_frames(info.path, size)):
+    for i, img in enumerate(_read(cfg, info, size)):
         b = todo[cur]
         if i in b.frames or i in need_anchor:
             keep[i] = img
@@ -219,7 +224,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             stylizer = default_make(cfg, progress=progress)
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
-        for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
+        for run_count, (b, frames) in enumerate(_batch_frames(cfg, info, size, todo)):
             if stop_after is not None and run_count >= stop_after:
                 bar.close()
                 return None
@@ -250,7 +255,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     sources, outputs = [], []
 
     def frames_with_preview():
-        for i, img in enumerate(read_frames(info.path, size)):
+        for i, img in enumerate(_read(cfg, info, size)):
             if i in preview_keys:
                 sources.append(img)
             yield i, img
