@@ -1,5 +1,6 @@
 """The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
-`fresco make-clip` (a synthetic test clip)."""
+`fresco make-clip` (a synthetic test clip), `fresco make-test-models DIR` (offline stand-ins in the Hugging Face
+cache layout)."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,27 @@ def _render_parser(sub) -> None:
                    help="start over even when the output folder holds finished batches")
     p.add_argument("--overwrite", action="store_const", const=True,
                    help="replace a render of other settings in the output folder")
+    p.add_argument("--vae", help="VAE id or folder (default the published stabilityai/sd-vae-ft-mse when available "
+                                 "locally, else the model's own); 'own': the model's own")
+    p.add_argument("--annotator-path", dest="annotator_path",
+                   help="folder with the lllyasviel/Annotators weights for HED/depth (default: Hugging Face cache)")
+    p.add_argument("--added-prompt", dest="added_prompt",
+                   help="appended to the prompt (default: the published one for the model)")
+    p.add_argument("--extra-prompts", dest="extra_prompts",
+                   help="per-keyframe additions 'FRAME:TEXT;FRAME:TEXT' (YAML: a mapping frame -> text)")
+    p.add_argument("--canny-low", dest="canny_low", type=int, help="Canny low threshold (50)")
+    p.add_argument("--canny-high", dest="canny_high", type=int, help="Canny high threshold (100)")
+    for name, default in (("b1", 1.2), ("b2", 1.5), ("s1", 1.0), ("s2", 1.0)):
+        p.add_argument(f"--freeu-{name}", dest=f"freeu_{name}", type=float, help=f"FreeU {name} ({default})")
+    for key, what in (("cross_frame_attention", "cross-frame attention"),
+                      ("spatial_attention", "spatial-guided attention"),
+                      ("temporal_attention", "temporal-guided attention"),
+                      ("spatial_optimization", "spatial-guided optimisation (Gram loss)"),
+                      ("temporal_optimization", "temporal-guided optimisation (warp loss)"),
+                      ("background_smoothing", "background smoothing")):
+        p.add_argument("--no-" + key.replace("_", "-"), dest=key, action="store_const", const=False,
+                       help=f"turn {what} off")
+    p.add_argument("--max-frames", dest="max_frames", type=int, help="only the first N frames of the input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -56,7 +78,12 @@ def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
                                                 "seed", "batch_size", "num_inference_steps", "num_warmup_steps",
                                                 "end_opt_step", "opt_iters", "guidance_scale", "mininterv",
                                                 "maxinterv", "size", "short_side", "fps", "device", "dtype",
-                                                "backend", "crf", "resume", "overwrite")}
+                                                "backend", "crf", "resume", "overwrite", "vae",
+                                                "annotator_path", "added_prompt", "extra_prompts", "canny_low",
+                                                "canny_high", "freeu_b1", "freeu_b2", "freeu_s1", "freeu_s2",
+                                                "cross_frame_attention", "spatial_attention", "temporal_attention",
+                                                "spatial_optimization", "temporal_optimization",
+                                                "background_smoothing", "max_frames")}
     overrides["file_path"] = args.video
     if args.interval is not None:
         if args.mininterv is not None or args.maxinterv is not None:
@@ -108,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     clip.add_argument("--size", default="256x256", help="WxH")
     clip.add_argument("--fps", type=float, default=24)
     clip.add_argument("--audio", action="store_true")
+    tm = sub.add_parser("make-test-models", help="write random-weight stand-ins for every model the published "
+                                                 "configs name, in the Hugging Face cache layout",
+                        description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED) under "
+                                    "DIR/hub; then HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config ... runs "
+                                    "offline. The outputs are noise.")
+    tm.add_argument("dir", help="the HF_HOME folder to write into")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -116,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             from .video import make_synthetic_clip
             w, h = (int(v) for v in args.size.lower().split("x"))
             print(make_synthetic_clip(args.path, args.frames, (w, h), args.fps, audio=args.audio))
+            return 0
+        if args.command == "make-test-models":
+            from .test_models import write_test_models
+            for repo in write_test_models(args.dir):
+                print(repo)
+            print(f"HF_HOME={args.dir}")
             return 0
         from .render import render
         cfg = _build_config(args)

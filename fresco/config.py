@@ -7,6 +7,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from .freeu import PUBLISHED_FREEU
+from .models import PUBLISHED_VAE
+from .prompts import parse_extra_prompts, published_pair
+
 CONTROLNET_TYPES = ("canny", "hed", "depth")
 FLOWS = ("dis",)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -37,8 +41,32 @@ class RenderConfig:
     gmflow_path: Optional[str] = None
     sod_path: Optional[str] = None
     use_salinecy: bool = False
-    # --- ours ---
+    # --- the published script's and web UI's settings, as keys (defaults: the published values) ---
+    # None: the published pair for sd_path (fresco.prompts: the "RAW photo" pair for realistic models)
+    added_prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
+    # {frame index: text appended to that keyframe's prompt} (the published extra_prompts)
+    extra_prompts: dict = field(default_factory=dict)
+    # a separate VAE (id or folder); the published one is used when available locally; "own": the model's own
+    vae: str = PUBLISHED_VAE
+    # a folder with the annotator weights (lllyasviel/Annotators files); None: the Hugging Face cache
+    annotator_path: Optional[str] = None
+    canny_low: int = 50
+    canny_high: int = 100
+    freeu_b1: float = PUBLISHED_FREEU["b1"]
+    freeu_b2: float = PUBLISHED_FREEU["b2"]
+    freeu_s1: float = PUBLISHED_FREEU["s1"]
+    freeu_s2: float = PUBLISHED_FREEU["s2"]
+    # the FRESCO constraints (web UI: "Select the FRESCO constraints") and background smoothing
+    cross_frame_attention: bool = True
+    spatial_attention: bool = True
+    temporal_attention: bool = True
+    spatial_optimization: bool = True
+    temporal_optimization: bool = True
+    background_smoothing: bool = True
+    # only the first max_frames frames of the input (web UI: "Number of frames"); None: all
+    max_frames: Optional[int] = None
+    # --- ours ---
     guidance_scale: float = 7.5
     size: Optional[str] = None
     short_side: int = 512
@@ -67,6 +95,15 @@ class RenderConfig:
     def model(self) -> str:
         return self.sd_path
 
+    def prompt_pair(self) -> tuple[str, str]:
+        """(added prompt, negative prompt): the keys when set, else the published pair for sd_path."""
+        added, negative = published_pair(self.sd_path)
+        return (added if self.added_prompt is None else self.added_prompt,
+                negative if self.negative_prompt is None else self.negative_prompt)
+
+    def freeu(self) -> dict:
+        return dict(b1=self.freeu_b1, b2=self.freeu_b2, s1=self.freeu_s1, s2=self.freeu_s2)
+
     def frame_size(self) -> Optional[tuple[int, int]]:
         """The explicit (W, H) from `size` ("WxH"), or None for the automatic size."""
         if self.size is None:
@@ -89,7 +126,7 @@ class RenderConfig:
         need(bool(self.save_path), "save_path", "the output folder is required")
         need(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", "a non-empty prompt is required")
         for key in ("seed", "mininterv", "maxinterv", "batch_size", "num_inference_steps", "num_warmup_steps",
-                    "end_opt_step", "short_side", "opt_iters", "crf", "max_process"):
+                    "end_opt_step", "short_side", "opt_iters", "crf", "max_process", "canny_low", "canny_high"):
             need(isinstance(getattr(self, key), int) and not isinstance(getattr(self, key), bool), key,
                  "must be an integer")
         need(self.mininterv >= 1, "mininterv", "must be >= 1")
@@ -98,8 +135,22 @@ class RenderConfig:
             raise ValueError(f"mininterv/maxinterv: s_min ({self.mininterv}) must be <= s_max ({self.maxinterv})")
         need(self.batch_size >= 3, "batch_size", "must be >= 3 (2 anchors + 1 new keyframe)")
         need(self.num_inference_steps >= 1, "num_inference_steps", "must be >= 1")
-        need(0 <= self.num_warmup_steps < self.num_inference_steps, "num_warmup_steps",
-             f"must be in [0, num_inference_steps={self.num_inference_steps})")
+        need(self.num_warmup_steps < self.num_inference_steps, "num_warmup_steps",
+             f"must be < num_inference_steps={self.num_inference_steps} (negative: pure noise, as published)")
+        need(1 <= self.canny_low <= 255, "canny_low", "must be in [1, 255]")
+        need(1 <= self.canny_high <= 255, "canny_high", "must be in [1, 255]")
+        for key in ("freeu_b1", "freeu_b2", "freeu_s1", "freeu_s2", "cond_scale", "guidance_scale"):
+            v = getattr(self, key)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool), key, "must be a number")
+        for key in ("use_controlnet", "use_freeu", "cross_frame_attention", "spatial_attention",
+                    "temporal_attention", "spatial_optimization", "temporal_optimization", "background_smoothing"):
+            need(isinstance(getattr(self, key), bool), key, "must be true or false")
+        need(self.max_frames is None or (isinstance(self.max_frames, int) and not isinstance(self.max_frames, bool)
+                                         and self.max_frames >= 2), "max_frames", "an integer >= 2 (or unset)")
+        for key in ("added_prompt", "negative_prompt", "annotator_path"):
+            need(getattr(self, key) is None or isinstance(getattr(self, key), str), key, "must be a string")
+        need(isinstance(self.vae, str) and self.vae != "", "vae", "a VAE id or folder, or 'own'")
+        self.extra_prompts = parse_extra_prompts(self.extra_prompts)
         need(self.end_opt_step >= 0, "end_opt_step", "must be >= 0 (steps before it are optimised)")
         need(self.short_side >= 64, "short_side", "must be >= 64")
         need(self.opt_iters >= 0, "opt_iters", "must be >= 0")

@@ -1,7 +1,11 @@
 """FRESCO's feature optimisation as forward pre-hooks on `unet.up_blocks[i]` (SEMANTICS.md "Feature optimisation"),
 and background smoothing (SEMANTICS.md "Background smoothing"). The hooks replace the decoder block's input: on the
 reference pass they record it (normalised, for the spatial loss); on denoising steps before end_opt_step they run
-`fresco_kernels.optimize_features` on it (then smooth the background when a background map is given)."""
+`fresco_kernels.optimize_features` on it (then smooth the background when a background map is given).
+
+As in the published code the reference pass keeps each block input by reference and normalises it only after the
+UNet call (`finish_record`), so an in-place edit made inside the block (the published FreeU's, fresco.freeu) shows
+in the recorded features; the hooks are prepended so they always see a block's input before other pre-hooks."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -56,8 +60,15 @@ class DecoderHooks:
         self.iters, self.lr, self.temporal = iters, lr, temporal
         self.spatial_weight, self.reduction, self.adain_eps = spatial_weight, reduction, adain_eps
         self.smooth = smooth
-        self._handles: List = [unet.up_blocks[i].register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
+        self._handles: List = [unet.up_blocks[i].register_forward_pre_hook(self._make_hook(i), with_kwargs=True,
+                                                                           prepend=True)
                                for i in self.layers]
+
+    def finish_record(self) -> None:
+        """After the reference pass: normalise the block inputs recorded by reference (with whatever the blocks
+        changed in place) for the spatial loss."""
+        c = self.controller
+        c.ref_features = {i: normalize_features(x) for i, x in c.ref_features.items()}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -84,7 +95,8 @@ class DecoderHooks:
         c = self.controller
         if c.mode == "record":
             if c.record_features:
-                c.ref_features[index] = normalize_features(x.detach())
+                # by reference: normalised in finish_record, after the blocks ran
+                c.ref_features[index] = x.detach()
             return None
         if c.mode != "run" or not c.optimize:
             return None

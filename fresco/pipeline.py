@@ -4,7 +4,8 @@ occlusion" to "Schedule"), with every op from fresco_kernels behind one `backend
 diffusers is extended only through its public hooks: attention processors on the up_blocks.2/3 self-attention
 layers (fresco.attention), forward pre-hooks on unet.up_blocks[i] (fresco.optimization), and this module's own
 denoising loop around `unet(...)` / `controlnet(...)`; UNet2DConditionModel.forward is never copied or replaced.
-Processors, hooks and FreeU are restored after every call, so the components stay usable as a normal pipeline."""
+FreeU is the published variant (fresco.freeu), also through hooks. Processors and hooks are removed after every
+call, so the components stay usable as a normal pipeline."""
 from __future__ import annotations
 
 import time
@@ -21,6 +22,7 @@ from fresco_kernels import BACKENDS
 from .attention import FrescoController, install_processors, restore_processors
 from .control import CONTROL_TYPES, control_maps
 from .flow import FlowEstimator, batch_flows, get_flow_estimator
+from .freeu import PUBLISHED_FREEU, FreeU
 from .inputs import BatchInputs
 from .models import TINY, Components, load_components, resolve_device, resolve_dtype, tiny_components
 from .optimization import DecoderHooks, smooth_background
@@ -30,11 +32,6 @@ from .optimization import DecoderHooks, smooth_background
 PUBLISHED_STEPS = 20
 PUBLISHED_END_OPT_STEP = 15
 PUBLISHED_BG_STEPS = (16, 17)
-# the prompt additions of the published run script (not applied automatically; pass them if wanted)
-PUBLISHED_ADDED_PROMPT = ", best quality, extremely detailed, "
-PUBLISHED_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing finger, extra digit, fewer digits, "
-                             "cropped, worst quality, low quality")
-FREEU = dict(s1=1.0, s2=1.0, b1=1.2, b2=1.5)
 
 
 @dataclass
@@ -154,7 +151,8 @@ class FrescoPipeline:
 
     def __init__(self, components: Components, device: Union[str, torch.device] = "cpu",
                  dtype: torch.dtype = torch.float32, control_type: Optional[str] = "canny",
-                 flow: Union[str, FlowEstimator, None] = "dis", annotator_path: Optional[str] = None):
+                 flow: Union[str, FlowEstimator, None] = "dis", annotator_path: Optional[str] = None,
+                 canny_thresholds: "tuple[int, int]" = (50, 100)):
         if control_type is not None and control_type not in CONTROL_TYPES:
             raise ValueError(f"control_type: one of {CONTROL_TYPES} or None, got {control_type!r}")
         self.unet = components.unet
@@ -168,6 +166,7 @@ class FrescoPipeline:
         self.dtype = dtype
         self.flow = get_flow_estimator(flow, self.device)
         self.annotator_path = annotator_path
+        self.canny_thresholds = tuple(canny_thresholds)
         ups = [b for b in self.unet.up_blocks]
         if len(ups) != 4:
             raise ValueError(f"unet: FRESCO needs SD1.5's 4 decoder blocks, this UNet has {len(ups)}")
@@ -180,16 +179,19 @@ class FrescoPipeline:
     def from_pretrained(cls, model: str = TINY, controlnet=None, controlnet_type: Optional[str] = "canny",
                         device: Union[str, torch.device, None] = "auto", dtype=None, flow="dis",
                         local_files_only: bool = False, vae: Optional[str] = None,
-                        annotator_path: Optional[str] = None) -> "FrescoPipeline":
+                        annotator_path: Optional[str] = None, canny_thresholds: "tuple[int, int]" = (50, 100),
+                        log: Callable[[str], None] = print) -> "FrescoPipeline":
         """model: an SD1.5-family diffusers id or folder, or "tiny" (random weights built in code, offline).
         controlnet: a ControlNetModel or id/path; default: the v1.0 ControlNet of controlnet_type (None: no
-        ControlNet). device/dtype: "auto" = CUDA fp16 when available, else CPU fp32."""
+        ControlNet). vae: a separate VAE (see fresco.models.load_components; the published one falls back to the
+        model's own with a note to `log`). annotator_path: a folder with the HED/depth annotator weights (default:
+        the Hugging Face cache). device/dtype: "auto" = CUDA fp16 when available, else CPU fp32."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         parts = load_components(model, controlnet=controlnet, controlnet_type=controlnet_type, device=dev, dtype=dt,
-                                local_files_only=local_files_only, vae=vae)
+                                local_files_only=local_files_only, vae=vae, log=log)
         return cls(parts, dev, dt, control_type=controlnet_type if parts.controlnet is not None else None, flow=flow,
-                   annotator_path=annotator_path)
+                   annotator_path=annotator_path, canny_thresholds=canny_thresholds)
 
     @classmethod
     def from_components(cls, unet, vae, scheduler=None, text_encoder=None, tokenizer=None, controlnet=None,
@@ -309,7 +311,8 @@ class FrescoPipeline:
                  spatial_weight: float = 100.0, loss_reduction: str = "l1", adain_eps: float = 1.0,
                  opt_layers: Sequence[int] = (0, 1, 2, 3), spatial_attention_steps: int = 1,
                  temporal_attention_until: int = 350, bg_smoothing_steps: Optional[Sequence[int]] = None,
-                 repeat_noise: bool = True, use_freeu: bool = False, backend: str = "fused",
+                 repeat_noise: bool = True, use_freeu: bool = False, freeu: Optional[Dict[str, float]] = None,
+                 backend: str = "fused",
                  anchor_latents: Optional[Sequence[torch.Tensor]] = None, return_anchor_record: bool = False,
                  vae_chunk: int = 1, progress: bool = False) -> FrescoOutput:
         """Translate one batch of keyframes.
@@ -318,7 +321,9 @@ class FrescoPipeline:
         a list of frames); N >= 2, H and W multiples of 64 (SD1.5).
         prompt / negative_prompt: a string or one per frame (or prompt_embeds / negative_prompt_embeds [N|1, 77, D]).
         Schedule: `num_inference_steps` DDPM steps; SDEdit skips the first `num_warmup_steps` (or
-        round((1 - strength) * steps); default strength 0.75); end_opt_step (default 0.75 * steps) and
+        round((1 - strength) * steps); default strength 0.75); a negative num_warmup_steps is the published
+        pure-noise mode (all steps run from the seed's noise, the frames enter only through the control maps, flow
+        and the reference pass); end_opt_step (default 0.75 * steps) and
         bg_smoothing_steps (default the published 16, 17 scaled) are absolute step indices.
         Constraints, each switchable: cross_frame_attention, spatial_attention (first `spatial_attention_steps` run
         steps), temporal_attention (while t >= temporal_attention_until), feature_optimization (temporal_loss,
@@ -326,6 +331,8 @@ class FrescoPipeline:
         decoder blocks opt_layers at steps < end_opt_step), background smoothing (needs `background` [N, H, W] in
         [0, 1], 1 = background; features at the optimisation steps, x0 at bg_smoothing_steps).
         control_images: [N, H, W(, 3)] uint8 condition images (default: computed with the ControlNet's type).
+        use_freeu: the published FreeU (fresco.freeu) with `freeu` = {b1, b2, s1, s2} (default the published 1.2,
+        1.5, 1.0, 1.0), on for the reference pass too, as published.
         backend: "fused" (fresco_kernels ops) or "reference" (their plain-PyTorch references).
         anchor_latents: per run step a [2, 4, h, w] tensor written into frames 0 and 1 at the start of that step
         (long videos); return_anchor_record: also return frames 0 and N-1's latents at each step start.
@@ -357,9 +364,15 @@ class FrescoPipeline:
             if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
                 raise ValueError(f"strength: must be in (0, 1], got {strength!r}")
             num_warmup_steps = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
-        if not (isinstance(num_warmup_steps, (int, np.integer)) and 0 <= num_warmup_steps < num_inference_steps):
-            raise ValueError(f"num_warmup_steps: must be in [0, num_inference_steps={num_inference_steps}), got "
-                             f"{num_warmup_steps!r}")
+        if not (isinstance(num_warmup_steps, (int, np.integer)) and num_warmup_steps < num_inference_steps):
+            raise ValueError(f"num_warmup_steps: an integer < num_inference_steps={num_inference_steps} (negative: "
+                             f"pure noise, no SDEdit), got {num_warmup_steps!r}")
+        # the published inference(): a negative count starts every step from the noise, skipping none
+        pure_noise = num_warmup_steps < 0
+        num_warmup_steps = max(int(num_warmup_steps), 0)
+        freeu_params = dict(PUBLISHED_FREEU, **(freeu or {}))
+        if set(freeu_params) != set(PUBLISHED_FREEU):
+            raise ValueError(f"freeu: keys among {sorted(PUBLISHED_FREEU)}, got {sorted(freeu or {})}")
         sched_info = scaled_schedule(num_inference_steps, int(num_warmup_steps), end_opt_step, bg_smoothing_steps)
         end_opt_step = sched_info["end_opt_step"]
         bg_steps = set(sched_info["bg_smoothing_steps"])
@@ -417,7 +430,8 @@ class FrescoPipeline:
         if use_cn:
             with stages("control"):
                 if cond_img is None:
-                    cond_img = control_maps(frames, self.control_type, self.annotator_path)
+                    cond_img = control_maps(frames, self.control_type, self.annotator_path, self.canny_thresholds,
+                                            device=dev)
                 cond = torch.from_numpy(cond_img).to(dev).permute(0, 3, 1, 2).float() / 255.0
                 cond = torch.cat([cond, cond]).to(self.dtype)
         imgs_pm1 = imgs / 127.5 - 1.0
@@ -438,7 +452,7 @@ class FrescoPipeline:
 
         previous, names = install_processors(self.unet, ctrl)
         hooks = None
-        freeu_set = False
+        freeu_hooks = None
         try:
             if optimize_on:
                 hooks = DecoderHooks(self.unet, ctrl, opt_layers, iters=opt_iters, lr=opt_lr,
@@ -446,8 +460,7 @@ class FrescoPipeline:
                                      reduction=loss_reduction, adain_eps=adain_eps, smooth=smoothing)
             if use_freeu:
                 # on for the reference pass too, as in the published code (FreeU is patched into its UNet)
-                self.unet.enable_freeu(**FREEU)
-                freeu_set = True
+                freeu_hooks = FreeU(self.unet, **freeu_params)
             spatial_on = spatial_attention and spatial_attention_steps > 0
             need_ref = spatial_on or (optimize_on and spatial_loss and spatial_weight > 0)
             if need_ref:
@@ -461,9 +474,14 @@ class FrescoPipeline:
                     self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), t_ref, encoder_hidden_states=embeds,
                               return_dict=False)
                     ctrl.mode = "off"
+                    if hooks is not None:
+                        hooks.finish_record()
             start_noise = noise[:1].expand_as(noise) if repeat_noise else noise
-            latents = self.scheduler.add_noise(latent_x0, start_noise,
-                                               torch.tensor([timesteps[num_warmup_steps]], device=dev))
+            if pure_noise:
+                latents = start_noise.clone()
+            else:
+                latents = self.scheduler.add_noise(latent_x0, start_noise,
+                                                   torch.tensor([timesteps[num_warmup_steps]], device=dev))
             record = [] if return_anchor_record else None
 
             def smooth_x0(x0: torch.Tensor) -> torch.Tensor:
@@ -499,8 +517,8 @@ class FrescoPipeline:
             if hooks is not None:
                 hooks.remove()
             restore_processors(self.unet, previous)
-            if freeu_set:
-                self.unet.disable_freeu()
+            if freeu_hooks is not None:
+                freeu_hooks.remove()
             events = dict(ctrl.events)
             ctrl.clear()
         with stages("decode"):

@@ -3,6 +3,7 @@ other frames, streamed output; resumable from the output folder after a crash (o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -31,10 +32,11 @@ class BatchStylizer(Protocol):
     batch, else one [2, C, h, w] tensor per denoising step run: the latents that frames 0 and 1 of this batch (the
     anchors) must hold at the start of that step. Returns the stylised frames [N, H, W, 3] uint8 and, per step,
     the [2, C, h, w] latents of frames 0 and N-1 at the start of the step (after anchors were restored), which
-    become the next batch's anchors."""
+    become the next batch's anchors. frame_indices: the video frame index of each batch frame (per-keyframe
+    prompts)."""
 
-    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]
-                 ) -> tuple[np.ndarray, list[torch.Tensor]]: ...
+    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]],
+                 frame_indices: Sequence[int] = ()) -> tuple[np.ndarray, list[torch.Tensor]]: ...
 
 
 @dataclass
@@ -124,8 +126,10 @@ def _clear(root: Path, cfg: RenderConfig) -> None:
 
 
 def _read(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]):
-    """The input's frames at the processing size, with the published resize filter rule (fresco.video)."""
-    return read_frames(info.path, size, None if cfg.frame_size() else cfg.short_side)
+    """The input's frames at the processing size, with the published resize filter rule (fresco.video), only the
+    first cfg.max_frames when set."""
+    frames = read_frames(info.path, size, None if cfg.frame_size() else cfg.short_side)
+    return frames if cfg.max_frames is None else itertools.islice(frames, cfg.max_frames)
 
 
 def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> tuple[list[int], int]:
@@ -232,7 +236,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             if b.n_anchors:
                 anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
             t = time.perf_counter()
-            images, record = stylizer(frames, anchors)
+            images, record = stylizer(frames, anchors, frame_indices=b.frames)
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")

@@ -30,7 +30,7 @@ class StandInStylizer:
         self.calls = []
         self.keep = keep
 
-    def __call__(self, frames, anchor_latents):
+    def __call__(self, frames, anchor_latents, frame_indices=()):
         lat = torch.from_numpy(frames.reshape(len(frames), -1).mean(1)).double().view(-1, 1, 1, 1).repeat(1, 4, 2, 2)
         record = []
         for step in range(STEPS):
