@@ -38,12 +38,16 @@ def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tenso
 
 
 def _backbone_scale_(h: torch.Tensor, b: float) -> None:
-    """In place: h[:, :C/2] *= (b - 1) * minmax(mean_C(h)) + 1, the min-max over each sample's H x W."""
+    """In place: h[:, :C/2] *= (b - 1) * minmax(mean_C(h)) + 1, the min-max over each sample's H x W. Where a
+    sample's channel mean is constant (a 1x1 map: only tiny test frames have one, SD1.5's smallest decoder input
+    is 8x8 at 512x512) the published 0/0 would give NaN; that sample is left unscaled instead."""
     mean = h.mean(1, keepdim=True)
     flat = mean.flatten(1)
     lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
     hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
-    mean = (mean - lo) / (hi - lo)
+    span = hi - lo
+    mean = torch.where(span > 0, (mean - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(mean))
     half = h.shape[1] // 2
     h[:, :half] = h[:, :half] * ((b - 1) * mean + 1)
 
