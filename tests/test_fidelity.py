@@ -2,8 +2,6 @@
 run_fresco.py's prompt building), the HED annotator (against a transcription of the published HEDdetector, stand-in
 weights loaded strictly), the VAE choice, the scheduler from the model's own config, pure-noise mode, the
 published smoothing steps, and the web UI's toggles reaching the pipeline from config and CLI."""
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -11,10 +9,10 @@ import torch
 pytest.importorskip("diffusers")
 
 from fresco import cli, config as cfgmod  # noqa: E402
-from fresco.keyframes import plan_batches  # noqa: E402
-from fresco.prompts import (ADDED_PROMPT, NEGATIVE_PROMPT, REALISTIC_ADDED_PROMPT,  # noqa: E402
+from fresco.video.keyframes import plan_batches  # noqa: E402
+from fresco.pipeline.prompts import (ADDED_PROMPT, NEGATIVE_PROMPT, REALISTIC_ADDED_PROMPT,  # noqa: E402
                             REALISTIC_NEGATIVE_PROMPT, frame_prompts, parse_extra_prompts, published_pair)
-from fresco.stylize import make_stylizer  # noqa: E402
+from fresco.video.stylize import make_stylizer  # noqa: E402
 from fresco.video import synthetic_frame  # noqa: E402
 
 
@@ -86,15 +84,13 @@ class _FakePipe:
 
         class Out:
             images = frames
-            anchor_record = []
         return Out()
 
 
-def test_stylizer_passes_published_prompts_and_toggles():
+def test_stylizer_passes_published_prompts_and_settings():
     cfg = cfgmod.RenderConfig(file_path="x", save_path="o", prompt="a fox", sd_path="SG161222/Realistic_Vision_V2.0",
                               extra_prompts={7: ", closed eyes"}, use_freeu=True, freeu_b1=1.1, freeu_s2=0.5,
-                              spatial_attention=False, temporal_optimization=False,
-                              background_smoothing=False).validate()
+                              spatial_attention=False, temporal_loss=False).validate()
     pipe = _FakePipe()
     stylize = make_stylizer(cfg, pipe=pipe)
     frames = np.zeros((3, 64, 64, 3), np.uint8)
@@ -103,38 +99,38 @@ def test_stylizer_passes_published_prompts_and_toggles():
     p = "a fox" + REALISTIC_ADDED_PROMPT
     assert kw["prompt"] == [p, p, p + ", closed eyes"]
     assert kw["negative_prompt"] == REALISTIC_NEGATIVE_PROMPT
-    assert kw["use_freeu"] and kw["freeu"] == dict(b1=1.1, b2=1.5, s1=1.0, s2=0.5)
-    assert (kw["spatial_attention"], kw["temporal_loss"], kw["background_smoothing"]) == (False, False, False)
-    assert kw["cross_frame_attention"] and kw["temporal_attention"] and kw["spatial_loss"]
+    s = kw["settings"]
+    assert s.use_freeu and s.freeu() == dict(b1=1.1, b2=1.5, s1=1.0, s2=0.5)
+    assert (s.spatial_attention, s.temporal_loss) == (False, False)
+    assert s.cross_frame_attention and s.temporal_attention and s.spatial_loss and s.background_smoothing
 
 
 # ---------------------------------------------------------------- CLI toggles
 def _cli_config(argv):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    cli._render_parser(sub)
-    return cli._build_config(parser.parse_args(["render", *argv]))
+    return cli._build_config(cli.build_parser().parse_args(["render", *argv]))
 
 
 def test_cli_flags_reach_the_config(tmp_path):
+    """The published web UI's toggles: each constraint, background smoothing, FreeU b1/b2/s1/s2, Canny thresholds,
+    added prompt, frame-count limit (and the VAE, annotator folder, per-keyframe prompts, pure-noise mode)."""
     cfg = _cli_config(["v.mp4", "--prompt", "p", "--vae", "own", "--annotator-path", str(tmp_path),
                        "--added-prompt", ", x", "--extra-prompts", "4:, y", "--canny-low", "20", "--canny-high",
                        "200", "--freeu-b1", "1.3", "--freeu-b2", "1.1", "--freeu-s1", "0.8", "--freeu-s2", "0.4",
                        "--no-cross-frame-attention", "--no-spatial-attention", "--no-temporal-attention",
-                       "--no-spatial-optimization", "--no-temporal-optimization", "--no-background-smoothing",
+                       "--no-spatial-loss", "--no-temporal-loss", "--no-background-smoothing",
                        "--max-frames", "30", "--warmup-steps", "-1"])
     assert (cfg.vae, cfg.annotator_path, cfg.added_prompt, cfg.extra_prompts) == ("own", str(tmp_path), ", x",
                                                                                    {4: ", y"})
     assert (cfg.canny_low, cfg.canny_high, cfg.max_frames, cfg.num_warmup_steps) == (20, 200, 30, -1)
-    assert cfg.freeu() == dict(b1=1.3, b2=1.1, s1=0.8, s2=0.4)
+    assert cfg.settings.freeu() == dict(b1=1.3, b2=1.1, s1=0.8, s2=0.4) and cfg.settings.pure_noise
     assert not any((cfg.cross_frame_attention, cfg.spatial_attention, cfg.temporal_attention,
-                    cfg.spatial_optimization, cfg.temporal_optimization, cfg.background_smoothing))
+                    cfg.spatial_loss, cfg.temporal_loss, cfg.background_smoothing))
     plain = _cli_config(["v.mp4", "--prompt", "p"])
     assert plain.vae == "stabilityai/sd-vae-ft-mse" and plain.background_smoothing and plain.max_frames is None
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--canny-low", "0"], "canny_low: must be in"),
+    (["--canny-low", "0"], "canny_low: must be in [1, 255]"),
     (["--extra-prompts", "five"], "extra_prompts: expected 'FRAME:TEXT'"),
     (["--max-frames", "1"], "max_frames: an integer >= 2"),
     (["--warmup-steps", "20"], "num_warmup_steps: must be < num_inference_steps"),
@@ -201,8 +197,8 @@ def _published_hed_detect(net, input_image):
 
 
 def test_hed_matches_published_detector(tmp_path):
-    from fresco.annotators import HED_FILE, HEDDetector, hed_state_dict
-    from fresco.control import control_maps
+    from fresco.models.annotators import HED_FILE, HEDDetector, hed_state_dict
+    from fresco.pipeline.control import control_maps
     state = hed_state_dict(widths=(4, 8, 8, 16, 16), seed=3)
     torch.save(state, tmp_path / HED_FILE)
     pub = _PublishedHED((4, 8, 8, 16, 16))
@@ -221,7 +217,7 @@ def test_hed_matches_published_detector(tmp_path):
 
 def test_canny_thresholds():
     import cv2
-    from fresco.control import control_maps
+    from fresco.pipeline.control import control_maps
     frames = np.stack([synthetic_frame(0, size=(64, 64))] * 2)
     got = control_maps(frames, "canny", canny_thresholds=(10, 250))
     assert np.array_equal(got[0, ..., 0], cv2.Canny(frames[0], 10, 250))
@@ -231,9 +227,9 @@ def test_canny_thresholds():
 # ---------------------------------------------------------------- VAE and scheduler
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    """A tiny SD1.5 stand-in folder (fresco.test_models) with a scheduler config that differs from SD1.5's."""
+    """A tiny SD1.5 stand-in folder (fresco.models.test_models) with a scheduler config that differs from SD1.5's."""
     import json
-    from fresco.test_models import write_sd_model
+    from fresco.models.test_models import write_sd_model
     root = tmp_path_factory.mktemp("hf")
     snap = write_sd_model(root, "org/some-model")
     cfg_path = snap / "scheduler" / "scheduler_config.json"
@@ -245,7 +241,7 @@ def sd_folder(tmp_path_factory):
 
 def test_scheduler_from_the_models_config(sd_folder):
     from diffusers import DDPMScheduler, PNDMScheduler
-    from fresco.models import load_components
+    from fresco.models.sd import load_components
     parts = load_components(str(sd_folder), controlnet_type=None, local_files_only=True, vae="own")
     assert isinstance(parts.scheduler, DDPMScheduler)
     # the published conversion: DDPMScheduler.from_config(pipe.scheduler.config)
@@ -258,8 +254,8 @@ def test_scheduler_from_the_models_config(sd_folder):
 
 def test_vae_published_when_local_else_own_with_one_note(sd_folder, tmp_path, monkeypatch):
     from diffusers import AutoencoderKL
-    from fresco.models import PUBLISHED_VAE, load_components
-    from fresco.test_models import write_vae
+    from fresco.models.sd import PUBLISHED_VAE, load_components
+    from fresco.models.test_models import write_vae
     vae_dir = write_vae(tmp_path, PUBLISHED_VAE)
     real = AutoencoderKL.from_pretrained.__func__
     seen = []

@@ -1,4 +1,4 @@
-"""The published FreeU (src/free_lunch_utils.py) against our hooks (fresco.freeu): a transcription of its patched
+"""The published FreeU (src/free_lunch_utils.py) against our hooks (fresco.pipeline.freeu): a transcription of its patched
 up-block forwards runs beside the hooked UNet on a tiny UNet whose widths (16, 32, 64, 64) repeat SD1.5's pattern
 (320, 640, 1280, 1280), so the b1 and b2 cases hit the same resnets; the decoder-block inputs that FRESCO's
 reference pass records (by reference) carry FreeU's in-place scaling, as they do in the published code."""
@@ -9,10 +9,11 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from fresco.attention import FrescoController  # noqa: E402
-from fresco.freeu import FreeU  # noqa: E402
-from fresco.models import unet_config  # noqa: E402
-from fresco.optimization import DecoderHooks  # noqa: E402
+from fresco.pipeline.attention import FrescoController  # noqa: E402
+from fresco.pipeline.freeu import FreeU  # noqa: E402
+from fresco.models.sd import unet_config  # noqa: E402
+from fresco.pipeline.optimization import DecoderHooks  # noqa: E402
+from fresco.settings import FrescoSettings  # noqa: E402
 from fresco_kernels import normalize_features  # noqa: E402
 
 B1, B2, S1, S2 = 1.2, 1.4, 0.9, 0.2
@@ -122,7 +123,7 @@ def _block_inputs(unet):
 def test_hits_the_published_resnets(unet, monkeypatch):
     """b1 (the widest width) on every resnet of up 0 and up 1 and on up 2's first; b2 (half of it) on up 2's
     resnets 1-2 and up 3's first resnet: 7 and 3 scalings per UNet call, as the channel test gives in SD1.5."""
-    import fresco.freeu as fu
+    import fresco.pipeline.freeu as fu
     calls = []
     real = fu._backbone_scale_
     monkeypatch.setattr(fu, "_backbone_scale_", lambda h, b: (calls.append((h.shape[1], b)), real(h, b)))
@@ -166,11 +167,12 @@ def test_reference_gram_sees_freeu_in_place_edit(unet, published):
     up_samples tuple after the UNet call)."""
     _, seen_pub = published(dict(b1=B1, b2=B2, s1=S1, s2=S2))
     x, e = _inputs(unet)
-    ctrl = FrescoController(backend="reference")
+    settings = FrescoSettings(backend="reference")
+    ctrl = FrescoController(settings)
     ctrl.mode, ctrl.record_features = "record", True
     freeu = FreeU(unet, b1=B1, b2=B2, s1=S1, s2=S2)
     # installed after FreeU: the decoder hooks still run first (prepended)
-    dec = DecoderHooks(unet, ctrl)
+    dec = DecoderHooks(unet, ctrl, settings)
     seen_plain, handles = _block_inputs(unet)
     try:
         unet(x, 500, encoder_hidden_states=e)

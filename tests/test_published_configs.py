@@ -36,7 +36,7 @@ def _run_configs(tmp_path, names):
         cfg = write_config(name, str(tmp_path / f"config_{name}.yaml"), str(clip), str(tmp_path / "out" / name))
         runs.append(["render", "--config", cfg, *SPEED])
     models = sorted({PUBLISHED_CONFIGS[n]["sd_path"] for n in names})
-    script = ("import json, sys\nfrom fresco.cli import main\nfrom fresco.test_models import write_test_models\n"
+    script = ("import json, sys\nfrom fresco.cli import main\nfrom fresco.models.test_models import write_test_models\n"
               f"write_test_models({str(tmp_path / 'hf')!r}, sd_models={models!r})\n"
               f"sys.exit(max(main(a) for a in json.loads({json.dumps(json.dumps(runs))})))\n")
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",

@@ -10,7 +10,7 @@ where m [B, 1, H, W] is h's channel mean min-max normalised over each sample's H
 up_blocks 0 and 1 (every resnet) and up_blocks.2's first resnet; the b2 case up_blocks.2's resnets 1-2 and
 up_blocks.3's first resnet. At a block's first resnet h is the block's input tensor and the published code scales it
 in place, so whoever holds that tensor sees the change: FRESCO's reference pass records the decoder blocks' inputs
-by reference, so their Gram matrices are those of the FreeU-scaled features (fresco.optimization records them the
+by reference, so their Gram matrices are those of the FreeU-scaled features (fresco.pipeline.optimization records them the
 same way). The Fourier filter multiplies the centred 2x2 lowest frequencies (threshold 1) by s."""
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class FreeU:
 
     widths: (b1 width, b2 width); default (block_out_channels[-1], block_out_channels[-1] // 2), i.e. SD1.5's
     (1280, 640). b1, b2 scale the backbone features, s1, s2 the skip features' lowest frequencies. Register after
-    any hook that must see a decoder block's input before FreeU scales it (fresco.optimization.DecoderHooks
+    any hook that must see a decoder block's input before FreeU scales it (fresco.pipeline.optimization.DecoderHooks
     prepends its hooks, so the order of installation does not matter there)."""
 
     def __init__(self, unet, b1: float = 1.2, b2: float = 1.5, s1: float = 1.0, s2: float = 1.0,

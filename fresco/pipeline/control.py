@@ -1,5 +1,5 @@
 """ControlNet condition images from the input frames, as the published run script computes them: Canny (OpenCV,
-thresholds 50/100 by default), HED (fresco.annotators, weights from a folder or the Hugging Face cache) and depth
+thresholds 50/100 by default), HED (fresco.models.annotators, weights from a folder or the Hugging Face cache) and depth
 (MiDaS dpt-hybrid through controlnet_aux when installed; a clear error otherwise). Nothing is downloaded when
 HF_HUB_OFFLINE=1."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-CONTROL_TYPES = ("canny", "hed", "depth")
+from ..models.sd import CONTROL_TYPES
 
 
 def canny(frames: np.ndarray, low: int = 50, high: int = 100) -> np.ndarray:
@@ -21,7 +21,7 @@ def canny(frames: np.ndarray, low: int = 50, high: int = 100) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _hed(annotator_path: Optional[str], device: str):
-    from .annotators import HEDDetector
+    from ..models.annotators import HEDDetector
     return HEDDetector.from_pretrained(annotator_path, device=device)
 
 
@@ -32,7 +32,7 @@ def _depth(annotator_path: Optional[str]):
         raise RuntimeError("control_type='depth' (MiDaS dpt-hybrid) needs the package controlnet_aux (and timm) "
                            "with the lllyasviel/Annotators weights available locally (pip install controlnet-aux); "
                            "or pass control_images yourself, or use controlnet_type 'hed' or 'canny'") from e
-    from .annotators import ANNOTATORS_REPO
+    from ..models.annotators import ANNOTATORS_REPO
     return controlnet_aux.MidasDetector.from_pretrained(annotator_path or ANNOTATORS_REPO)
 
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .annotators import ANNOTATORS_REPO, HED_FILE, hed_state_dict
-from .models import CONTROLNET_IDS, PUBLISHED_VAE, SD15_SCHEDULER, tiny_components
+from .sd import CONTROLNET_IDS, PUBLISHED_VAE, SD15_SCHEDULER, tiny_components
 
 # the base models of the published configs (config/*.yaml) and of the published web UI's model list
 PUBLISHED_SD_MODELS = ("runwayml/stable-diffusion-v1-5", "SG161222/Realistic_Vision_V2.0",
@@ -74,7 +74,7 @@ def write_vae(hf_home: Union[str, Path], repo: str = PUBLISHED_VAE) -> Path:
 
 def write_annotators(hf_home: Union[str, Path]) -> Path:
     """lllyasviel/Annotators with a random-weight ControlNetHED.pth (the published parameter names, tiny widths).
-    No dpt-hybrid stand-in: MiDaS runs through controlnet_aux (see fresco.control)."""
+    No dpt-hybrid stand-in: MiDaS runs through controlnet_aux (see fresco.pipeline.control)."""
     snap = snapshot_dir(hf_home, ANNOTATORS_REPO)
     torch.save(hed_state_dict(seed=_seed(ANNOTATORS_REPO)), snap / HED_FILE)
     return snap

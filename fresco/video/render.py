@@ -16,10 +16,12 @@ import cv2
 import numpy as np
 import torch
 
-from .config import RenderConfig
+from ..config import RenderConfig
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .propagate import FlowEstimator, propagate
-from .video import VideoInfo, VideoWriter, probe, processing_size, read_frames
+from .propagate import propagate
+from ..models.flow import FlowEstimator
+from ..pipeline.core import AnchorCallback, AnchorSource
+from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
 
 STATE = "state.json"
 PREVIEW_KEYS = 6
@@ -28,15 +30,17 @@ PREVIEW_KEYS = 6
 class BatchStylizer(Protocol):
     """Renders one batch of keyframes (the one-batch FRESCO pipeline behind a narrow interface).
 
-    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order; anchor_latents: None for the first
-    batch, else one [2, C, h, w] tensor per denoising step run: the latents that frames 0 and 1 of this batch (the
-    anchors) must hold at the start of that step. Returns the stylised frames [N, H, W, 3] uint8 and, per step,
-    the [2, C, h, w] latents of frames 0 and N-1 at the start of the step (after anchors were restored), which
-    become the next batch's anchors. frame_indices: the video frame index of each batch frame (per-keyframe
-    prompts)."""
+    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order. anchor_latents: None for the first
+    batch, else the latents [2, C, h, w] that frames 0 and 1 of this batch (the anchors) must hold at the start of
+    each run step j: a sequence (one per run step) or a callable j -> tensor that may block until step j's anchors
+    exist (so a distributed renderer can hand them from batch k-1 to batch k step by step). on_anchor_record(j,
+    latents): called at the start of each run step j (after the anchors were restored) with the [2, C, h, w]
+    latents of frames 0 and N-1, which become the next batch's anchors. frame_indices: the video frame index of
+    each batch frame (per-keyframe prompts). Returns the stylised frames [N, H, W, 3] uint8."""
 
-    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]],
-                 frame_indices: Sequence[int] = ()) -> tuple[np.ndarray, list[torch.Tensor]]: ...
+    def __call__(self, frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
+                 on_anchor_record: Optional[AnchorCallback] = None,
+                 frame_indices: Optional[Sequence[int]] = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -236,14 +240,16 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             if b.n_anchors:
                 anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
             t = time.perf_counter()
-            images, record = stylizer(frames, anchors, frame_indices=b.frames)
+            record: list[torch.Tensor] = []
+            images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()),
+                              frame_indices=b.frames)
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
             for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
                 _save_png(root / "keys" / f"{k:05d}.png", img)
             buf = root / "latents" / f"{b.index:04d}.pt"
-            torch.save([r.detach().cpu() for r in record], buf.with_name(f".{buf.name}.tmp"))
+            torch.save(record, buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
@@ -252,7 +258,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
 
     t = time.perf_counter()
     if flow is None:
-        from .propagate import DISFlow
+        from ..models.flow import DISFlow
         flow = DISFlow()
     device = _device(cfg)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
