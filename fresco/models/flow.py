@@ -1,5 +1,5 @@
 """Optical flow of a keyframe batch behind a pluggable estimator interface, and the batch's occlusion masks
-(SEMANTICS.md "Flow and occlusion"): cyclic pairs (i, i+1) for i = 0..N-2 plus the wrap pair (N-1, 0).
+(docs/algorithm.md, "Flow and occlusion"): cyclic pairs (i, i+1) for i = 0..N-2 plus the wrap pair (N-1, 0).
 
 Estimators: OpenCV DIS (default, offline, CPU) and torchvision RAFT, the latter only when its weights are already in
 the local torch hub cache (never downloaded here). Any callable `(src, dst) -> flow` fits (see `FlowEstimator`)."""

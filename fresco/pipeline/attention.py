@@ -1,5 +1,5 @@
 """FRESCO-guided self-attention as a diffusers attention processor for the self-attention (`attn1`) layers of the
-transformer blocks in `up_blocks.2` and `up_blocks.3` (SEMANTICS.md "Attention"), and the controller that the
+transformer blocks in `up_blocks.2` and `up_blocks.3` (docs/algorithm.md, "Attention"), and the controller that the
 pipeline drives step by step. The processor keeps nothing between calls except what the controller recorded on the
 reference pass (the layers' input hidden states)."""
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class FrescoAttnProcessor:
-    """Self-attention with FRESCO's constraints, in the published order (SEMANTICS.md "Attention"):
+    """Self-attention with FRESCO's constraints, in the published order (docs/algorithm.md, "Attention"):
     1. q, k, v = to_q/to_k/to_v(x); keep the raw q, k for step 4;
     2. cross-frame: one shared K/V per CFG half (frame 0 + the occluded tokens of frames 1..N-1);
     3. spatial-guided (first run step): q <- SDPA(to_q(x_ref), 0.2 to_k(x_ref), q) with x_ref the layer's input on the

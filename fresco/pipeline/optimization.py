@@ -1,11 +1,13 @@
-"""FRESCO's feature optimisation as forward pre-hooks on `unet.up_blocks[i]` (SEMANTICS.md "Feature optimisation"),
-and background smoothing (SEMANTICS.md "Background smoothing"). The hooks replace the decoder block's input: on the
-reference pass they record it (normalised, for the spatial loss); on denoising steps before end_opt_step they run
-`fresco_kernels.optimize_features` on it (then smooth the background when a background map is given).
+"""FRESCO's feature optimisation as forward pre-hooks on `unet.up_blocks[i]` (docs/algorithm.md, "Feature
+optimisation"), and background smoothing (docs/algorithm.md, "Background smoothing"). The hooks replace the decoder
+block's input: on the reference pass they record it (normalised, for the spatial loss); on denoising steps before
+end_opt_step they run `fresco_kernels.optimize_features` on it (then smooth the background when a background map is
+given). Their knobs come from the call's FrescoSettings.
 
 As in the published code the reference pass keeps each block input by reference and normalises it only after the
-UNet call (`finish_record`), so an in-place edit made inside the block (the published FreeU's, fresco.pipeline.freeu) shows
-in the recorded features; the hooks are prepended so they always see a block's input before other pre-hooks."""
+UNet call (`finish_record`), so an in-place edit made inside the block (the published FreeU's,
+fresco.pipeline.freeu) shows in the recorded features; the hooks are prepended so they always see a block's input
+before other pre-hooks."""
 from __future__ import annotations
 
 from typing import List, Optional

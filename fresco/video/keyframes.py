@@ -1,5 +1,5 @@
 """Which frames get diffused and in which batches: the paper's adaptive keyframe selection (Alg. 1) or a fixed
-interval, and the anchored batch plan for videos of any length (SEMANTICS.md "Frames" and "Long videos")."""
+interval, and the anchored batch plan for videos of any length (docs/algorithm.md, "Frames" and "Long videos")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,7 +91,7 @@ class Batch:
 
 
 def plan_batches(keys: Sequence[int], batch_size: int) -> list[Batch]:
-    """Split keyframes into anchored batches as the published run_fresco.py does (SEMANTICS.md "Long videos"):
+    """Split keyframes into anchored batches as the published run_fresco.py does (docs/algorithm.md, "Long videos"):
     batch 1 = keys[0:N]; batch k >= 2 = [key 0, last key of batch k-1] + the next N-2 keys; a final batch with
     fewer than 3 new keys takes 3 - len keys from the end of the previous one (so for N = 3-4 the final batch holds
     more than N frames, as published), and a previous batch left empty is dropped. Fixes where the published code

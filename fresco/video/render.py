@@ -16,12 +16,14 @@ import cv2
 import numpy as np
 import torch
 
+from fresco_kernels import get_backend
+
 from ..config import RenderConfig
-from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .propagate import propagate
-from ..models.flow import FlowEstimator
+from ..models.flow import FlowEstimator, get_flow_estimator
 from ..pipeline.core import AnchorCallback, AnchorSource
 from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
+from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
+from .propagate import propagate
 
 STATE = "state.json"
 PREVIEW_KEYS = 6
@@ -183,10 +185,13 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            progress: bool = True) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
-    `make_stylizer(cfg)` when not given."""
+    `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the propagation
+    (`flow` replaces the latter); every op runs on cfg.settings.backend (None: the global switch, read once)."""
     from tqdm.auto import tqdm
 
     cfg.validate()
+    # the backend is read once: the batches, the propagation and the fingerprint all see the same one
+    cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
     timings = {"keyframes_s": 0.0, "diffusion_s": 0.0, "propagation_s": 0.0}
     t0 = time.perf_counter()
     info = probe(cfg.file_path, cfg.fps)
@@ -257,10 +262,9 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         bar.close()
 
     t = time.perf_counter()
-    if flow is None:
-        from ..models.flow import DISFlow
-        flow = DISFlow()
     device = _device(cfg)
+    if flow is None:
+        flow = get_flow_estimator(cfg.flow, device)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
     sources, outputs = [], []
 
@@ -277,7 +281,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in propagate((img for _, img in stream), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png"),
-                             flow, device):
+                             flow, device, backend=cfg.settings.backend):
             if count in preview_keys:
                 outputs.append(out)
             writer.write(out)
