@@ -111,20 +111,21 @@ def _cli_config(argv):
 
 
 def test_cli_flags_reach_the_config(tmp_path):
-    """The published web UI's toggles: each constraint, background smoothing, FreeU b1/b2/s1/s2, Canny thresholds,
+    """The published web UI's toggles: each constraint, FreeU b1/b2/s1/s2, Canny thresholds,
     added prompt, frame-count limit (and the VAE, annotator folder, per-keyframe prompts, pure-noise mode)."""
     cfg = _cli_config(["v.mp4", "--prompt", "p", "--vae", "own", "--annotator-path", str(tmp_path),
                        "--added-prompt", ", x", "--extra-prompts", "4:, y", "--canny-low", "20", "--canny-high",
                        "200", "--freeu-b1", "1.3", "--freeu-b2", "1.1", "--freeu-s1", "0.8", "--freeu-s2", "0.4",
                        "--no-cross-frame-attention", "--no-spatial-attention", "--no-temporal-attention",
-                       "--no-spatial-loss", "--no-temporal-loss", "--no-background-smoothing",
-                       "--max-frames", "30", "--warmup-steps", "-1"])
+                       "--no-spatial-loss", "--no-temporal-loss", "--max-frames", "30", "--warmup-steps", "-1"])
     assert (cfg.vae, cfg.annotator_path, cfg.added_prompt, cfg.extra_prompts) == ("own", str(tmp_path), ", x",
                                                                                    {4: ", y"})
     assert (cfg.canny_low, cfg.canny_high, cfg.max_frames, cfg.num_warmup_steps) == (20, 200, 30, -1)
     assert cfg.settings.freeu() == dict(b1=1.3, b2=1.1, s1=0.8, s2=0.4) and cfg.settings.pure_noise
     assert not any((cfg.cross_frame_attention, cfg.spatial_attention, cfg.temporal_attention,
-                    cfg.spatial_loss, cfg.temporal_loss, cfg.background_smoothing))
+                    cfg.spatial_loss, cfg.temporal_loss))
+    # background smoothing: a YAML key only until renders have a background map (saliency, issue 12)
+    assert not cfgmod.from_mapping({"background_smoothing": False}).background_smoothing
     plain = _cli_config(["v.mp4", "--prompt", "p"])
     assert plain.vae == "stabilityai/sd-vae-ft-mse" and plain.background_smoothing and plain.max_frames is None
 
