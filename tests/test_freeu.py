@@ -1,6 +1,6 @@
-"""The published FreeU (src/free_lunch_utils.py) against our hooks (fresco.pipeline.freeu): a transcription of its patched
-up-block forwards runs beside the hooked UNet on a tiny UNet whose widths (16, 32, 64, 64) repeat SD1.5's pattern
-(320, 640, 1280, 1280), so the b1 and b2 cases hit the same resnets; the decoder-block inputs that FRESCO's
+"""The published FreeU (src/free_lunch_utils.py) against our hooks (fresco.pipeline.freeu): a transcription of its
+patched up-block forwards runs beside the hooked UNet on a tiny UNet whose widths (16, 32, 64, 64) repeat SD1.5's
+pattern (320, 640, 1280, 1280), so the b1 and b2 cases hit the same resnets; the decoder-block inputs that FRESCO's
 reference pass records (by reference) carry FreeU's in-place scaling, as they do in the published code."""
 import copy
 

@@ -10,8 +10,8 @@ where m [B, 1, H, W] is h's channel mean min-max normalised over each sample's H
 up_blocks 0 and 1 (every resnet) and up_blocks.2's first resnet; the b2 case up_blocks.2's resnets 1-2 and
 up_blocks.3's first resnet. At a block's first resnet h is the block's input tensor and the published code scales it
 in place, so whoever holds that tensor sees the change: FRESCO's reference pass records the decoder blocks' inputs
-by reference, so their Gram matrices are those of the FreeU-scaled features (fresco.pipeline.optimization records them the
-same way). The Fourier filter multiplies the centred 2x2 lowest frequencies (threshold 1) by s."""
+by reference, so their Gram matrices are those of the FreeU-scaled features (fresco.pipeline.optimization records
+them the same way). The Fourier filter multiplies the centred 2x2 lowest frequencies (threshold 1) by s."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
