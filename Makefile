@@ -19,13 +19,17 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(STAMP)
 
-# a short offline render: a generated 72-frame clip through the whole pipeline with the tiny random-weight model
+# a short offline render of the published config_music.yaml, unchanged but for its two paths, against random-weight
+# stand-ins of every model it names (fresco make-test-models, Hugging Face cache layout) on a generated 72-frame
+# clip; speed flags only: 64x64 frames, 4 steps. The output is noise: the point is that the published config runs.
 DEMO_OUT ?= out/demo
 demo: $(STAMP)
 	$(BIN)/fresco make-clip $(DEMO_OUT)/clip.mp4 --frames 72 --size 128x128
-	$(BIN)/fresco render $(DEMO_OUT)/clip.mp4 --prompt "a watercolor painting" --model tiny-random --size 64x64 \
-		--steps 4 --warmup-steps 1 --end-opt-step 2 --opt-iters 2 --s-min 4 --s-max 12 --batch-size 4 \
-		-o $(DEMO_OUT) --overwrite
+	$(BIN)/fresco make-test-models $(DEMO_OUT)/hf
+	$(BIN)/python tests/published_configs.py music $(DEMO_OUT)/config_music.yaml \
+		--file-path $(DEMO_OUT)/clip.mp4 --save-path $(DEMO_OUT)/music
+	HF_HOME=$(DEMO_OUT)/hf HF_HUB_OFFLINE=1 $(BIN)/fresco render --config $(DEMO_OUT)/config_music.yaml \
+		--size 64x64 --steps 4 --warmup-steps 1 --end-opt-step 2 --opt-iters 2 --overwrite
 
 # the ops alone: fused vs reference agreement and timing on a generated clip with known motion
 demo-ops: $(STAMP)

@@ -1,5 +1,6 @@
 """The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
-`fresco make-clip` (a synthetic test clip)."""
+`fresco make-clip` (a synthetic test clip), `fresco make-test-models DIR` (offline stand-ins in the Hugging Face
+cache layout)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,8 @@ from . import settings as settings_mod
 # render flags that set RenderConfig's own keys (the FRESCO knobs' flags are derived from FrescoSettings)
 RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
                "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "crf",
-               "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path")
+               "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path",
+               "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames")
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
@@ -75,6 +77,15 @@ def _render_parser(sub) -> None:
                    help="refuse a damaged input (fewer frames decode than its header promises) instead of warning")
     p.add_argument("--force", action="store_const", const=True,
                    help="render even when the memory estimate exceeds the free host/GPU memory")
+    p.add_argument("--vae", help="VAE id or folder (default the published stabilityai/sd-vae-ft-mse when available "
+                                 "locally, else the model's own); 'own': the model's own")
+    p.add_argument("--annotator-path", dest="annotator_path",
+                   help="folder with the lllyasviel/Annotators weights for HED/depth (default: Hugging Face cache)")
+    p.add_argument("--added-prompt", dest="added_prompt",
+                   help="appended to the prompt (default: the published one for the model)")
+    p.add_argument("--extra-prompts", dest="extra_prompts",
+                   help="per-keyframe additions 'FRAME:TEXT;FRAME:TEXT' (YAML: a mapping frame -> text)")
+    p.add_argument("--max-frames", dest="max_frames", type=int, help="only the first N frames of the input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _settings_flags(p)
 
@@ -135,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--size", default="256x256", help="WxH")
     clip.add_argument("--fps", type=float, default=24)
     clip.add_argument("--audio", action="store_true")
+    tm = sub.add_parser("make-test-models", help="write random-weight stand-ins for every model the published "
+                                                 "configs name, in the Hugging Face cache layout",
+                        description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED) under "
+                                    "DIR/hub; then HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config ... runs "
+                                    "offline. The outputs are noise.")
+    tm.add_argument("dir", help="the HF_HOME folder to write into")
     return parser
 
 
@@ -146,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-clip":
             from .video import make_synthetic_clip
             print(make_synthetic_clip(args.path, args.frames, _clip_size(args.size), args.fps, audio=args.audio))
+            return 0
+        if args.command == "make-test-models":
+            from .models.test_models import write_test_models
+            for repo in write_test_models(args.dir):
+                print(repo)
+            print(f"HF_HOME={args.dir}")
             return 0
         from .video.render import Interrupted, render
         cfg = _build_config(args)

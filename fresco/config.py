@@ -12,7 +12,8 @@ from .video.outdir import check_output_name
 
 from . import settings as settings_mod
 from .models.flow import FLOW_ESTIMATORS
-from .models.sd import CONTROL_TYPES, DTYPES as TORCH_DTYPES
+from .models.sd import CONTROL_TYPES, DTYPES as TORCH_DTYPES, PUBLISHED_VAE
+from .pipeline.prompts import parse_extra_prompts, published_pair
 from .settings import FrescoSettings
 
 DTYPES = ("auto",) + tuple(TORCH_DTYPES)
@@ -40,8 +41,19 @@ class RenderConfig:
     # published keys of tools this package replaces: accepted so the shipped configs load, reported as unused
     run_ebsynth: bool = False
     max_process: int = 4
-    # --- ours ---
+    # --- the published script's and web UI's settings (defaults: the published values) ---
+    # None: the published pair for sd_path (fresco.pipeline.prompts: the "RAW photo" pair for realistic models)
+    added_prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
+    # {frame index: text appended to that keyframe's prompt} (the published extra_prompts)
+    extra_prompts: dict = field(default_factory=dict)
+    # a separate VAE (id or folder); the published one is used when available locally; "own": the model's own
+    vae: str = PUBLISHED_VAE
+    # a folder with the annotator weights (lllyasviel/Annotators files); None: the Hugging Face cache
+    annotator_path: Optional[str] = None
+    # only the first max_frames frames of the input (web UI: "Number of frames"); None: all
+    max_frames: Optional[int] = None
+    # --- ours ---
     size: Optional[str] = None
     short_side: int = 512
     fps: Optional[float] = None
@@ -97,6 +109,12 @@ class RenderConfig:
         configs), else 'dis'."""
         return self.flow or ("gmflow" if self.gmflow_path else "dis")
 
+    def prompt_pair(self) -> tuple[str, str]:
+        """(added prompt, negative prompt): the keys when set, else the published pair for sd_path."""
+        added, negative = published_pair(self.sd_path)
+        return (added if self.added_prompt is None else self.added_prompt,
+                negative if self.negative_prompt is None else self.negative_prompt)
+
     def frame_size(self) -> Optional[tuple[int, int]]:
         """The explicit (W, H) from `size` ("WxH"), or None for the automatic size."""
         if self.size is None:
@@ -142,6 +160,12 @@ class RenderConfig:
         check_output_name(self.output)
         need(self.output.lower().endswith((".mp4", ".mov", ".mkv")) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
+        need(self.max_frames is None or (isinstance(self.max_frames, int) and not isinstance(self.max_frames, bool)
+                                         and self.max_frames >= 2), "max_frames", "an integer >= 2 (or unset)")
+        for key in ("added_prompt", "negative_prompt", "annotator_path"):
+            need(getattr(self, key) is None or isinstance(getattr(self, key), str), key, "must be a string")
+        need(isinstance(self.vae, str) and self.vae != "", "vae", "a VAE id or folder, or 'own'")
+        self.extra_prompts = parse_extra_prompts(self.extra_prompts)
         self.frame_size()
         return self
 

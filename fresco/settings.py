@@ -53,8 +53,8 @@ class FrescoSettings:
     scaled to num_inference_steps" (see `schedule`)."""
     # --- schedule ---
     num_inference_steps: int = knob(20, "DDPM steps of the schedule", flag="--steps")
-    num_warmup_steps: Optional[int] = knob(None, "steps skipped by SDEdit (default from strength)", type=int,
-                                           flag="--warmup-steps")
+    num_warmup_steps: Optional[int] = knob(None, "steps skipped by SDEdit (default from strength; negative: pure "
+                                           "noise, as published)", type=int, flag="--warmup-steps")
     strength: Optional[float] = knob(None, "SDEdit strength in (0, 1] (default 0.75); or give num_warmup_steps",
                                      type=float)
     end_opt_step: Optional[int] = knob(None, "feature optimisation runs at steps < this (default 0.75 * steps)",
@@ -65,7 +65,13 @@ class FrescoSettings:
     cond_scale: float = knob(1.0, "ControlNet conditioning scale")
     seed: int = knob(0, "random seed of the noise and the VAE posterior samples")
     repeat_noise: bool = knob(True, "one noise sample for every frame (as published)")
-    use_freeu: bool = knob(False, "FreeU on the UNet (s1=1, s2=1, b1=1.2, b2=1.5)", flag="--freeu")
+    use_freeu: bool = knob(False, "the published FreeU on the UNet (fresco.pipeline.freeu)", flag="--freeu")
+    freeu_b1: float = knob(1.2, "FreeU backbone factor of the widest decoder inputs (1280 channels in SD1.5)")
+    freeu_b2: float = knob(1.5, "FreeU backbone factor of the half-width decoder inputs (640 in SD1.5)")
+    freeu_s1: float = knob(1.0, "FreeU skip factor (lowest frequencies) with b1")
+    freeu_s2: float = knob(1.0, "FreeU skip factor (lowest frequencies) with b2")
+    canny_low: int = knob(50, "Canny low threshold of the canny ControlNet's condition maps")
+    canny_high: int = knob(100, "Canny high threshold")
     # --- constraints ---
     cross_frame_attention: bool = knob(True, "shared K/V: frame 0 plus occluded tokens")
     spatial_attention: bool = knob(True, "spatial-guided attention from the reference pass")
@@ -125,8 +131,11 @@ class FrescoSettings:
         if self.strength is not None and self.num_warmup_steps is not None:
             raise ValueError("strength and num_warmup_steps: pass one of them")
         need(self.strength is None or 0 < self.strength <= 1, "strength", "must be in (0, 1]")
-        need(self.num_warmup_steps is None or 0 <= self.num_warmup_steps < self.num_inference_steps,
-             "num_warmup_steps", f"must be in [0, num_inference_steps={self.num_inference_steps})")
+        need(self.num_warmup_steps is None or self.num_warmup_steps < self.num_inference_steps,
+             "num_warmup_steps", f"must be < num_inference_steps={self.num_inference_steps} (negative: pure noise, "
+                                 f"as published)")
+        need(1 <= self.canny_low <= 255, "canny_low", "must be in [1, 255]")
+        need(1 <= self.canny_high <= 255, "canny_high", "must be in [1, 255]")
         need(self.end_opt_step is None or self.end_opt_step >= 0, "end_opt_step",
              "must be >= 0 (steps before it are optimised)")
         need(all(0 <= i < 4 for i in self.opt_layers), "opt_layers", "indices of the 4 decoder blocks (0..3)")
@@ -140,10 +149,20 @@ class FrescoSettings:
         return dataclasses.replace(self, **changes) if changes else self
 
     @property
+    def pure_noise(self) -> bool:
+        """The published pure-noise mode (num_warmup_steps < 0): every step runs, from the seed's noise alone."""
+        return self.num_warmup_steps is not None and self.num_warmup_steps < 0
+
+    def freeu(self) -> Dict[str, float]:
+        """The FreeU factors {b1, b2, s1, s2}."""
+        return dict(b1=self.freeu_b1, b2=self.freeu_b2, s1=self.freeu_s1, s2=self.freeu_s2)
+
+    @property
     def warmup_steps(self) -> int:
-        """The steps SDEdit skips: num_warmup_steps, else from strength (default 0.75) as diffusers' img2img does."""
+        """The steps SDEdit skips: num_warmup_steps (0 in pure-noise mode), else from strength (default 0.75) as
+        diffusers' img2img does."""
         if self.num_warmup_steps is not None:
-            return int(self.num_warmup_steps)
+            return max(int(self.num_warmup_steps), 0)
         strength = PUBLISHED_STRENGTH if self.strength is None else self.strength
         n = self.num_inference_steps
         return n - min(int(n * strength), n)

@@ -21,9 +21,14 @@ from fresco.config import RenderConfig  # noqa: E402
 from fresco.video.render import render  # noqa: E402
 from fresco.video import make_synthetic_clip, read_frames, synthetic_frame  # noqa: E402
 
-# recorded at a84f3b0 (before the issue-9 refactor)
-GOLDEN_RENDER_KEYS = "9ba6dcf62dcdc699746f5002c29d15f26bb00639b1950cf27a32722d02904d1d"
-GOLDEN_RENDER_FRAMES = "6e91c41d9aba8d064a9c41c4fcea89005e9f2c6f341b775b369176d5e4922dbd"
+# the render: re-recorded on branch fidelity (issue 11), which changes what a render does on purpose: each keyframe's
+# prompt gets the published added prompt and the published negative prompt is used, and the batch plan follows the
+# published final-batch rule for N = 4 (keys 0, 4, ..., 20: batches (0, 4, 8) and (0, 8, 12, 16, 20), as
+# run_fresco.py's sublists [[0, 4, 8], [12, 16, 20]], instead of (0, 4, 8, 12) and (0, 12, 16, 20)); the pipeline
+# hashes, recorded
+# at a84f3b0 (before the issue-9 refactor), are unchanged by it
+GOLDEN_RENDER_KEYS = "9928ef88a86f900d2fd85600c159117e5ca37df46c9ecd8ec19dceabaf9eef2f"
+GOLDEN_RENDER_FRAMES = "b8a38e3fd3996066ff2a802a8a578b47f641ec998a7318030aad8fd6688920b6"
 GOLDEN_PIPELINE = {"fused": "c48545e84a89b00597deedd8727b10cbf64395014eb442537b6f351b59b171ff",
                    "reference": "5b19448f81843e3efcc878be7c75ba38d8c5aaa9e1a73ca4de6a845d113daffd"}
 

@@ -116,7 +116,9 @@ def test_plan_covers_every_key_once():
             batches = plan_batches(list(range(n_keys)), n)
             new = [k for b in batches for k in b.new]
             assert new == list(range(n_keys)), (n_keys, n)
-            assert all(len(b.frames) <= n for b in batches)
+            # only a final batch may exceed N (N = 3-4 as published: 2 anchors + 3 new keys)
+            assert all(len(b.frames) <= n for b in batches[:-1])
+            assert len(batches[-1].frames) <= max(n, 5)
             for prev, b in zip(batches, batches[1:]):
                 assert b.frames[:2] == (0, prev.frames[-1]) and b.n_anchors == 2
             assert [b.index for b in batches] == list(range(len(batches)))
@@ -133,3 +135,37 @@ def test_plan_bad_inputs():
 
 def test_batch_new():
     assert Batch(1, (0, 7, 8, 9), 2).new == (8, 9)
+
+
+def _published_sublists(keys, batch_size):
+    """run_fresco.py's batch plan, transcribed (None where it raises: every key in one batch)."""
+    sublists = [keys[i:i + batch_size - 2] for i in range(2, len(keys), batch_size - 2)]
+    if not sublists:
+        return None
+    sublists[0].insert(0, keys[0])
+    sublists[0].insert(1, keys[1])
+    if len(sublists) > 1 and len(sublists[-1]) < 3:
+        add_num = 3 - len(sublists[-1])
+        sublists[-1] = sublists[-2][-add_num:] + sublists[-1]
+        sublists[-2] = sublists[-2][:-add_num]
+    if len(sublists) < 2:
+        return None  # sublists[-2] raises IndexError
+    if not sublists[-2]:
+        del sublists[-2]
+    return sublists
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_plan_matches_published_sublists(n):
+    """The published plan wherever it runs, including the N = 3-4 final batches of more than N frames; the one
+    degenerate published case (N = 3, 4 keys: a first batch of one frame) keeps 2 keys in the first batch."""
+    for n_keys in range(3, 40):
+        keys = [5 * k for k in range(n_keys)]
+        want = _published_sublists(list(keys), n)
+        got = [list(b.new) for b in plan_batches(keys, n)]
+        if want is None:
+            assert got == [keys]
+        elif len(want[0]) < 2:
+            assert (n, n_keys) == (3, 4) and got == [[0, 5], [10, 15]]
+        else:
+            assert got == want, (n, n_keys)

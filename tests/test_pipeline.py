@@ -198,6 +198,7 @@ def test_diffusers_model_restored(pipe):
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == before_types
     assert not any(isinstance(p, FrescoAttnProcessor) for p in pipe.unet.attn_processors.values())
     assert all(len(b._forward_pre_hooks) == 0 for b in pipe.unet.up_blocks)
+    assert all(len(r._forward_pre_hooks) == 0 for b in pipe.unet.up_blocks for r in b.resnets)
     assert all(getattr(b, "b1", None) is None for b in pipe.unet.up_blocks)
     assert torch.equal(_unet_probe(pipe), before)
     # restored after a failure inside the denoising loop too
@@ -352,11 +353,13 @@ def test_unavailable_annotators_and_raft_fail_clearly():
     from fresco.pipeline.control import control_maps
     from fresco.models.flow import RAFTFlow
     frames = make_frames(64, 64, n=2)
+    with pytest.raises(RuntimeError, match="has no ControlNetHED.pth"):
+        control_maps(frames, "hed", "/nonexistent-fresco-annotators")
     try:
         import controlnet_aux  # noqa: F401
     except ImportError:
         with pytest.raises(RuntimeError, match="controlnet_aux"):
-            control_maps(frames, "hed")
+            control_maps(frames, "depth")
     with pytest.raises(ValueError, match="control_type: one of"):
         control_maps(frames, "scribble")
     # RAFT never downloads: without torchvision or without cached weights it says so
@@ -400,7 +403,7 @@ def test_from_pretrained_local_folder(tmp_path):
     load with local_files_only=True and give the in-memory model's output exactly; a missing folder fails clearly."""
     from fresco.models import tiny_components
     parts = tiny_components(seed=0)
-    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         getattr(parts, name).save_pretrained(tmp_path / "sd" / name)
     parts.controlnet.save_pretrained(tmp_path / "cn")
     loaded = FrescoPipeline.from_pretrained(str(tmp_path / "sd"), controlnet=str(tmp_path / "cn"), device="cpu",

@@ -31,7 +31,7 @@ class StandInStylizer:
         self.calls = []
         self.keep = keep
 
-    def __call__(self, frames, anchor_latents=None, on_anchor_record=None):
+    def __call__(self, frames, anchor_latents=None, on_anchor_record=None, frame_indices=None):
         lat = torch.from_numpy(frames.reshape(len(frames), -1).mean(1)).double().view(-1, 1, 1, 1).repeat(1, 4, 2, 2)
         for step in range(STEPS):
             if anchor_latents is not None:

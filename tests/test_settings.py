@@ -20,7 +20,7 @@ from fresco.settings import FrescoSettings, knob
     (dict(backend="fast"), ValueError, r"backend: one of \('fused', 'reference'\)"),
     (dict(strength=1.5), ValueError, r"strength: must be in \(0, 1\]"),
     (dict(strength=0.5, num_warmup_steps=2), ValueError, "pass one of them"),
-    (dict(num_inference_steps=4, num_warmup_steps=4), ValueError, r"num_warmup_steps: must be in \[0, "),
+    (dict(num_inference_steps=4, num_warmup_steps=4), ValueError, r"num_warmup_steps: must be < num_inference_steps"),
     (dict(opt_layers=(0, 7)), ValueError, "opt_layers"),
     (dict(vae_chunk=0), ValueError, "vae_chunk: must be >= 1"),
 ])

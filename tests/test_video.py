@@ -20,6 +20,30 @@ def test_resize_uses_lanczos_up_area_down():
     assert np.array_equal(resize_frame(img, (20, 15)), cv2.resize(img, (20, 15), interpolation=cv2.INTER_AREA))
 
 
+def _published_resize_image(input_image, resolution):
+    """src/utils.py resize_image, transcribed."""
+    H, W, C = input_image.shape
+    H, W = float(H), float(W)
+    k = float(resolution) / min(H, W)
+    H *= k
+    W *= k
+    H = int(np.round(H / 64.0)) * 64
+    W = int(np.round(W / 64.0)) * 64
+    return cv2.resize(input_image, (W, H), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("hw", [(513, 1000), (500, 1000), (720, 1280), (480, 640), (511, 300), (512, 512),
+                                (1080, 1920)])
+def test_resize_matches_published_resize_image(hw):
+    """Size and filter as published: the scale factor k decides the filter, not the area ratio (513x1000 grows to
+    512x1024 in area but k < 1: area averaging)."""
+    img = np.random.default_rng(1).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    want = _published_resize_image(img, 512)
+    size = processing_size(hw[1], hw[0], 512)
+    assert size == (want.shape[1], want.shape[0])
+    assert np.array_equal(resize_frame(img, size, short_side=512), want)
+
+
 def test_video_round_trip_with_audio(tmp_path):
     src = make_synthetic_clip(tmp_path / "a.mp4", 40, (96, 64), fps=Fraction(30000, 1001), audio=True)
     info = probe(src)

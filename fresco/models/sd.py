@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -20,8 +20,14 @@ CONTROL_TYPES = tuple(CONTROLNET_IDS)
 TINY = "tiny"
 TINY_NAMES = (TINY, "tiny-random")
 
+# the VAE the published code always loads in place of the model's own
+PUBLISHED_VAE = "stabilityai/sd-vae-ft-mse"
+# `vae` values that select the model's own VAE
+OWN_VAE = ("own", "model", "none")
+
 # SD1.5's scheduler: 1000 training steps, scaled-linear betas, leading spacing with steps_offset 1 (t = 951 ... 1
-# at 20 steps); the published code turns it into a DDPM scheduler
+# at 20 steps); used for the tiny in-code model only: a loaded model's DDPM scheduler is built from its own
+# scheduler config, as the published code does (DDPMScheduler.from_config(pipe.scheduler.config))
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, steps_offset=1, timestep_spacing="leading",
                       prediction_type="epsilon")
@@ -171,12 +177,15 @@ def tiny_components(seed: int = 0, controlnet: bool = True, sd15_widths: bool = 
 def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] = None,
                     controlnet_type: Optional[str] = "canny", device: Union[str, torch.device] = "cpu",
                     dtype: torch.dtype = torch.float32, local_files_only: bool = False,
-                    vae: Optional[str] = None) -> Components:
-    """Components of a diffusers SD1.5-family model (hub id or local folder with unet/vae/text_encoder/tokenizer).
+                    vae: Optional[str] = None, log: Callable[[str], None] = print) -> Components:
+    """Components of a diffusers SD1.5-family model (hub id or local folder with unet/vae/text_encoder/tokenizer/
+    scheduler); the scheduler is a DDPM scheduler built from the model's own scheduler config.
 
     controlnet: a ControlNetModel, an id/path, or None for the v1.0 ControlNet of `controlnet_type` (no ControlNet
-    when controlnet_type is None too). vae: optional separate VAE id/path (the published code uses
-    stabilityai/sd-vae-ft-mse). local_files_only=True never touches the network."""
+    when controlnet_type is None too). vae: a separate VAE id/path, or None / one of OWN_VAE for the model's own.
+    The published choice PUBLISHED_VAE is used only when it is available locally (Hugging Face cache or the hub
+    when online); otherwise one note goes to `log` and the model's own VAE is used. local_files_only=True never
+    touches the network (HF_HUB_OFFLINE=1 does the same)."""
     if controlnet_type is not None and controlnet_type not in CONTROL_TYPES:
         raise ValueError(f"controlnet_type: one of {CONTROL_TYPES} or None, got {controlnet_type!r}")
     if model in TINY_NAMES:
@@ -191,13 +200,25 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
     if not (os.path.isdir(model) or "/" in model):
         raise ValueError(f"model: a diffusers model id ('owner/name'), a local folder, or one of {TINY_NAMES}; got "
                          f"{model!r}")
+    from diffusers import DDPMScheduler
+
     kw = dict(torch_dtype=dtype, local_files_only=local_files_only)
+    vae_m = None
+    if vae is not None and vae not in OWN_VAE:
+        try:
+            vae_m = AutoencoderKL.from_pretrained(vae, **kw)
+        except (OSError, ValueError) as e:
+            if vae != PUBLISHED_VAE:
+                raise RuntimeError(f"vae: could not load {vae!r} (local_files_only={local_files_only}): {e}") from e
+            log(f"fresco: note: the published VAE {PUBLISHED_VAE} is not available locally; using the model's own "
+                f"VAE (download it, or set vae: own to silence this)")
     try:
         unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw)
-        vae_m = AutoencoderKL.from_pretrained(vae, **kw) if vae else \
-            AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
+        if vae_m is None:
+            vae_m = AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
         text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kw)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=local_files_only)
+        scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", local_files_only=local_files_only)
     except (OSError, ValueError) as e:
         raise RuntimeError(f"model: could not load the SD1.5 components of {model!r} "
                            f"(local_files_only={local_files_only}): {e}") from e
@@ -211,4 +232,4 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
         except (OSError, ValueError) as e:
             raise RuntimeError(f"controlnet: could not load {cn_id!r} (local_files_only={local_files_only}): {e}") \
                 from e
-    return _placed(Components(unet, vae_m, text_encoder, tokenizer, make_scheduler(), cn), device, dtype)
+    return _placed(Components(unet, vae_m, text_encoder, tokenizer, scheduler, cn), device, dtype)

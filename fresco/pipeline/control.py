@@ -1,9 +1,11 @@
-"""ControlNet condition images from the input frames: Canny (OpenCV, thresholds 50/100 as published) always; HED and
-depth through the `controlnet_aux` annotators when the user has that package and its weights locally (a clear error
-otherwise: nothing is downloaded here)."""
+"""ControlNet condition images from the input frames, as the published run script computes them: Canny (OpenCV,
+thresholds 50/100 by default), HED (fresco.models.annotators, weights from a folder or the Hugging Face cache) and depth
+(MiDaS dpt-hybrid through controlnet_aux when installed; a clear error otherwise). Nothing is downloaded when
+HF_HUB_OFFLINE=1."""
 from __future__ import annotations
 
-from typing import Optional
+from functools import lru_cache
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -11,43 +13,51 @@ from ..models.sd import CONTROL_TYPES
 
 
 def canny(frames: np.ndarray, low: int = 50, high: int = 100) -> np.ndarray:
-    """[N, H, W, 3] uint8 RGB -> [N, H, W] uint8 edge maps (OpenCV Canny on the RGB image, as ControlNet's
+    """[N, H, W, 3] uint8 RGB -> [N, H, W] uint8 edge maps (OpenCV Canny on the RGB image, as the published
     CannyDetector does)."""
     import cv2
     return np.stack([cv2.Canny(f, low, high) for f in frames])
 
 
-def _annotator(control_type: str, annotator_path: Optional[str]):
+@lru_cache(maxsize=4)
+def _hed(annotator_path: Optional[str], device: str):
+    from ..models.annotators import HEDDetector
+    return HEDDetector.from_pretrained(annotator_path, device=device)
+
+
+def _depth(annotator_path: Optional[str]):
     try:
         import controlnet_aux
     except ImportError as e:
-        raise RuntimeError(f"control_type={control_type!r} needs the annotator package controlnet_aux with its "
-                           "weights available locally (pip install controlnet-aux), or pass control_images "
-                           "yourself, or use control_type='canny'") from e
-    if annotator_path is None:
-        raise RuntimeError(f"control_type={control_type!r}: pass annotator_path (a local folder with the "
-                           "lllyasviel/Annotators weights); this package does not download them")
-    if control_type == "hed":
-        return controlnet_aux.HEDdetector.from_pretrained(annotator_path)
-    return controlnet_aux.MidasDetector.from_pretrained(annotator_path)
+        raise RuntimeError("control_type='depth' (MiDaS dpt-hybrid) needs the package controlnet_aux (and timm) "
+                           "with the lllyasviel/Annotators weights available locally (pip install controlnet-aux); "
+                           "or pass control_images yourself, or use controlnet_type 'hed' or 'canny'") from e
+    from ..models.annotators import ANNOTATORS_REPO
+    return controlnet_aux.MidasDetector.from_pretrained(annotator_path or ANNOTATORS_REPO)
 
 
-def control_maps(frames: np.ndarray, control_type: str, annotator_path: Optional[str] = None) -> np.ndarray:
-    """[N, H, W, 3] uint8 RGB -> [N, H, W, 3] uint8 condition images for the ControlNet of `control_type`."""
+def control_maps(frames: np.ndarray, control_type: str, annotator_path: Optional[str] = None,
+                 canny_thresholds: Tuple[int, int] = (50, 100), device=None) -> np.ndarray:
+    """[N, H, W, 3] uint8 RGB -> [N, H, W, 3] uint8 condition images for the ControlNet of `control_type`
+    (the published map replicated to three channels; the pipeline divides by 255, as published)."""
     if control_type not in CONTROL_TYPES:
         raise ValueError(f"control_type: one of {CONTROL_TYPES}, got {control_type!r}")
     if control_type == "canny":
-        edges = canny(frames)
-        return np.repeat(edges[..., None], 3, axis=-1)
-    det = _annotator(control_type, annotator_path)
-    h, w = frames.shape[1:3]
-    out = []
-    for f in frames:
-        m = np.asarray(det(f, detect_resolution=min(h, w), image_resolution=min(h, w), output_type="np"))
-        if m.ndim == 2:
-            m = np.repeat(m[..., None], 3, axis=-1)
-        if m.shape[:2] != (h, w):
-            import cv2
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-        out.append(m.astype(np.uint8))
-    return np.stack(out)
+        maps = canny(frames, *canny_thresholds)
+    elif control_type == "hed":
+        det = _hed(annotator_path, str(device or "cpu"))
+        maps = np.stack([det(f) for f in frames])
+    else:
+        det = _depth(annotator_path)
+        h, w = frames.shape[1:3]
+        out = []
+        for f in frames:
+            m = np.asarray(det(f, detect_resolution=min(h, w), image_resolution=min(h, w), output_type="np"))
+            if m.ndim == 3:
+                m = m[..., 0]
+            if m.shape[:2] != (h, w):
+                import cv2
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+            out.append(m.astype(np.uint8))
+        maps = np.stack(out)
+    return np.repeat(maps[..., None], 3, axis=-1)

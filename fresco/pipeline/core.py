@@ -6,7 +6,8 @@ diffusers is extended only through its public hooks: attention processors on the
 layers (fresco.pipeline.attention), forward pre-hooks on unet.up_blocks[i] (fresco.pipeline.optimization), and this
 module's own
 denoising loop around `unet(...)` / `controlnet(...)`; UNet2DConditionModel.forward is never copied or replaced.
-Processors, hooks and FreeU are restored after every call, so the components stay usable as a normal pipeline."""
+FreeU is the published variant (fresco.pipeline.freeu), also through hooks. Processors and hooks are removed after
+every call, so the components stay usable as a normal pipeline."""
 from __future__ import annotations
 
 import time
@@ -25,6 +26,7 @@ from ..models.sd import CONTROL_TYPES, TINY, Components, load_components, resolv
 from ..settings import FrescoSettings
 from .attention import FrescoController, install_processors, restore_processors
 from .control import control_maps
+from .freeu import FreeU
 from .inputs import BatchInputs
 from .optimization import DecoderHooks, smooth_background
 
@@ -32,11 +34,6 @@ from .optimization import DecoderHooks, smooth_background
 AnchorSource = Union[Sequence[torch.Tensor], Callable[[int], torch.Tensor]]
 # on_anchor_record(j, latents [2, 4, h, w] of frames 0 and N-1 at the start of run step j)
 AnchorCallback = Callable[[int, torch.Tensor], None]
-# the prompt additions of the published run script (not applied automatically; pass them if wanted)
-PUBLISHED_ADDED_PROMPT = ", best quality, extremely detailed, "
-PUBLISHED_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing finger, extra digit, fewer digits, "
-                             "cropped, worst quality, low quality")
-FREEU = dict(s1=1.0, s2=1.0, b1=1.2, b2=1.5)
 
 
 @dataclass
@@ -170,14 +167,17 @@ class FrescoPipeline:
     def from_pretrained(cls, model: str = TINY, controlnet=None, controlnet_type: Optional[str] = "canny",
                         device: Union[str, torch.device, None] = "auto", dtype=None, flow="dis",
                         local_files_only: bool = False, vae: Optional[str] = None,
-                        annotator_path: Optional[str] = None) -> "FrescoPipeline":
+                        annotator_path: Optional[str] = None, log: Callable[[str], None] = print
+                        ) -> "FrescoPipeline":
         """model: an SD1.5-family diffusers id or folder, or "tiny" (random weights built in code, offline).
         controlnet: a ControlNetModel or id/path; default: the v1.0 ControlNet of controlnet_type (None: no
-        ControlNet). device/dtype: "auto" = CUDA fp16 when available, else CPU fp32."""
+        ControlNet). vae: a separate VAE (fresco.models.sd.load_components; the published one falls back to the
+        model's own with one note to `log`). annotator_path: a folder with the HED/depth annotator weights (default:
+        the Hugging Face cache). device/dtype: "auto" = CUDA fp16 when available, else CPU fp32."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         parts = load_components(model, controlnet=controlnet, controlnet_type=controlnet_type, device=dev, dtype=dt,
-                                local_files_only=local_files_only, vae=vae)
+                                local_files_only=local_files_only, vae=vae, log=log)
         return cls(parts, dev, dt, control_type=controlnet_type if parts.controlnet is not None else None, flow=flow,
                    annotator_path=annotator_path)
 
@@ -320,23 +320,25 @@ class FrescoPipeline:
             callbacks.append(lambda j, latents: record.append(latents))
         previous, _ = install_processors(self.unet, batch.ctrl)
         hooks = None
-        freeu_set = False
+        freeu = None
         try:
             if batch.optimize_on:
                 hooks = DecoderHooks(self.unet, batch.ctrl, s, smooth=batch.smoothing)
             if s.use_freeu:
-                # on for the reference pass too, as in the published code (FreeU is patched into its UNet)
-                self.unet.enable_freeu(**FREEU)
-                freeu_set = True
+                # the published variant, on for the reference pass too (FreeU is patched into its UNet); its
+                # in-place scaling of the decoder inputs shows in the features the reference pass records
+                freeu = FreeU(self.unet, **s.freeu())
             self._reference_pass(batch)
+            if hooks is not None:
+                hooks.finish_record()
             latents = self._denoise(batch, anchors, callbacks, progress)
         finally:
             batch.ctrl.mode = "off"
             if hooks is not None:
                 hooks.remove()
             restore_processors(self.unet, previous)
-            if freeu_set:
-                self.unet.disable_freeu()
+            if freeu is not None:
+                freeu.remove()
             events = dict(batch.ctrl.events)
             batch.ctrl.clear()
         images = self._decode(batch, latents)
@@ -388,7 +390,8 @@ class FrescoPipeline:
         if self.controlnet is not None:
             with stages("control"):
                 if cond_img is None:
-                    cond_img = control_maps(frames, self.control_type, self.annotator_path)
+                    cond_img = control_maps(frames, self.control_type, self.annotator_path,
+                                            (s.canny_low, s.canny_high), device=dev)
                 cond = torch.from_numpy(cond_img).to(dev).permute(0, 3, 1, 2).float() / 255.0
                 batch.cond = torch.cat([cond, cond]).to(self.dtype)
         imgs_pm1 = imgs / 127.5 - 1.0
@@ -484,8 +487,12 @@ class FrescoPipeline:
         bg_steps = set(batch.schedule["bg_smoothing_steps"])
         timesteps = batch.timesteps
         start_noise = batch.noise[:1].expand_as(batch.noise) if s.repeat_noise else batch.noise
-        latents = self.scheduler.add_noise(batch.latent_x0, start_noise,
-                                           torch.tensor([timesteps[warmup]], device=self.device))
+        if s.pure_noise:
+            # the published num_warmup_steps < 0: no SDEdit, every step from the noise
+            latents = start_noise.clone()
+        else:
+            latents = self.scheduler.add_noise(batch.latent_x0, start_noise,
+                                               torch.tensor([timesteps[warmup]], device=self.device))
 
         def smooth_x0(x0: torch.Tensor) -> torch.Tensor:
             image = self.vae_decode(x0, s.vae_chunk)

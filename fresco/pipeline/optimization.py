@@ -2,7 +2,12 @@
 optimisation"), and background smoothing (docs/algorithm.md, "Background smoothing"). The hooks replace the decoder
 block's input: on the reference pass they record it (normalised, for the spatial loss); on denoising steps before
 end_opt_step they run `fresco_kernels.optimize_features` on it (then smooth the background when a background map is
-given). Their knobs come from the call's FrescoSettings."""
+given). Their knobs come from the call's FrescoSettings.
+
+As in the published code the reference pass keeps each block input by reference and normalises it only after the
+UNet call (`finish_record`), so an in-place edit made inside the block (the published FreeU's,
+fresco.pipeline.freeu) shows in the recorded features; the hooks are prepended so they always see a block's input
+before other pre-hooks."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -57,8 +62,15 @@ class DecoderHooks:
         self.spatial_weight = settings.spatial_weight if settings.spatial_loss else 0.0
         self.reduction, self.adain_eps = settings.loss_reduction, settings.adain_eps
         self.smooth = smooth
-        self._handles: List = [unet.up_blocks[i].register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
+        self._handles: List = [unet.up_blocks[i].register_forward_pre_hook(self._make_hook(i), with_kwargs=True,
+                                                                           prepend=True)
                                for i in self.layers]
+
+    def finish_record(self) -> None:
+        """After the reference pass: normalise the block inputs recorded by reference (with whatever the blocks
+        changed in place) for the spatial loss."""
+        c = self.controller
+        c.ref_features = {i: normalize_features(x) for i, x in c.ref_features.items()}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -85,7 +97,8 @@ class DecoderHooks:
         c = self.controller
         if c.mode == "record":
             if c.record_features:
-                c.ref_features[index] = normalize_features(x.detach())
+                # by reference: normalised in finish_record, after the blocks ran
+                c.ref_features[index] = x.detach()
             return None
         if c.mode != "run" or not c.optimize:
             return None

@@ -106,23 +106,28 @@ def processing_size(width: int, height: int, short_side: int = 512, multiple: in
     return max(w, multiple), max(h, multiple)
 
 
-def resize_frame(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an HxWx3 uint8 frame to size=(W, H): Lanczos when enlarging, area averaging when shrinking."""
+def resize_frame(img: np.ndarray, size: tuple[int, int], short_side: int | None = None) -> np.ndarray:
+    """Resize an HxWx3 uint8 frame to size=(W, H) with the published filter rule (resize_image): Lanczos when the
+    scale factor k = short_side / min(h, w) is > 1, area averaging otherwise. The sides are rounded to multiples of
+    64 after scaling, so k, not the area ratio, decides (1000x513 -> 1024x512 is k < 1: area). Without
+    `short_side` (an explicit size), k is the target's short side over the source's."""
     w, h = size
     if img.shape[1] == w and img.shape[0] == h:
         return img
-    enlarge = w * h > img.shape[0] * img.shape[1]
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LANCZOS4 if enlarge else cv2.INTER_AREA)
+    k = (short_side if short_side is not None else min(w, h)) / min(img.shape[:2])
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
 
 
-def read_frames(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+def read_frames(path: str | os.PathLike, size: tuple[int, int] | None = None,
+                short_side: int | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of a video file or image folder one at a time as HxWx3 uint8 RGB, resized to size=(W, H)
-    when given. Only the current frame is held."""
-    for _, img in read_timed_frames(path, size):
+    when given (filter rule: `resize_frame`, with `short_side` when the size came from processing_size). Only the
+    current frame is held."""
+    for _, img in read_timed_frames(path, size, short_side):
         yield img
 
 
-def read_timed_frames(path: str | os.PathLike, size: tuple[int, int] | None = None
+def read_timed_frames(path: str | os.PathLike, size: tuple[int, int] | None = None, short_side: int | None = None
                       ) -> Iterator[tuple[Fraction | None, np.ndarray]]:
     """Like `read_frames`, with each frame's presentation time in seconds after the first frame's (the stream's
     own timestamps, so a variable frame rate shows); None for images and for frames without a timestamp."""
@@ -137,7 +142,7 @@ def read_timed_frames(path: str | os.PathLike, size: tuple[int, int] | None = No
             elif img.shape != first_shape:
                 raise ValueError(f"input: image '{f}' is {img.shape[1]}x{img.shape[0]} but the first image is "
                                  f"{first_shape[1]}x{first_shape[0]}; all frames must have one size")
-            yield None, img if size is None else resize_frame(img, size)
+            yield None, img if size is None else resize_frame(img, size, short_side)
         return
     av = _av()
     try:
@@ -152,7 +157,7 @@ def read_timed_frames(path: str | os.PathLike, size: tuple[int, int] | None = No
                     first = frame.pts if first is None else first
                     t = (frame.pts - first) * tb
                 img = frame.to_ndarray(format="rgb24")
-                yield t, img if size is None else resize_frame(img, size)
+                yield t, img if size is None else resize_frame(img, size, short_side)
     except av.error.FFmpegError as e:
         raise ValueError(f"input: cannot decode video '{path}': {e}") from e
 

@@ -91,10 +91,12 @@ class Batch:
 
 
 def plan_batches(keys: Sequence[int], batch_size: int) -> list[Batch]:
-    """Split keyframes into anchored batches (docs/algorithm.md, "Long videos"): batch 1 = keys[0:N]; batch k >= 2 =
-    [key 0, last key of batch k-1] + the next N-2 keys; when the final batch has fewer than 3 new keys it takes
-    keys from the end of the previous one (at most N-2 new keys in all; a batch never drops below one new key, or
-    two keys for the first). All keys fitting one batch gives one batch (no IndexError as in the published code)."""
+    """Split keyframes into anchored batches as the published run_fresco.py does (docs/algorithm.md, "Long videos"):
+    batch 1 = keys[0:N]; batch k >= 2 = [key 0, last key of batch k-1] + the next N-2 keys; a final batch with
+    fewer than 3 new keys takes 3 - len keys from the end of the previous one (so for N = 3-4 the final batch holds
+    more than N frames, as published), and a previous batch left empty is dropped. Fixes where the published code
+    fails: all keys fitting one batch give one batch (an IndexError there), and the first batch keeps at least 2
+    keys (N = 3 with 4 keys left it a single frame there)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 3:
         raise ValueError(f"batch_size: must be an integer >= 3 (2 anchors + at least 1 new key), got {batch_size!r}")
     keys = list(keys)
@@ -104,14 +106,14 @@ def plan_batches(keys: Sequence[int], batch_size: int) -> list[Batch]:
         raise ValueError(f"keys: must be non-negative and strictly increasing, got {keys}")
     n = batch_size
     groups = [keys[:n]] + [keys[i:i + n - 2] for i in range(n, len(keys), n - 2)]
-    if len(groups) > 1:
-        want = min(3, n - 2)
-        while len(groups) > 1 and len(groups[-1]) < want:
-            prev = groups[-2]
-            floor = 2 if len(groups) == 2 else 1
-            if len(prev) <= floor:
-                break
-            groups[-1].insert(0, prev.pop())
+    if len(groups) > 1 and len(groups[-1]) < 3:
+        prev = groups[-2]
+        take = min(3 - len(groups[-1]), len(prev) - (2 if len(groups) == 2 else 0))
+        if take > 0:
+            groups[-1] = prev[len(prev) - take:] + groups[-1]
+            del prev[len(prev) - take:]
+        if not prev:
+            del groups[-2]
     batches = [Batch(0, tuple(groups[0]), 0)]
     for i, g in enumerate(groups[1:], start=1):
         batches.append(Batch(i, (keys[0], groups[i - 1][-1], *g), 2))

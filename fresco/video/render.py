@@ -5,6 +5,7 @@ file) are ever deleted or replaced without --overwrite (fresco.video.outdir)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -42,11 +43,12 @@ class BatchStylizer(Protocol):
     each run step j: a sequence (one per run step) or a callable j -> tensor that may block until step j's anchors
     exist (so a distributed renderer can hand them from batch k-1 to batch k step by step). on_anchor_record(j,
     latents): called at the start of each run step j (after the anchors were restored) with the [2, C, h, w]
-    latents of frames 0 and N-1, which become the next batch's anchors. Returns the stylised frames
-    [N, H, W, 3] uint8."""
+    latents of frames 0 and N-1, which become the next batch's anchors. frame_indices: the video frame index of
+    each batch frame (per-keyframe prompts). Returns the stylised frames [N, H, W, 3] uint8."""
 
     def __call__(self, frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
-                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray: ...
+                 on_anchor_record: Optional[AnchorCallback] = None,
+                 frame_indices: Optional[Sequence[int]] = None) -> np.ndarray: ...
 
 
 class Interrupted(Exception):
@@ -164,6 +166,13 @@ def _batch_files(b: Batch) -> list[str]:
     return [f"{KEYS}/{k:05d}.png" for k in b.frames[b.n_anchors:]] + [f"{LATENTS}/{b.index:04d}.pt"]
 
 
+def _read(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]):
+    """The input's (time, frame) pairs at the processing size, with the published resize filter rule
+    (fresco.video), only the first cfg.max_frames when set."""
+    frames = read_timed_frames(info.path, size, None if cfg.frame_size() else cfg.short_side)
+    return frames if cfg.max_frames is None else itertools.islice(frames, cfg.max_frames)
+
+
 def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
                 ) -> tuple[list[int], int, Optional[Fraction]]:
     """(keyframes, exact frame count, true average rate) from one streamed decode at the processing size. The
@@ -173,7 +182,7 @@ def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
     last = [Fraction(0), False]
 
     def frames():
-        for i, (t, img) in enumerate(read_timed_frames(info.path, size)):
+        for i, (t, img) in enumerate(_read(cfg, info, size)):
             if t is not None:
                 last[0] = t
                 last[1] = last[1] or abs(t - i * step) > step / 2
@@ -190,7 +199,7 @@ def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
     return keys, n, rate
 
 
-def _batch_frames(info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
+def _batch_frames(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
     """Yield (batch, [N, H, W, 3] frames) for `batches` from one streamed decode, holding only the current batch's
     frames plus key 0 and the previous batch's last key (the anchors)."""
     todo = list(batches)
@@ -199,7 +208,7 @@ def _batch_frames(info: VideoInfo, size: tuple[int, int], batches: Sequence[Batc
     keep: dict[int, np.ndarray] = {}
     need_anchor = {0} | {b.frames[1] for b in todo if b.n_anchors}
     cur = 0
-    for i, img in enumerate(read_frames(info.path, size)):
+    for i, img in enumerate(_read(cfg, info, size)):
         b = todo[cur]
         if i in b.frames or i in need_anchor:
             keep[i] = img
@@ -362,7 +371,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         state.save()  # the render has really started: from here on the folder is resumable
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
-        for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
+        for run_count, (b, frames) in enumerate(_batch_frames(cfg, info, size, todo)):
             if stop_after is not None and run_count >= stop_after:
                 bar.close()
                 return None
@@ -371,7 +380,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
                 anchors = torch.load(root / LATENTS / f"{b.index - 1:04d}.pt", map_location="cpu")
             t = time.perf_counter()
             record: list[torch.Tensor] = []
-            images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()))
+            images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()),
+                              frame_indices=b.frames)
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
@@ -392,7 +402,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
     sources, outputs, times = [], [], deque()
 
     def frames_with_preview():
-        for i, (ts, img) in enumerate(read_timed_frames(info.path, size)):
+        for i, (ts, img) in enumerate(_read(cfg, info, size)):
             if i in preview_keys:
                 sources.append(img)
             if vfr_rate is not None:

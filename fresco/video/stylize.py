@@ -1,10 +1,12 @@
 """The one-batch FRESCO pipeline (fresco.pipeline) behind the renderer's `BatchStylizer` interface: frames and the
 anchors' per-step latents in (a sequence or a callable), stylised frames out, frames 0 and N-1's latents reported
-per step through a callback. With `use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md)
-goes to the pipeline, so both background smoothings run."""
+per step through a callback. Prompts are built per keyframe as the published script does (fresco.pipeline.prompts),
+and the model loads with the config's VAE and annotator weights. With `use_salinecy` each batch's background map (saliency,
+docs/flow_and_saliency.md) goes to the pipeline, so both background smoothings run."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+import sys
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,14 +15,18 @@ from ..config import RenderConfig
 from ..models.flow import FlowEstimator
 from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
 from ..pipeline.core import AnchorCallback, AnchorSource
+from ..pipeline.prompts import frame_prompts
 
 
 def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False,
-                  flow: Optional[FlowEstimator] = None, saliency: Optional[SaliencyEstimator] = None) -> Callable:
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model, from the
-    local cache only when `local_files_only`), running cfg.settings; a per-step progress bar when `progress`.
-    `flow`: the render's flow estimator (default: built from cfg's flow / gmflow_path / raft_path). With
-    cfg.use_salinecy each batch's background map comes from `saliency` (default: EGNet from cfg.sod_path)."""
+                  flow: Optional[FlowEstimator] = None, saliency: Optional[SaliencyEstimator] = None,
+                  log: Optional[Callable[[str], None]] = None) -> Callable:
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model with cfg.vae and
+    cfg.annotator_path, from the local cache only when `local_files_only`; notes go to `log`, default stderr),
+    running cfg.settings; a per-step progress bar when `progress`. `flow`: the render's flow estimator (default:
+    built from cfg's flow / gmflow_path / raft_path). With cfg.use_salinecy each batch's background map comes from
+    `saliency` (default: EGNet from cfg.sod_path). Each frame's prompt is prompt + added prompt + that keyframe's
+    extra prompt, with the published negative prompt unless set (RenderConfig.prompt_pair)."""
     from ..pipeline import FrescoPipeline
     if flow is None and pipe is None:
         from ..models.flow import get_flow_estimator
@@ -28,6 +34,7 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_fi
         flow = get_flow_estimator(cfg.flow_name, _device(cfg), gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
     pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
                                                   else None, device=cfg.device, dtype=cfg.dtype, flow=flow,
+                                                  vae=cfg.vae, annotator_path=cfg.annotator_path, log=log or _log,
                                                   local_files_only=local_files_only)
     if flow is not None:
         pipe.flow = flow
@@ -36,15 +43,22 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_fi
             raise ValueError("sod_path: use_salinecy needs the EGNet checkpoint (or turn saliency off with "
                              "--no-saliency), got none")
         saliency = get_saliency_estimator(cfg.sod_path, pipe.device)
+    added, negative = cfg.prompt_pair()
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
-                on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray:
+                on_anchor_record: Optional[AnchorCallback] = None,
+                frame_indices: Optional[Sequence[int]] = None) -> np.ndarray:
+        indices = range(len(frames)) if frame_indices is None else frame_indices
+        prompts = frame_prompts(cfg.prompt, indices, added, cfg.extra_prompts)
         background = None
         if cfg.use_salinecy:
             x = torch.from_numpy(np.ascontiguousarray(frames)).to(pipe.device).permute(0, 3, 1, 2).float()
             background = background_mask(x, saliency)
-        return pipe(frames, cfg.prompt, negative_prompt=cfg.negative_prompt, settings=cfg.settings,
-                    background=background, anchor_latents=anchor_latents, on_anchor_record=on_anchor_record,
-                    progress=progress).images
+        return pipe(frames, prompts, negative_prompt=negative, settings=cfg.settings, background=background,
+                    anchor_latents=anchor_latents, on_anchor_record=on_anchor_record, progress=progress).images
 
     return stylize
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

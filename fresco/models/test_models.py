@@ -1,0 +1,97 @@
+"""`fresco make-test-models DIR`: random-weight stand-ins for every model the published FRESCO configs name, written
+in the Hugging Face cache layout (DIR/hub/models--org--name/snapshots/<rev>/..., refs/main), so that
+`HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config config_music.yaml` resolves sd_path, the ControlNet, the VAE
+and the annotators offline. Every stand-in has the real model's structure at tiny widths (fresco.models.
+tiny_components): SD1.5 folders (unet, vae, text_encoder, tokenizer, scheduler with SD1.5's PNDM config, as the
+real repositories ship it), the three v1.0 ControlNets, sd-vae-ft-mse and ControlNetHED.pth. The outputs are noise:
+they exist for tests and the offline demo."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .annotators import ANNOTATORS_REPO, HED_FILE, hed_state_dict
+from .sd import CONTROLNET_IDS, PUBLISHED_VAE, SD15_SCHEDULER, tiny_components
+
+# the base models of the published configs (config/*.yaml) and of the published web UI's model list
+PUBLISHED_SD_MODELS = ("runwayml/stable-diffusion-v1-5", "SG161222/Realistic_Vision_V2.0",
+                       "stablediffusionapi/rev-animated", "stablediffusionapi/flat-2d-animerge")
+
+
+def _revision(repo: str) -> str:
+    """A fixed 40-hex revision per repository (stand-ins are not real commits)."""
+    return hashlib.sha1(f"fresco-stand-in:{repo}".encode()).hexdigest()
+
+
+def snapshot_dir(hf_home: Union[str, Path], repo: str) -> Path:
+    """DIR/hub/models--org--name/snapshots/<rev> for `repo`, with refs/main pointing at it (created)."""
+    root = Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--"))
+    rev = _revision(repo)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(rev)
+    snap = root / "snapshots" / rev
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+def _seed(repo: str) -> int:
+    return int(hashlib.sha1(repo.encode()).hexdigest()[:8], 16)
+
+
+def write_sd_model(hf_home: Union[str, Path], repo: str) -> Path:
+    """A tiny SD1.5-structured diffusers folder for `repo` (the scheduler as SD1.5's PNDM config)."""
+    from diffusers import PNDMScheduler
+    snap = snapshot_dir(hf_home, repo)
+    parts = tiny_components(seed=_seed(repo), controlnet=False)
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+        getattr(parts, name).save_pretrained(snap / name)
+    sched = {k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "prediction_type")}
+    PNDMScheduler(**sched, skip_prk_steps=True, set_alpha_to_one=False).save_pretrained(snap / "scheduler")
+    (snap / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"],
+        "safety_checker": [None, None], "feature_extractor": [None, None]}, indent=1))
+    return snap
+
+
+def write_controlnet(hf_home: Union[str, Path], repo: str) -> Path:
+    """A tiny ControlNet matching the stand-in UNets (the same block structure and widths)."""
+    snap = snapshot_dir(hf_home, repo)
+    tiny_components(seed=_seed(repo), controlnet=True, text_encoder=False).controlnet.save_pretrained(snap)
+    return snap
+
+
+def write_vae(hf_home: Union[str, Path], repo: str = PUBLISHED_VAE) -> Path:
+    snap = snapshot_dir(hf_home, repo)
+    tiny_components(seed=_seed(repo), controlnet=False, text_encoder=False).vae.save_pretrained(snap)
+    return snap
+
+
+def write_annotators(hf_home: Union[str, Path]) -> Path:
+    """lllyasviel/Annotators with a random-weight ControlNetHED.pth (the published parameter names, tiny widths).
+    No dpt-hybrid stand-in: MiDaS runs through controlnet_aux (see fresco.pipeline.control)."""
+    snap = snapshot_dir(hf_home, ANNOTATORS_REPO)
+    torch.save(hed_state_dict(seed=_seed(ANNOTATORS_REPO)), snap / HED_FILE)
+    return snap
+
+
+def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[str]] = None) -> list[str]:
+    """Write every stand-in under `hf_home` (the published SD models unless `sd_models`); returns the repo ids."""
+    hf_home = Path(hf_home)
+    written = []
+    for repo in (PUBLISHED_SD_MODELS if sd_models is None else sd_models):
+        write_sd_model(hf_home, repo)
+        written.append(repo)
+    for repo in CONTROLNET_IDS.values():
+        write_controlnet(hf_home, repo)
+        written.append(repo)
+    write_vae(hf_home)
+    written.append(PUBLISHED_VAE)
+    write_annotators(hf_home)
+    written.append(ANNOTATORS_REPO)
+    return written
