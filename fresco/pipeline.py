@@ -311,7 +311,8 @@ class FrescoPipeline:
                  temporal_attention_until: int = 350, bg_smoothing_steps: Optional[Sequence[int]] = None,
                  repeat_noise: bool = True, use_freeu: bool = False, backend: str = "fused",
                  anchor_latents: Optional[Sequence[torch.Tensor]] = None, return_anchor_record: bool = False,
-                 vae_chunk: int = 1, progress: bool = False) -> FrescoOutput:
+                 vae_chunk: int = 1, progress: bool = False,
+                 step_callback: Optional[Callable[[int, int], None]] = None) -> FrescoOutput:
         """Translate one batch of keyframes.
 
         frames: [N, H, W, 3] uint8 RGB 0..255, or float [N, 3, H, W] / [N, H, W, 3] RGB in [0, 1] (numpy, torch or
@@ -330,7 +331,8 @@ class FrescoPipeline:
         anchor_latents: per run step a [2, 4, h, w] tensor written into frames 0 and 1 at the start of that step
         (long videos); return_anchor_record: also return frames 0 and N-1's latents at each step start.
         vae_chunk: frames per VAE encode/decode call. progress: a tqdm bar over the denoising steps (cleared when
-        the batch is done)."""
+        the batch is done). step_callback(done, total): called after each run step with the steps run so far and
+        the run steps in all (front ends' progress; an exception it raises stops the batch)."""
         frames, imgs = _frames_input(frames)
         n, H, W = frames.shape[:3]
         if n < 2:
@@ -494,6 +496,8 @@ class FrescoPipeline:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance_scale * (eps_c - eps_u)
                     latents = self._step(eps, t, latents, gen, smooth_x0 if smoothing and i in bg_steps else None)
+                    if step_callback is not None:
+                        step_callback(j + 1, len(timesteps) - num_warmup_steps)
         finally:
             ctrl.mode = "off"
             if hooks is not None:

@@ -37,11 +37,17 @@ class BatchStylizer(Protocol):
                  ) -> tuple[np.ndarray, list[torch.Tensor]]: ...
 
 
+class Cancelled(Exception):
+    """Raised by `render` when its `should_stop` check says stop: finished batches stay on disk and the output
+    folder resumes from them."""
+
+
 @dataclass
 class RenderResult:
-    video: Path
+    """What a render wrote; video and preview are None after a `keyframes_only` render."""
+    video: Optional[Path]
     keys_dir: Path
-    preview: Path
+    preview: Optional[Path]
     keys: list[int]
     batches: list[Batch]
     n_frames: int
@@ -167,10 +173,17 @@ def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], h
 def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
            flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
-           progress: bool = True) -> Optional[RenderResult]:
+           progress: bool = True, keyframes_only: bool = False,
+           on_batch: Optional[Callable[[Batch, dict[int, Path]], None]] = None,
+           should_stop: Optional[Callable[[], bool]] = None) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
-    `make_stylizer(cfg)` when not given."""
+    `make_stylizer(cfg)` when not given.
+
+    Hooks for interactive front ends (fresco.ui): `keyframes_only` stops once every batch is stylised (a later
+    render of the same settings resumes straight into propagation); `on_batch(batch, {key: png path})` is called
+    after each batch is finished and recorded, with the keys it stylised; `should_stop()` is checked before each
+    batch and each propagated frame, and raises `Cancelled` when true (the folder stays resumable)."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -223,6 +236,10 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             if stop_after is not None and run_count >= stop_after:
                 bar.close()
                 return None
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise Cancelled(f"cancelled before batch {b.index}; {len(state.data['done'])}/{len(batches)} "
+                                f"batches are finished in '{root}' and a render of the same settings resumes")
             anchors = None
             if b.n_anchors:
                 anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
@@ -231,15 +248,21 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
-            for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
-                _save_png(root / "keys" / f"{k:05d}.png", img)
+            new_keys = {k: root / "keys" / f"{k:05d}.png" for k in b.frames[b.n_anchors:]}
+            for (k, path), img in zip(new_keys.items(), images[b.n_anchors:]):
+                _save_png(path, img)
             buf = root / "latents" / f"{b.index:04d}.pt"
             torch.save([r.detach().cpu() for r in record], buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
             bar.update(1)
+            if on_batch is not None:
+                on_batch(b, new_keys)
         bar.close()
+    if keyframes_only:
+        timings["total_s"] = time.perf_counter() - t0
+        return RenderResult(None, root / "keys", None, keys, batches, n, float(info.fps), size, timings)
 
     t = time.perf_counter()
     if flow is None:
@@ -263,6 +286,10 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in propagate((img for _, img in stream), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png"),
                              flow, device):
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise Cancelled(f"cancelled while propagating (frame {count}/{n}); the keyframes in '{root}' are "
+                                "kept and a render of the same settings propagates again")
             if count in preview_keys:
                 outputs.append(out)
             writer.write(out)

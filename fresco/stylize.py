@@ -3,7 +3,7 @@ in, stylised frames and the per-step latents of frames 0 and N-1 out, anchors' l
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -15,9 +15,11 @@ from .config import RenderConfig
 NEEDED_ARGS = ("anchor_latents", "return_anchor_record")
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False,
+                  on_step: Optional[Callable[[int, int], None]] = None):
     """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), showing a
-    per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available."""
+    per-step progress bar when `progress` and calling `on_step(done, total)` after each denoising step; a clear
+    error when that pipeline or its anchor hook is not available."""
     try:
         from .pipeline import FrescoPipeline
     except ImportError as e:
@@ -36,7 +38,8 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
                    num_inference_steps=cfg.num_inference_steps, num_warmup_steps=cfg.num_warmup_steps,
                    end_opt_step=cfg.end_opt_step, opt_iters=cfg.opt_iters, guidance_scale=cfg.guidance_scale,
                    cond_scale=cfg.cond_scale, use_freeu=cfg.use_freeu, backend=cfg.backend,
-                   anchor_latents=anchor_latents, return_anchor_record=True, progress=progress)
+                   anchor_latents=anchor_latents, return_anchor_record=True, progress=progress,
+                   step_callback=on_step)
         return out.images, out.anchor_record
 
     return stylize
