@@ -175,6 +175,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
            progress: bool = True, keyframes_only: bool = False,
            on_batch: Optional[Callable[[Batch, dict[int, Path]], None]] = None,
+           on_frame: Optional[Callable[[int, int], None]] = None,
            should_stop: Optional[Callable[[], bool]] = None) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
@@ -182,8 +183,9 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
 
     Hooks for interactive front ends (fresco.ui): `keyframes_only` stops once every batch is stylised (a later
     render of the same settings resumes straight into propagation); `on_batch(batch, {key: png path})` is called
-    after each batch is finished and recorded, with the keys it stylised; `should_stop()` is checked before each
-    batch and each propagated frame, and raises `Cancelled` when true (the folder stays resumable)."""
+    after each batch is finished and recorded, with the keys it stylised; `on_frame(done, total)` after each
+    propagated frame is written; `should_stop()` is checked before each batch and each propagated frame, and
+    raises `Cancelled` when true (the folder stays resumable)."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -295,6 +297,8 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             writer.write(out)
             count += 1
             bar.update(1)
+            if on_frame is not None:
+                on_frame(count, n)
         bar.close()
         if count != n:
             raise RuntimeError(f"input: decoded {count} frames now but {n} on the first pass")

@@ -28,9 +28,9 @@ def test_keyframes_only_then_propagate_equals_one_call(clip, tmp_path):
         assert list(paths) == list(b.frames[b.n_anchors:]) and all(p.exists() for p in paths.values())
     assert sorted(k for _, p in seen for k in p) == whole.keys
     # the second call only propagates: the stylizer must not run again
-    st = StandInStylizer()
-    rest = render(_cfg(clip, tmp_path / "b"), stylizer=st, progress=False)
-    assert st.calls == []
+    st, frames = StandInStylizer(), []
+    rest = render(_cfg(clip, tmp_path / "b"), stylizer=st, progress=False, on_frame=lambda d, t: frames.append((d, t)))
+    assert st.calls == [] and frames == [(i, 40) for i in range(1, 41)]
     a, b = list(read_frames(whole.video)), list(read_frames(rest.video))
     assert len(a) == len(b) == 40 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
