@@ -1,5 +1,5 @@
 """The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
-`fresco make-clip` (a synthetic test clip)."""
+`fresco make-clip` (a synthetic test clip), `fresco ui` (the web UI)."""
 from __future__ import annotations
 
 import argparse
@@ -108,8 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     clip.add_argument("--size", default="256x256", help="WxH")
     clip.add_argument("--fps", type=float, default=24)
     clip.add_argument("--audio", action="store_true")
+    ui = sub.add_parser("ui", help="serve the web UI (Gradio; needs the [ui] extra)",
+                        description="Serve the FRESCO web UI on 127.0.0.1 unless --listen or --share is given.")
+    ui.add_argument("--model", help="default model in the page: diffusers SD1.5 id or path, or 'tiny-random' "
+                                    "(offline)")
+    ui.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    ui.add_argument("--listen", action="store_true", help="serve on every network interface (0.0.0.0), not only "
+                                                          "this machine")
+    ui.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    ui.add_argument("--out", default="out", help="folder under which each input's output folder is made (out)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "ui":
+            if args.port is not None and not 1 <= args.port <= 65535:
+                raise ValueError(f"--port: must be in 1..65535, got {args.port}")
+            from .ui import launch
+            launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
+                   share=args.share, out_root=args.out)
+            return 0
         if args.command == "info":
             return _info()
         if args.command == "make-clip":
