@@ -249,6 +249,16 @@ class UI:
                 return None, text, gr.update()
             in_path.submit(on_path, {in_path, *key_inputs}, [source, in_info, in_video])
 
+            def on_describe(data: dict):
+                """The input's description again after a change of the processing size settings."""
+                values, keep_v, src, _ = split(data)
+                if not src and data[in_path]:
+                    src = data[in_path]
+                return self.open_input(src, values, keep_v)[1] if src else gr.update()
+            for n in ("size", "short_side", "fps"):
+                if n in widgets:
+                    widgets[n].change(on_describe, {in_path, *key_inputs}, in_info)
+
             def on_keys(data: dict):
                 return self.keyframes(*split(data))
             keys_btn.click(on_keys, key_inputs, [plan_gallery, plan_text])
