@@ -123,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
             from .ui import launch
-            launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
-                   share=args.share, out_root=args.out)
+            try:
+                launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
+                       share=args.share, out_root=args.out)
+            except OSError as e:  # port taken, no network for --share
+                raise RuntimeError(f"ui: could not serve{' the share link' if args.share else ''}: "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
             return 0
         if args.command == "info":
             return _info()

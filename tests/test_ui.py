@@ -35,12 +35,12 @@ def stand_in_factory(steps=3, on_each_step=None):
     def factory(cfg, on_step):
         st = StandInStylizer()
 
-        def stylize(frames, anchors):
+        def stylize(frames, *args, **kwargs):
             for s in range(1, steps + 1):
                 on_step(s, steps)
                 if on_each_step:
                     on_each_step()
-            return st(frames, anchors)
+            return st(frames, *args, **kwargs)
         return stylize
     return factory
 
@@ -157,7 +157,7 @@ def test_errors_are_one_line(clip, tmp_path):
                               "got None</span>"}]
 
     def broken(cfg, on_step):
-        def stylize(frames, anchors):
+        def stylize(frames, *args, **kwargs):
             raise KeyError("unet")
         return stylize
     ui.make_stylizer = broken
@@ -175,3 +175,14 @@ def test_cli_ui_flags(monkeypatch, capsys):
     assert (seen["host"], seen["share"], seen["port"]) == ("0.0.0.0", True, 8000)
     assert cli.main(["ui", "--port", "0"]) == 2
     assert capsys.readouterr().err.strip() == "fresco: error: --port: must be in 1..65535, got 0"
+
+
+def test_one_render_at_a_time(tmp_path):
+    demo = UI(out_root=tmp_path).build()
+    ids = {b.elem_id: b._id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    by_trigger = {t[0]: f for f in demo.fns.values() for t in f.targets}
+    render, prop = by_trigger[ids["btn-render"]], by_trigger[ids["btn-propagate"]]
+    assert render.concurrency_limit == prop.concurrency_limit == 1
+    assert render.concurrency_id == prop.concurrency_id == "render"
+    cancel = by_trigger[ids["btn-cancel"]]
+    assert not cancel.queue  # answered at once, not queued behind the render it stops

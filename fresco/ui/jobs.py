@@ -197,12 +197,13 @@ class Job:
         try:
             stylizer = None
 
-            def lazy(frames, anchors):
+            def lazy(frames, *args, **kwargs):
+                """The real stylizer, built (model loaded) when the renderer reaches its first batch."""
                 nonlocal stylizer
                 if stylizer is None:
                     self._read_state()  # the renderer wrote state.json before its first batch
                     stylizer = self.make_stylizer(self.cfg, self._on_step)
-                return stylizer(frames, anchors)
+                return stylizer(frames, *args, **kwargs)
             res = render(self.cfg, stylizer=lazy, progress=False, keyframes_only=self.stage == "keyframes",
                          on_batch=self._on_batch, should_stop=self.stop.is_set,
                          on_frame=lambda d, t: self.q.put(Event("frame", dict(done=d, total=t))))
