@@ -46,7 +46,7 @@ def stand_in_factory(steps=3, on_each_step=None):
 
 
 def test_form_covers_every_setting_and_round_trips():
-    names = {s.name for s in form.settings_fields()}
+    names = {s.key for s in form.settings_fields()}
     assert names | set(form.OWN_WIDGETS) | set(RenderConfig.UNUSED) == set(known_keys())
     cfg = RenderConfig(file_path="v.mp4", save_path="o", prompt="p", negative_prompt="n", fps=12.0, size="128x64",
                        controlnet_type="depth", use_freeu=True, seed=3, backend="reference")

@@ -312,15 +312,20 @@ class UI:
 
     @staticmethod
     def _widget(s: form.FieldSpec, value: Any):
+        """The Gradio component of one setting (help text shown under it)."""
         eid = "set-" + s.name.replace("_", "-")
+        common = dict(label=s.label, elem_id=eid, info=s.help or None)
         if s.kind == "bool":
-            return gr.Checkbox(bool(value), label=s.label, elem_id=eid)
+            return gr.Checkbox(bool(value), **common)
         if s.kind == "choice":
-            return gr.Dropdown(list(s.choices), value=value, label=s.label, elem_id=eid)
+            choices = ([""] if s.optional else []) + list(s.choices)
+            return gr.Dropdown(choices, value="" if value is None else value, **common)
         if s.kind in ("int", "float") and not s.optional:
-            return gr.Number(value, label=s.label, precision=0 if s.kind == "int" else None, elem_id=eid)
-        return gr.Textbox("" if value is None else str(value), label=s.label, elem_id=eid,
-                          lines=2 if s.name in ("prompt", "negative_prompt") else 1)
+            return gr.Number(value, precision=0 if s.kind == "int" else None, **common)
+        if s.kind == "ints" and value is not None:
+            value = ", ".join(str(i) for i in value)
+        return gr.Textbox("" if value is None else str(value), lines=2 if s.name in ("prompt", "negative_prompt")
+                          else 1, **common)
 
 
 def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
