@@ -2,6 +2,7 @@
 the page, upload a generated clip, load settings from a YAML, run the three steps with the tiny random-weight model,
 and check that the result <video> plays to the end a file with the input's frame count. One screenshot per step
 is saved under the test's output folder (and copied to $FRESCO_UI_SCREENSHOTS when set)."""
+import base64
 import os
 import shutil
 import tempfile
@@ -83,9 +84,13 @@ def _wait_text(d, eid: str, *needles: str, timeout: float = 120) -> str:
 
 
 def _shot(d, root: Path, name: str) -> None:
+    """A full-page screenshot (beyond the window, through the DevTools protocol) into root/screenshots."""
     out = root / "screenshots"
     out.mkdir(exist_ok=True)
-    d.save_screenshot(str(out / name))
+    size = d.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = d.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "clip": dict(
+        x=0, y=0, width=size["width"], height=size["height"], scale=1)})
+    (out / name).write_bytes(base64.b64decode(shot["data"]))
     if os.environ.get("FRESCO_UI_SCREENSHOTS"):
         dest = Path(os.environ["FRESCO_UI_SCREENSHOTS"])
         dest.mkdir(parents=True, exist_ok=True)
