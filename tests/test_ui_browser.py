@@ -109,17 +109,17 @@ def test_three_steps_in_a_browser(server, browser, tmp_path):
 
     # input: upload the clip; the page describes it (container frames, fps, size, processing size after settings)
     d.find_element(By.CSS_SELECTOR, "#input-video input[type=file]").send_keys(str(clip))
-    _wait_text(d, "input-info", "16 frames", "error")
+    _wait_text(d, "input-info", "16 frames", "fresco: error")
     assert "16 frames, 8 fps, 96x64" in _text(d, "input-info")
     # settings from the published-style YAML (the upload button's file input)
     d.find_element(By.CSS_SELECTOR, "#btn-load input[type=file], input[type=file][accept*='.yaml']").send_keys(
         str(yaml_path))
-    _wait_text(d, "status", "settings loaded", "error")
+    _wait_text(d, "status", "settings loaded", "fresco: error")
     assert d.find_element(By.CSS_SELECTOR, "#set-prompt textarea").get_attribute("value") == "a watercolor painting"
 
     # step 1: keyframes at a fixed interval of 5 -> 0, 5, 10, 15 in 2 batches of 3
     d.find_element(By.ID, "btn-keys").click()
-    plan = _wait_text(d, "plan", "batch(es)", "error")
+    plan = _wait_text(d, "plan", "batch(es)", "fresco: error")
     assert "4 keyframes of 16 frames in 2 batch(es)" in plan, plan
     WebDriverWait(d, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#plan-gallery img")) >= 4)
     _shot(d, root, "step1-keyframes.png")
@@ -133,7 +133,7 @@ def test_three_steps_in_a_browser(server, browser, tmp_path):
         s = _text(d, "status")
         if "batch" in s and "step" in s:
             seen.add(s.split("\n")[0])
-        if "keyframes done" in s or "error" in s:
+        if "keyframes done" in s or "fresco: error" in s:
             break
         time.sleep(0.1)
     status = _text(d, "status")
@@ -145,7 +145,7 @@ def test_three_steps_in_a_browser(server, browser, tmp_path):
     # step 3: propagate; the result video plays beside the input, downloads are enabled
     d.find_element(By.ID, "tab-propagate-button").click()
     d.find_element(By.ID, "btn-propagate").click()
-    status = _wait_text(d, "status", "done:", "error", timeout=240)
+    status = _wait_text(d, "status", f"done: {N_FRAMES} frames", "fresco: error", timeout=240)
     assert f"done: {N_FRAMES} frames, 8 fps, 64x64" in status, status
     WebDriverWait(d, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result-video video[src]"))
     video = d.find_element(By.CSS_SELECTOR, "#result-video video")
