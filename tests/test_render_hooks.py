@@ -6,8 +6,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from fresco.render import Cancelled, _load_png, render
 from fresco.video import make_synthetic_clip, read_frames
+from fresco.video.render import Cancelled, _load_png, render
 from test_render import StandInStylizer, _cfg
 
 

@@ -46,10 +46,17 @@ def stand_in_factory(steps=3, on_each_step=None):
 
 
 def test_form_covers_every_setting_and_round_trips():
-    names = {s.key for s in form.settings_fields()}
+    specs = {s.key: s for s in form.settings_fields()}
+    names = set(specs)
     assert names | set(form.OWN_WIDGETS) | set(RenderConfig.UNUSED) == set(known_keys())
+    # the FrescoSettings knobs: each constraint switch, with its help text, in its group
+    for knob in ("cross_frame_attention", "spatial_attention", "temporal_attention", "feature_optimization",
+                 "temporal_loss", "spatial_loss", "background_smoothing"):
+        assert (specs[knob].kind, specs[knob].group) == ("bool", "FRESCO constraints") and specs[knob].help
+    assert specs["loss_reduction"].choices == ("l1", "l2") and specs["opt_layers"].kind == "ints"
     cfg = RenderConfig(file_path="v.mp4", save_path="o", prompt="p", negative_prompt="n", fps=12.0, size="128x64",
-                       controlnet_type="depth", use_freeu=True, seed=3, backend="reference")
+                       controlnet_type="depth", use_freeu=True, seed=3, backend="reference", temporal_attention=False,
+                       opt_layers=(1, 2), end_opt_step=5)
     back = form.build_config({**form.form_values(cfg), "file_path": "v.mp4", "save_path": "o"})
     assert back == cfg
     # empty optional boxes are None; numbers typed as text are parsed; a bad value is one line naming the key

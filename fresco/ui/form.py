@@ -34,10 +34,9 @@ OWN_WIDGETS = ("file_path", "save_path", "mininterv", "maxinterv")
 NOT_SETTINGS = ("extra",)
 # choices of RenderConfig's own keys (the FRESCO knobs carry theirs in their field metadata)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "controlnet_type": cfgmod.CONTROLNET_TYPES,
+    "controlnet_type": cfgmod.CONTROL_TYPES,
     "dtype": cfgmod.DTYPES,
-    "flow": cfgmod.FLOWS,
-    "backend": ("fused", "reference"),
+    "flow": cfgmod.FLOW_ESTIMATORS,
 }
 LABELS = {"sd_path": "model (diffusers id, local folder or tiny-random)", "cond_scale": "ControlNet scale",
           "use_controlnet": "ControlNet", "controlnet_type": "ControlNet type", "use_freeu": "FreeU",

@@ -16,9 +16,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from ..config import RenderConfig
-from ..keyframes import Batch, plan_batches
-from ..render import STATE, BatchStylizer, Cancelled, RenderResult, render, select_keys
-from ..video import probe, processing_size, read_frames
+from ..video import Batch, plan_batches, probe, processing_size, read_frames
+from ..video.render import STATE, BatchStylizer, Cancelled, RenderResult, render, select_keys
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, TypeError)
 
@@ -137,13 +136,13 @@ class PipelineCache:
         self.lock = threading.Lock()
 
     def get(self, cfg: RenderConfig):
-        key = (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype)
+        key = (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.flow)
         with self.lock:
             if key != self.key:
                 from ..pipeline import FrescoPipeline
                 self.pipe = None
                 self.pipe = FrescoPipeline.from_pretrained(cfg.model, controlnet_type=key[1], device=cfg.device,
-                                                           dtype=cfg.dtype)
+                                                           dtype=cfg.dtype, flow=cfg.flow)
                 self.key = key
             return self.pipe
 
@@ -154,7 +153,7 @@ StylizerFactory = Callable[[RenderConfig, Callable[[int, int], None]], BatchStyl
 def pipeline_stylizer(cache: PipelineCache) -> StylizerFactory:
     """The default stylizer factory: the cached pipeline behind fresco.stylize.make_stylizer, reporting steps."""
     def factory(cfg: RenderConfig, on_step: Callable[[int, int], None]) -> BatchStylizer:
-        from ..stylize import make_stylizer
+        from ..video.stylize import make_stylizer
         return make_stylizer(cfg, pipe=cache.get(cfg), on_step=on_step)
     return factory
 
