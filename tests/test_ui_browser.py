@@ -48,11 +48,10 @@ def server(tmp_path_factory):
     from fresco.ui.app import UI
     root = tmp_path_factory.mktemp("ui")
     ui = UI(out_root=root / "out")
-    demo = ui.build()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", ssr_mode=False, quiet=True,
-                allowed_paths=[str(root)])
-    yield ui, demo.local_url, root
-    demo.close()
+    ui.build()
+    url = ui.serve(block=False)
+    yield ui, url, root
+    ui.demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -310,6 +310,16 @@ class UI:
         self.demo = demo
         return demo
 
+    def serve(self, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
+              block: bool = True) -> str:
+        """Serve the built page on host:port (Gradio's default port when None; a public link only with `share`);
+        files under the output root may be served. Returns the local URL (when not `block`)."""
+        self.out_root.mkdir(parents=True, exist_ok=True)
+        self.demo.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False,
+                         allowed_paths=[str(self.out_root.resolve())], prevent_thread_lock=not block,
+                         show_error=False, quiet=not block)
+        return self.demo.local_url
+
     @staticmethod
     def _widget(s: form.FieldSpec, value: Any):
         """The Gradio component of one setting (help text shown under it)."""
@@ -329,11 +339,9 @@ class UI:
 
 
 def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
-           out_root: str = "out", block: bool = True):
-    """Build and serve the page; returns the UI (its `.demo` is the running Gradio app) when not `block`."""
+           out_root: str = "out", block: bool = True) -> UI:
+    """Build and serve the page (see `UI.serve`); returns the UI when not `block`."""
     ui = UI(model=model, out_root=out_root)
-    demo = ui.build()
-    Path(out_root).mkdir(parents=True, exist_ok=True)
-    demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(Path(out_root).resolve())],
-                prevent_thread_lock=not block, ssr_mode=False, show_error=False, quiet=not block)
+    ui.build()
+    ui.serve(host, port, share, block)
     return ui

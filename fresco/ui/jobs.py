@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import cv2
 import numpy as np
 
 from ..config import RenderConfig
@@ -93,7 +94,6 @@ def plan_keyframes(cfg: RenderConfig, thumb_height: int = 128) -> KeyframePlan:
     for i, img in enumerate(read_frames(cfg.file_path, size)):
         if i in want:
             h, w = img.shape[:2]
-            import cv2
             thumbs[i] = cv2.resize(img, (max(1, round(w * thumb_height / h)), thumb_height),
                                    interpolation=cv2.INTER_AREA) if h > thumb_height else img
         if i >= keys[-1]:
