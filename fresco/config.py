@@ -78,7 +78,7 @@ class RenderConfig:
 
     # keys replaced by our own machinery, with what happens instead
     UNUSED = {
-        "run_ebsynth": "non-keyframes are always propagated with flow warps (fresco.propagate), no Ebsynth",
+        "run_ebsynth": "non-keyframes are always propagated with flow warps (fresco.video.propagate), no Ebsynth",
         "max_process": "propagation runs in-process on the render device",
         "gmflow_path": "flow comes from the `flow` estimator (default OpenCV DIS)",
         "sod_path": "no saliency network: background smoothing needs a background map",

@@ -60,7 +60,7 @@ class FrescoSettings:
     end_opt_step: Optional[int] = knob(None, "feature optimisation runs at steps < this (default 0.75 * steps)",
                                        type=int)
     bg_smoothing_steps: Optional[Tuple[int, ...]] = knob(None, "steps whose x0 is background-smoothed (default "
-                                                         "the published 16, 17 scaled)", type=int)
+                                                         "the published 16, 17 scaled)", type=int, cli=False)
     guidance_scale: float = knob(7.5, "classifier-free guidance scale")
     cond_scale: float = knob(1.0, "ControlNet conditioning scale")
     seed: int = knob(0, "random seed of the noise and the VAE posterior samples")
@@ -75,7 +75,8 @@ class FrescoSettings:
     feature_optimization: bool = knob(True, "Adam optimisation of decoder features")
     temporal_loss: bool = knob(True, "flow-warp loss in the optimisation")
     spatial_loss: bool = knob(True, "Gram (spatial correlation) loss in the optimisation")
-    background_smoothing: bool = knob(True, "smooth the background (needs a background map)")
+    # cli=False here and on bg_smoothing_steps: the renderer has no background map yet (YAML key, call keyword stay)
+    background_smoothing: bool = knob(True, "smooth the background (needs a background map)", cli=False)
     # --- optimisation ---
     opt_iters: int = knob(20, "Adam iterations per optimised step")
     opt_lr: float = knob(0.2, "Adam learning rate")

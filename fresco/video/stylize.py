@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 
 from ..config import RenderConfig
 from ..pipeline.core import AnchorCallback, AnchorSource
