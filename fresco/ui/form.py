@@ -86,6 +86,8 @@ def _specs(cls: type, where: dict[str, str], skip: set[str]) -> list[FieldSpec]:
             out += _specs(hints[f.name], where, skip)
             continue
         meta = f.metadata or {}
+        if meta.get("cli") is False:  # a knob the renderer cannot use (no flag either); kept through YAML
+            continue
         kind, optional = _kind(hints[f.name], meta.get("type"))
         choices = tuple(meta.get("choices") or CHOICES.get(f.name, ()))
         if choices:
@@ -100,7 +102,7 @@ def _specs(cls: type, where: dict[str, str], skip: set[str]) -> list[FieldSpec]:
 def settings_fields(cls: type = RenderConfig) -> list[FieldSpec]:
     """The form's fields in group order: every setting except OWN_WIDGETS and the published keys that have no
     effect (`cls.UNUSED`); the FRESCO knobs of a held settings dataclass are included with their help and
-    choices."""
+    choices, except those without a render flag (metadata cli=False), which the renderer does not use."""
     where = {name: g for g, names in GROUPS.items() for name in names}
     skip = set(OWN_WIDGETS) | set(NOT_SETTINGS) | set(getattr(cls, "UNUSED", {}))
     listed = [name for names in GROUPS.values() for name in names]
