@@ -8,13 +8,13 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo demo-ops bench-e2e-video test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check
+.PHONY: install demo ui demo-ops bench-e2e-video test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) triton==$(TRITON_VERSION)
-	$(BIN)/pip install -q --no-build-isolation -e '.[dev,pipeline]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev,pipeline,ui]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +30,10 @@ demo: $(STAMP)
 		--file-path $(DEMO_OUT)/clip.mp4 --save-path $(DEMO_OUT)/music
 	HF_HOME=$(DEMO_OUT)/hf HF_HUB_OFFLINE=1 $(BIN)/fresco render --config $(DEMO_OUT)/config_music.yaml \
 		--size 64x64 --steps 4 --warmup-steps 1 --end-opt-step 2 --opt-iters 2 --overwrite
+
+# the web UI on http://127.0.0.1:7860 with the offline tiny model preselected (README "Web UI")
+ui: $(STAMP)
+	$(BIN)/fresco ui --model tiny-random --out out/ui
 
 # the ops alone: fused vs reference agreement and timing on a generated clip with known motion
 demo-ops: $(STAMP)

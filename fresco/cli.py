@@ -1,6 +1,6 @@
 """The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
 `fresco make-clip` (a synthetic test clip), `fresco make-test-models DIR` (offline stand-ins in the Hugging Face
-cache layout)."""
+cache layout), `fresco ui` (the web UI)."""
 from __future__ import annotations
 
 import argparse
@@ -152,12 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
                                     "DIR/hub; then HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config ... runs "
                                     "offline. The outputs are noise.")
     tm.add_argument("dir", help="the HF_HOME folder to write into")
+    ui = sub.add_parser("ui", help="serve the web UI (Gradio; needs the [ui] extra)",
+                        description="Serve the FRESCO web UI on 127.0.0.1 unless --listen or --share is given.")
+    ui.add_argument("--model", help="default model in the page: diffusers SD1.5 id or path, or 'tiny-random' "
+                                    "(offline)")
+    ui.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    ui.add_argument("--listen", action="store_true", help="serve on every network interface (0.0.0.0), not only "
+                                                          "this machine")
+    ui.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    ui.add_argument("--out", default="out", help="folder under which each input's output folder is made (out)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "ui":
+            if args.port is not None and not 1 <= args.port <= 65535:
+                raise ValueError(f"--port: must be in 1..65535, got {args.port}")
+            from .ui import launch
+            try:
+                launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
+                       share=args.share, out_root=args.out)
+            except OSError as e:  # port taken, no network for --share
+                raise RuntimeError(f"ui: could not serve{' the share link' if args.share else ''}: "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            return 0
         if args.command == "info":
             return _info()
         if args.command == "make-clip":

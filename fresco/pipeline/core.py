@@ -291,7 +291,8 @@ class FrescoPipeline:
                  prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
                  control_images=None, background=None, anchor_latents: Optional[AnchorSource] = None,
                  on_anchor_record: Optional[AnchorCallback] = None, return_anchor_record: bool = False,
-                 progress: bool = False, **overrides) -> FrescoOutput:
+                 progress: bool = False, step_callback: Optional[Callable[[int, int], None]] = None,
+                 **overrides) -> FrescoOutput:
         """Translate one batch of keyframes.
 
         frames: [N, H, W, 3] uint8 RGB 0..255, or float [N, 3, H, W] / [N, H, W, 3] RGB in [0, 1] (numpy, torch or
@@ -309,7 +310,9 @@ class FrescoPipeline:
         anchors are available). on_anchor_record(j, latents): called at the start of each run step j (after the
         anchors were written) with a copy of frames 0 and N-1's latents [2, 4, h, w]; return_anchor_record: also
         return them as a list in `FrescoOutput.anchor_record`.
-        progress: a tqdm bar over the denoising steps (cleared when the batch is done)."""
+        progress: a tqdm bar over the denoising steps (cleared when the batch is done). step_callback(done, total):
+        called after each run step with the steps run so far and the run steps in all (front ends' progress; an
+        exception it raises stops the batch)."""
         s = self._settings(settings, overrides)
         batch = self._prepare(frames, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                               control_images, background, s)
@@ -331,7 +334,7 @@ class FrescoPipeline:
             self._reference_pass(batch)
             if hooks is not None:
                 hooks.finish_record()
-            latents = self._denoise(batch, anchors, callbacks, progress)
+            latents = self._denoise(batch, anchors, callbacks, progress, step_callback)
         finally:
             batch.ctrl.mode = "off"
             if hooks is not None:
@@ -480,8 +483,10 @@ class FrescoPipeline:
             ctrl.mode = "off"
 
     def _denoise(self, batch: "_Batch", anchors: Optional[Callable[[int], torch.Tensor]],
-                 callbacks: List[AnchorCallback], progress: bool) -> torch.Tensor:
-        """The DDPM loop over the run steps with the constraints switched per step; returns the final latents."""
+                 callbacks: List[AnchorCallback], progress: bool,
+                 step_callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """The DDPM loop over the run steps with the constraints switched per step (step_callback(done, total)
+        after each); returns the final latents."""
         s, ctrl, n = batch.settings, batch.ctrl, batch.n
         warmup, end_opt = batch.schedule["num_warmup_steps"], batch.schedule["end_opt_step"]
         bg_steps = set(batch.schedule["bg_smoothing_steps"])
@@ -515,6 +520,8 @@ class FrescoPipeline:
                 eps = self._guided_eps(batch, latents, t)
                 latents = self._step(eps, t, latents, batch.gen, smooth_x0 if batch.smoothing and i in bg_steps
                                      else None)
+                if step_callback is not None:
+                    step_callback(j + 1, len(timesteps) - warmup)
         return latents
 
     def _guided_eps(self, batch: "_Batch", latents: torch.Tensor, t: int) -> torch.Tensor:

@@ -55,13 +55,19 @@ class Interrupted(Exception):
     """Ctrl-C during a render; the output folder is left resumable and the message says how far the render got."""
 
 
+class Cancelled(Exception):
+    """Raised by `render` when its `should_stop` check says stop: finished batches stay on disk and the output
+    folder resumes from them."""
+
+
 @dataclass
 class RenderResult:
     """What a render wrote. warnings: problems with the input it rendered anyway (a truncated file, a variable
-    frame rate), also logged when found and kept in the state file."""
-    video: Path
+    frame rate), also logged when found and kept in the state file. video and preview are None after a
+    `keyframes_only` render."""
+    video: Optional[Path]
     keys_dir: Path
-    preview: Path
+    preview: Optional[Path]
     keys: list[int]
     batches: list[Batch]
     n_frames: int
@@ -261,7 +267,10 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
 def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
            flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
-           progress: bool = True) -> Optional[RenderResult]:
+           progress: bool = True, keyframes_only: bool = False,
+           on_batch: Optional[Callable[[Batch, dict[int, Path]], None]] = None,
+           on_frame: Optional[Callable[[int, int], None]] = None,
+           should_stop: Optional[Callable[[], bool]] = None) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input and output folder are
     checked) by `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the
@@ -269,7 +278,13 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     once). Raises Interrupted on Ctrl-C (the folder stays resumable), ValueError with the key named for bad
     settings, inputs and output folders, OutputLocked when another render holds the folder. `flow` (default: the
     estimator cfg names: flow / gmflow_path / raft_path) serves every stage that uses flow: the default stylizer's
-    pipeline (each batch's flows) and the propagation."""
+    pipeline (each batch's flows) and the propagation.
+
+    Hooks for interactive front ends (fresco.ui): `keyframes_only` stops once every batch is stylised (a later
+    render of the same settings resumes straight into propagation); `on_batch(batch, {key: png path})` is called
+    after each batch is finished and recorded, with the keys it stylised; `on_frame(done, total)` after each
+    propagated frame is written; `should_stop()` is checked before each batch and each propagated frame, and
+    raises `Cancelled` when true (the folder stays resumable)."""
     cfg.validate()
     # the backend is read once: the batches, the propagation and the fingerprint all see the same one
     cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
@@ -375,6 +390,10 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             if stop_after is not None and run_count >= stop_after:
                 bar.close()
                 return None
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise Cancelled(f"cancelled before batch {b.index}; {len(state.data['done'])}/{len(batches)} "
+                                f"batches are finished in '{root}' and a render of the same settings resumes")
             anchors = None
             if b.n_anchors:
                 anchors = torch.load(root / LATENTS / f"{b.index - 1:04d}.pt", map_location="cpu")
@@ -386,8 +405,9 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
             state.claim(_batch_files(b), cfg.overwrite)
-            for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
-                _save_png(root / KEYS / f"{k:05d}.png", img)
+            new_keys = {k: root / KEYS / f"{k:05d}.png" for k in b.frames[b.n_anchors:]}
+            for (k, path), img in zip(new_keys.items(), images[b.n_anchors:]):
+                _save_png(path, img)
             buf = root / LATENTS / f"{b.index:04d}.pt"
             torch.save(record, buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
@@ -395,7 +415,12 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             state.save()
             progress_note["done"] = len(state.data["done"])
             bar.update(1)
+            if on_batch is not None:
+                on_batch(b, new_keys)
         bar.close()
+    if keyframes_only:
+        timings["total_s"] = time.perf_counter() - t0
+        return RenderResult(None, root / "keys", None, keys, batches, n, float(info.fps), size, timings)
 
     t = time.perf_counter()
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
@@ -417,11 +442,17 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in propagate(frames_with_preview(), keys, lambda k: _load_png(root / KEYS / f"{k:05d}.png"),
                              flow, device, backend=cfg.settings.backend):
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise Cancelled(f"cancelled while propagating (frame {count}/{n}); the keyframes in '{root}' are "
+                                "kept and a render of the same settings propagates again")
             if count in preview_keys:
                 outputs.append(out)
             writer.write(out, times.popleft() if vfr_rate is not None else None)
             count += 1
             bar.update(1)
+            if on_frame is not None:
+                on_frame(count, n)
         bar.close()
         if count != n:
             raise RuntimeError(f"input: decoded {count} frames now but {n} on the first pass")

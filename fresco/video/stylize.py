@@ -20,13 +20,15 @@ from ..pipeline.prompts import frame_prompts
 
 def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False,
                   flow: Optional[FlowEstimator] = None, saliency: Optional[SaliencyEstimator] = None,
-                  log: Optional[Callable[[str], None]] = None) -> Callable:
+                  log: Optional[Callable[[str], None]] = None,
+                  on_step: Optional[Callable[[int, int], None]] = None) -> Callable:
     """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model with cfg.vae and
     cfg.annotator_path, from the local cache only when `local_files_only`; notes go to `log`, default stderr),
     running cfg.settings; a per-step progress bar when `progress`. `flow`: the render's flow estimator (default:
     built from cfg's flow / gmflow_path / raft_path). With cfg.use_salinecy each batch's background map comes from
     `saliency` (default: EGNet from cfg.sod_path). Each frame's prompt is prompt + added prompt + that keyframe's
-    extra prompt, with the published negative prompt unless set (RenderConfig.prompt_pair)."""
+    extra prompt, with the published negative prompt unless set (RenderConfig.prompt_pair).
+    `on_step(done, total)` is called after each denoising step."""
     from ..pipeline import FrescoPipeline
     if flow is None and pipe is None:
         from ..models.flow import get_flow_estimator
@@ -55,7 +57,8 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_fi
             x = torch.from_numpy(np.ascontiguousarray(frames)).to(pipe.device).permute(0, 3, 1, 2).float()
             background = background_mask(x, saliency)
         return pipe(frames, prompts, negative_prompt=negative, settings=cfg.settings, background=background,
-                    anchor_latents=anchor_latents, on_anchor_record=on_anchor_record, progress=progress).images
+                    anchor_latents=anchor_latents, on_anchor_record=on_anchor_record, progress=progress,
+                    step_callback=on_step).images
 
     return stylize
 

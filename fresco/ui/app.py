@@ -1,0 +1,347 @@
+"""The Gradio page of `fresco ui`: input and result side by side, then the three steps (keyframes, render the
+keyframes, propagate) and the grouped settings. Every button calls fresco.ui.jobs; renders go through one queue
+slot ("render", one at a time); errors land in the status line as the CLI's one-line messages."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import RenderConfig
+from . import form, jobs
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings (read at import)
+import gradio as gr  # noqa: E402 -- this module is the Gradio layer; fresco.ui imports it only with Gradio present
+
+CSS = "#status {min-height: 2em} .fresco-error {color: #b00020; font-weight: 600}"
+
+
+def _status(text: str, error: bool = False) -> str:
+    return f'<span class="fresco-error">{text}</span>' if error else text
+
+
+class UI:
+    """The page's state and handlers. `make_stylizer` (tests: a stand-in) turns a config and a step callback into
+    a BatchStylizer; by default the cached FrescoPipeline."""
+
+    def __init__(self, model: Optional[str] = None, out_root: str | Path = "out",
+                 make_stylizer: Optional[jobs.StylizerFactory] = None):
+        self.defaults = RenderConfig(sd_path=model) if model else RenderConfig()
+        self.out_root = Path(out_root)
+        self.make_stylizer = make_stylizer or jobs.pipeline_stylizer(jobs.PipelineCache())
+        self.jobs: dict[str, jobs.Job] = {}
+        self.demo = None
+
+    # ---- plain handlers (unit-tested) ----
+    def config(self, values: dict[str, Any], keep: dict, source: Optional[str], out_dir: str,
+               validate: bool = True) -> RenderConfig:
+        """The render config of the page: settings widgets + keyframe controls + input + output folder."""
+        values = dict(values)
+        if values.pop("fixed_interval", False):
+            interval = values.pop("interval")
+            values["mininterv"] = values["maxinterv"] = interval
+        values.pop("interval", None)
+        added = (values.pop("added_prompt", "") or "").strip()
+        if added and values.get("prompt"):
+            values["prompt"] = f"{values['prompt'].rstrip().rstrip(',')}, {added}"
+        for k in ("mininterv", "maxinterv"):
+            if isinstance(values.get(k), float) and values[k] == int(values[k]):
+                values[k] = int(values[k])
+        values["file_path"] = source or None
+        if out_dir and out_dir.strip():
+            values["save_path"] = out_dir.strip()
+        elif source:
+            values["save_path"] = str(self.out_root / Path(source.rstrip("/")).stem)
+        return form.build_config(values, keep, validate=validate)
+
+    def open_input(self, path: Optional[str], values: dict, keep: dict) -> tuple[Optional[str], str]:
+        """(chosen source, its description or the error line)."""
+        if not path or not str(path).strip():
+            return None, ""
+        path = str(path).strip()
+        try:
+            cfg = self.config(values, keep, path, "", validate=False)
+            return path, jobs.describe_input(cfg).text()
+        except Exception as e:  # noqa: BLE001
+            jobs.log_traceback(e)
+            return None, _status(jobs.error_line(e), True)
+
+    def keyframes(self, values: dict, keep: dict, source: Optional[str], out_dir: str):
+        """Step 1: (gallery, plan text)."""
+        try:
+            cfg = self.config(values, keep, source, out_dir, validate=False)
+            if not cfg.file_path:
+                raise ValueError("file_path: upload a video or give the path of a video file or folder of images")
+            form.build_config({"prompt": "x", **cfg.to_dict()}, validate=True)  # every other key checked
+            plan = jobs.plan_keyframes(cfg)
+            return plan.gallery, plan.text()
+        except Exception as e:  # noqa: BLE001
+            jobs.log_traceback(e)
+            return [], _status(jobs.error_line(e), True)
+
+    def run(self, stage: str, session: str, values: dict, keep: dict, source: Optional[str], out_dir: str):
+        """Steps 2 and 3 as a generator of dicts: status text, progress (fraction, description), gallery of the
+        finished keys, and at the end of step 3 the outputs."""
+        try:
+            cfg = self.config(values, keep, source, out_dir)
+        except Exception as e:  # noqa: BLE001
+            jobs.log_traceback(e)
+            yield {"status": _status(jobs.error_line(e), True)}
+            return
+        self._allow(cfg.save_path)
+        job = jobs.Job(cfg, stage, self.make_stylizer)
+        self.jobs[session] = job
+        try:
+            yield {"status": f"{stage}: starting in {cfg.save_path}", "gallery": jobs.finished_keys(cfg.save_path)}
+            for ev in job.events():
+                d = ev.data
+                if ev.kind == "step":
+                    desc = f"batch {d['batch']}/{d['n_batches']} · step {d['step']}/{d['n_steps']}"
+                    frac = ((d["batch"] - 1) * d["n_steps"] + d["step"]) / (d["n_batches"] * d["n_steps"])
+                    yield {"progress": (frac, desc), "status": desc}
+                elif ev.kind == "batch":
+                    yield {"status": f"batch {d['batch']}/{d['n_batches']} finished",
+                           "gallery": jobs.finished_keys(cfg.save_path)}
+                elif ev.kind == "frame":
+                    if d["done"] == d["total"] or d["done"] % 10 == 0:
+                        yield {"progress": (d["done"] / d["total"], f"propagating frame {d['done']}/{d['total']}"),
+                               "status": f"propagating frame {d['done']}/{d['total']}"}
+                elif ev.kind == "done":
+                    res = d["result"]
+                    if stage == "keyframes":
+                        yield {"status": f"keyframes done: {len(res.keys)} keys in {len(res.batches)} batch(es) "
+                                         f"in {res.keys_dir}; step 3 propagates them",
+                               "gallery": jobs.finished_keys(cfg.save_path)}
+                    else:
+                        yield {"status": f"done: {res.n_frames} frames, {res.fps:g} fps, {res.size[0]}x"
+                                         f"{res.size[1]} → {res.video}",
+                               "gallery": jobs.finished_keys(cfg.save_path),
+                               "outputs": jobs.outputs(res, cfg.save_path)}
+                elif ev.kind == "cancelled":
+                    yield {"status": _status(f"fresco: cancelled: {d['message']}", True)}
+                else:
+                    yield {"status": _status(d["message"], True)}
+        finally:
+            job.cancel()  # a closed page (generator closed) stops the render too
+            if self.jobs.get(session) is job:
+                del self.jobs[session]
+
+    def cancel(self, session: str) -> str:
+        job = self.jobs.get(session)
+        if job is None:
+            return "nothing to cancel"
+        job.cancel()
+        return "cancelling: stopping at the next step…"
+
+    def save_settings(self, values: dict, keep: dict, source: Optional[str], out_dir: str) -> tuple[Optional[str],
+                                                                                                      str]:
+        """(YAML path to download, status)."""
+        try:
+            cfg = self.config(values, keep, source, out_dir, validate=False)
+            path = Path(tempfile.mkdtemp(prefix="fresco-ui-")) / "fresco.yaml"
+            return str(form.save_settings(cfg, path)), f"settings saved as {path.name}"
+        except Exception as e:  # noqa: BLE001
+            jobs.log_traceback(e)
+            return None, _status(jobs.error_line(e), True)
+
+    def _allow(self, path: Optional[str]) -> None:
+        """Let the page show files of an output folder outside the served ones (the user chose it)."""
+        if path and self.demo is not None and getattr(self.demo, "allowed_paths", None) is not None:
+            p = str(Path(path).resolve())
+            if p not in self.demo.allowed_paths:
+                self.demo.allowed_paths.append(p)
+
+    # ---- the page ----
+    def build(self) -> gr.Blocks:
+        specs = form.settings_fields()
+        d = self.defaults
+        with gr.Blocks(title="FRESCO", analytics_enabled=False) as demo:
+            gr.Markdown("# FRESCO video-to-video\nUpload a video, preview its keyframes, render them, then "
+                        "propagate to every frame.")
+            source = gr.State(None)
+            keep = gr.State({})
+            with gr.Row():
+                with gr.Column():
+                    in_video = gr.Video(label="Input", sources=["upload"], elem_id="input-video")
+                    in_path = gr.Textbox(label="…or a video file / image folder on this machine (Enter to open)",
+                                         elem_id="input-path")
+                    in_info = gr.Markdown(elem_id="input-info")
+                    out_dir = gr.Textbox(label=f"Output folder (empty: {self.out_root}/<input name>)",
+                                         elem_id="out-dir")
+                with gr.Column():
+                    result = gr.Video(label="Result", interactive=False, elem_id="result-video")
+                    with gr.Row():
+                        dl_video = gr.DownloadButton("Video", elem_id="dl-video", interactive=False)
+                        dl_keys = gr.DownloadButton("Keyframes (zip)", elem_id="dl-keys", interactive=False)
+                        dl_preview = gr.DownloadButton("Preview", elem_id="dl-preview", interactive=False)
+                    preview = gr.Image(label="Preview: input keys above, stylised below", interactive=False,
+                                       elem_id="preview")
+            status = gr.Markdown(elem_id="status")
+            widgets: dict[str, Any] = {}
+            with gr.Tab("1. Keyframes", elem_id="tab-keys"):
+                with gr.Row():
+                    widgets["mininterv"] = gr.Number(d.mininterv, label="s_min (min keyframe gap)", precision=0,
+                                                     elem_id="s-min")
+                    widgets["maxinterv"] = gr.Number(d.maxinterv, label="s_max (max keyframe gap)", precision=0,
+                                                     elem_id="s-max")
+                    widgets["fixed_interval"] = gr.Checkbox(False, label="fixed interval", elem_id="fixed")
+                    widgets["interval"] = gr.Number(d.mininterv, label="interval", precision=0, elem_id="interval")
+                    keys_btn = gr.Button("Select keyframes", elem_id="btn-keys")
+                plan_text = gr.Markdown(elem_id="plan")
+                plan_gallery = gr.Gallery(label="Keyframes (caption: frame and batch)", columns=8, height=260,
+                                          elem_id="plan-gallery")
+            with gr.Tab("2. Render keyframes", elem_id="tab-render"):
+                with gr.Row():
+                    render_btn = gr.Button("Render keyframes", variant="primary", elem_id="btn-render")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="btn-cancel")
+                keys_gallery = gr.Gallery(label="Stylised keyframes (fills in as batches finish)", columns=8,
+                                          height=260, elem_id="keys-gallery")
+            with gr.Tab("3. Propagate", elem_id="tab-propagate"):
+                with gr.Row():
+                    prop_btn = gr.Button("Propagate to every frame", variant="primary", elem_id="btn-propagate")
+                    cancel2_btn = gr.Button("Cancel", variant="stop", elem_id="btn-cancel2")
+                gr.Markdown("Runs any keyframe batch still missing, then warps the keyframes to every frame. The "
+                            "result plays at the top right.")
+            with gr.Accordion("Settings", open=True, elem_id="settings"):
+                with gr.Row():
+                    load_btn = gr.UploadButton("Load settings (YAML)", file_types=[".yaml", ".yml"],
+                                               elem_id="btn-load")
+                    save_btn = gr.Button("Save settings (YAML)", elem_id="btn-save")
+                    saved = gr.DownloadButton("Download YAML", interactive=False, elem_id="dl-yaml")
+                groups: dict[str, list[form.FieldSpec]] = {}
+                for s in specs:
+                    groups.setdefault(s.group, []).append(s)
+                for group, items in groups.items():
+                    with gr.Group():
+                        gr.Markdown(f"**{group}**")
+                        with gr.Row():
+                            for s in items:
+                                widgets[s.name] = self._widget(s, getattr(d, s.name))
+                                if s.name == "prompt":
+                                    widgets["added_prompt"] = gr.Textbox(
+                                        "", label="added prompt (appended to the prompt, e.g. 'best quality')",
+                                        elem_id="set-added-prompt")
+
+            names = list(widgets)
+            comps = [widgets[n] for n in names]
+
+            def split(data: dict) -> tuple[dict, dict, Optional[str], str]:
+                """(settings values by name, kept YAML keys, source, output folder) from a set-inputs event."""
+                return {n: data[widgets[n]] for n in names}, data[keep], data[source], data[out_dir]
+
+            key_inputs = {*comps, keep, source, out_dir}
+
+            def on_upload(data: dict):
+                values, keep_v, _, _ = split(data)
+                src, text = self.open_input(data[in_video], values, keep_v)
+                return src, text, ""
+
+            in_video.change(on_upload, {in_video, *key_inputs}, [source, in_info, in_path])
+
+            def on_path(data: dict):
+                values, keep_v, _, _ = split(data)
+                src, text = self.open_input(data[in_path], values, keep_v)
+                if src:
+                    self._allow(src)
+                    shown = src if Path(src).is_file() else None
+                    return src, text, shown
+                return None, text, gr.update()
+            in_path.submit(on_path, {in_path, *key_inputs}, [source, in_info, in_video])
+
+            def on_describe(data: dict):
+                """The input's description again after a change of the processing size settings."""
+                values, keep_v, src, _ = split(data)
+                if not src and data[in_path]:
+                    src = data[in_path]
+                return self.open_input(src, values, keep_v)[1] if src else gr.update()
+            for n in ("size", "short_side", "fps"):
+                if n in widgets:
+                    widgets[n].change(on_describe, {in_path, *key_inputs}, in_info)
+
+            def on_keys(data: dict):
+                return self.keyframes(*split(data))
+            keys_btn.click(on_keys, key_inputs, [plan_gallery, plan_text])
+            for n in ("mininterv", "maxinterv", "fixed_interval", "interval", "batch_size"):
+                widgets[n].change(on_keys, key_inputs, [plan_gallery, plan_text])
+
+            outs = [status, keys_gallery, result, preview, dl_video, dl_keys, dl_preview]
+
+            def runner(stage):
+                def go(data: dict, request: gr.Request, progress=gr.Progress()):
+                    session = getattr(request, "session_hash", None) or "local"
+                    for upd in self.run(stage, session, *split(data)):
+                        if "progress" in upd:
+                            progress(upd["progress"][0], desc=upd["progress"][1])
+                        o = upd.get("outputs")
+                        yield (upd.get("status", gr.update()),
+                               upd["gallery"] if "gallery" in upd else gr.update(),
+                               o["video"] if o else gr.update(), o["preview"] if o else gr.update(),
+                               *(gr.update(value=o[k], interactive=True) if o else gr.update()
+                                 for k in ("video", "keys_zip", "preview")))
+                return go
+            render_btn.click(runner("keyframes"), key_inputs, outs, concurrency_limit=1, concurrency_id="render")
+            prop_btn.click(runner("propagate"), key_inputs, outs, concurrency_limit=1, concurrency_id="render")
+
+            def on_cancel(request: gr.Request):
+                return self.cancel(getattr(request, "session_hash", None) or "local")
+            cancel_btn.click(on_cancel, None, status, queue=False)
+            cancel2_btn.click(on_cancel, None, status, queue=False)
+
+            def on_load(file: Any):
+                try:
+                    cfg = form.load_settings(file if isinstance(file, str) else file.name)
+                except Exception as e:  # noqa: BLE001
+                    jobs.log_traceback(e)
+                    return (*[gr.update() for _ in names], gr.update(), gr.update(), gr.update(),
+                            _status(jobs.error_line(e), True))
+                vals = form.form_values(cfg)
+                vals.update(added_prompt="", mininterv=cfg.mininterv, maxinterv=cfg.maxinterv, fixed_interval=cfg.mininterv ==
+                            cfg.maxinterv, interval=cfg.mininterv)
+                return (*[vals[n] for n in names], form.hidden_values(cfg), cfg.file_path or gr.update(),
+                        cfg.save_path or gr.update(), f"settings loaded from {Path(str(file)).name}")
+            load_btn.upload(on_load, load_btn, [*comps, keep, in_path, out_dir, status])
+
+            def on_save(data: dict):
+                path, text = self.save_settings(*split(data))
+                return (gr.update(value=path, interactive=True) if path else gr.update()), text
+            save_btn.click(on_save, key_inputs, [saved, status])
+        demo.queue(default_concurrency_limit=4)
+        self.demo = demo
+        return demo
+
+    def serve(self, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
+              block: bool = True) -> str:
+        """Serve the built page on host:port (Gradio's default port when None; a public link only with `share`);
+        files under the output root may be served. Returns the local URL (when not `block`)."""
+        self.out_root.mkdir(parents=True, exist_ok=True)
+        self.demo.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False,
+                         allowed_paths=[str(self.out_root.resolve())], prevent_thread_lock=not block,
+                         show_error=False, quiet=not block)
+        return self.demo.local_url
+
+    @staticmethod
+    def _widget(s: form.FieldSpec, value: Any):
+        """The Gradio component of one setting (help text shown under it)."""
+        eid = "set-" + s.name.replace("_", "-")
+        common = dict(label=s.label, elem_id=eid, info=s.help or None)
+        if s.kind == "bool":
+            return gr.Checkbox(bool(value), **common)
+        if s.kind == "choice":
+            choices = ([""] if s.optional else []) + list(s.choices)
+            return gr.Dropdown(choices, value="" if value is None else value, **common)
+        if s.kind in ("int", "float") and not s.optional:
+            return gr.Number(value, precision=0 if s.kind == "int" else None, **common)
+        if s.kind == "ints" and value is not None:
+            value = ", ".join(str(i) for i in value)
+        return gr.Textbox("" if value is None else str(value), lines=2 if s.name in ("prompt", "negative_prompt")
+                          else 1, **common)
+
+
+def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
+           out_root: str = "out", block: bool = True) -> UI:
+    """Build and serve the page (see `UI.serve`); returns the UI when not `block`."""
+    ui = UI(model=model, out_root=out_root)
+    ui.build()
+    ui.serve(host, port, share, block)
+    return ui
