@@ -1,0 +1,1 @@
+def patch_synthesis_fwd(*a): raise NotImplementedError
