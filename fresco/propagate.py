@@ -86,13 +86,21 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+PROPAGATION_METHODS = ("patch", "flow")
+
+
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
-              flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8) -> Iterator[np.ndarray]:
+              flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8, method: str = "patch",
+              patch_params=None) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
-    load_key(k): the stylised keyframe k (HxWx3 uint8). Holds the frames between two keys (at most one gap) and
-    two stylised keys; works on `chunk` in-between frames at a time on `device`."""
+    load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
+    fresco.video.patch_propagation, `patch_params` its `PatchParams`) or "flow" (`blend_from_keys`). Holds the
+    frames between two keys (at most one gap) and two stylised keys; the flow blend works on `chunk` in-between
+    frames at a time on `device`."""
+    if method not in PROPAGATION_METHODS:
+        raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
     if not keys or keys[0] != 0:
         raise ValueError(f"keys: must start with frame 0, got {keys[:3]}")
@@ -104,6 +112,13 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
 
     def flush(b: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
         span = (b - a) if b is not None else None
+        if method == "patch":
+            from .patch_propagation import PatchParams, patch_gap
+            with torch.no_grad():
+                xs = [_to_tensor(f, device) for f in pending]
+                for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams()):
+                    yield _to_image(o)
+            return
         for s in range(0, len(pending), chunk):
             part = pending[s:s + chunk]
             x = torch.stack([_to_tensor(f, device) for f in part])
