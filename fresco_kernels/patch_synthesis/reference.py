@@ -34,7 +34,7 @@ def hash_rng(seed: int, level: int, pass_id: int, k: int, pixel: torch.Tensor) -
     """Counter-based random uint32 per pixel: lowbias32(lowbias32(lowbias32(seed) ^ (level<<20 | pass<<8 | k)) ^ p).
 
     seed: uint32; level < 2^12, pass_id < 2^12, k < 2^8; pixel: int64 tensor of flat target indices."""
-    s = lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64))
+    s = lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64, device=pixel.device))
     s = lowbias32(s ^ ((level << 20) | (pass_id << 8) | k))
     return lowbias32(s ^ pixel)
 
@@ -71,7 +71,7 @@ def _clamp_field(ny: torch.Tensor, nx: torch.Tensor, hs: int, ws: int, r: int) -
 def _shifted_target(tgt: torch.Tensor, r: int) -> List[torch.Tensor]:
     """Per patch offset (oy, ox) row-major: tgt sampled at (clamp(y+oy), clamp(x+ox)), flattened [K, Ht*Wt]."""
     k, ht, wt = tgt.shape
-    ys, xs = torch.arange(ht), torch.arange(wt)
+    ys, xs = torch.arange(ht, device=tgt.device), torch.arange(wt, device=tgt.device)
     out = []
     for oy in range(-r, r + 1):
         yy = (ys + oy).clamp(0, ht - 1)
@@ -88,7 +88,7 @@ def patch_distance(src: torch.Tensor, tgt_shifted: List[torch.Tensor], weights: 
     src: [K, Hs, Ws] int64; tgt_shifted: from `_shifted_target`; ny, nx: [P] source centres (patch inside src)."""
     ws = src.shape[2]
     flat = src.reshape(src.shape[0], -1)
-    d = torch.zeros(ny.shape, dtype=torch.int64)
+    d = torch.zeros(ny.shape, dtype=torch.int64, device=src.device)
     i = 0
     for oy in range(-r, r + 1):
         for ox in range(-r, r + 1):
@@ -106,8 +106,8 @@ def vote(style: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor, r: int) -> Tup
     c, hs, ws = style.shape
     ht, wt = ny.shape
     flat = style.reshape(c, -1)
-    total = torch.zeros(c, ht, wt, dtype=torch.int64)
-    count = torch.zeros(ht, wt, dtype=torch.int64)
+    total = torch.zeros(c, ht, wt, dtype=torch.int64, device=style.device)
+    count = torch.zeros(ht, wt, dtype=torch.int64, device=style.device)
     for oy in range(-r, r + 1):
         for ox in range(-r, r + 1):
             # target pixel p takes from the patch centred at q = p - o: source pixel n(q) + o
@@ -134,7 +134,7 @@ def patchmatch_pass(src: torch.Tensor, tgt: torch.Tensor, weights: torch.Tensor,
     cy, cx = ny.reshape(-1), nx.reshape(-1)
     cur = cy * ws + cx
     occ = torch.bincount(cur, minlength=hs * ws)
-    pixel = torch.arange(ht * wt, dtype=torch.int64)
+    pixel = torch.arange(ht * wt, dtype=torch.int64, device=src.device)
 
     def cost(qy, qx):
         q = qy * ws + qx
@@ -163,7 +163,7 @@ def patchmatch_pass(src: torch.Tensor, tgt: torch.Tensor, weights: torch.Tensor,
 
 
 def initial_field(ht: int, wt: int, hs: int, ws: int, r: int, seed: int, level: int,
-                  init: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+                  init: Optional[torch.Tensor], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """The coarsest level's field: `init` [2, H0, W0] (finest-level source y, x) sampled every 2^level pixels and
     divided by 2^level (floor), or uniform random centres from the hash (pass INIT_PASS)."""
     if init is not None:
@@ -171,7 +171,7 @@ def initial_field(ht: int, wt: int, hs: int, ws: int, r: int, seed: int, level: 
         sub = init[:, ::s, ::s][:, :ht, :wt].to(torch.int64)
         ny, nx = torch.div(sub[0], s, rounding_mode="floor"), torch.div(sub[1], s, rounding_mode="floor")
         return _clamp_field(ny, nx, hs, ws, r)
-    h = hash_rng(seed, level, INIT_PASS, 0, torch.arange(ht * wt, dtype=torch.int64))
+    h = hash_rng(seed, level, INIT_PASS, 0, torch.arange(ht * wt, dtype=torch.int64, device=device))
     ny = r + (h & 0xFFFF) % (hs - 2 * r)
     nx = r + (h >> 16) % (ws - 2 * r)
     return ny.view(ht, wt), nx.view(ht, wt)
@@ -182,10 +182,11 @@ def upsample_field(ny: torch.Tensor, nx: torch.Tensor, ht: int, wt: int, hs: int
     """Coarse field -> the next finer level [ht, wt]: n(y, x) = 2 n_c(yc, xc) + (y - 2 yc, x - 2 xc) with
     yc = min(y // 2, hc - 1), clamped to the finer source."""
     hc, wc = ny.shape
-    yc = torch.clamp(torch.arange(ht) // 2, max=hc - 1)
-    xc = torch.clamp(torch.arange(wt) // 2, max=wc - 1)
-    fy = 2 * ny[yc][:, xc] + (torch.arange(ht) - 2 * yc)[:, None]
-    fx = 2 * nx[yc][:, xc] + (torch.arange(wt) - 2 * xc)[None, :]
+    ys, xs = torch.arange(ht, device=ny.device), torch.arange(wt, device=ny.device)
+    yc = torch.clamp(ys // 2, max=hc - 1)
+    xc = torch.clamp(xs // 2, max=wc - 1)
+    fy = 2 * ny[yc][:, xc] + (ys - 2 * yc)[:, None]
+    fx = 2 * nx[yc][:, xc] + (xs - 2 * xc)[None, :]
     return _clamp_field(fy, fx, hs, ws, r)
 
 
@@ -205,7 +206,8 @@ def patch_synthesis_reference(style: torch.Tensor, source_guide: torch.Tensor, t
     hs, ws = style.shape[1:]
     n_lv = num_levels(levels, patch_size, hs, ws, ht, wt)
     radii = search_radii(search_radius)
-    w_all = torch.cat([weights.to(torch.int64), torch.full((c,), style_weight, dtype=torch.int64)])
+    w_all = torch.cat([weights.to(torch.int64),
+                       torch.full((c,), style_weight, dtype=torch.int64, device=weights.device)])
     sty = [style.to(torch.int64)]
     sg = [source_guide.to(torch.int64)]
     tg = [target_guide.to(torch.int64)]
@@ -219,7 +221,7 @@ def patch_synthesis_reference(style: torch.Tensor, source_guide: torch.Tensor, t
         hs_l, ws_l = sty[lv].shape[1:]
         ht_l, wt_l = tg[lv].shape[1:]
         if ny is None:
-            ny, nx = initial_field(ht_l, wt_l, hs_l, ws_l, r, seed, lv, init_nnf)
+            ny, nx = initial_field(ht_l, wt_l, hs_l, ws_l, r, seed, lv, init_nnf, style.device)
         else:
             ny, nx = upsample_field(ny, nx, ht_l, wt_l, hs_l, ws_l, r)
         src = torch.cat([sg[lv], sty[lv]])
