@@ -190,24 +190,29 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str]) -> Lis
     return rows
 
 
-def time_patch(size: int, repeats: int = 2) -> dict:
+def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
     """Seconds per in-between frame at size² (both directions, all scales, fusion included; flows excluded),
-    the best of `repeats`."""
+    the best of `repeats` after one warm-up (on CUDA: Triton compile)."""
     from fresco.patch_propagation import PatchParams, _key_guides, fuse, synthesize
     frames = make_clip("crossing", size, n=11)
-    t = [torch.from_numpy(f).permute(2, 0, 1).float() for f in frames]
-    st = [torch.from_numpy(stylize(f)).permute(2, 0, 1).float() for f in (frames[0], frames[10])]
+    t = [torch.from_numpy(f).permute(2, 0, 1).float().to(device) for f in frames]
+    st = [torch.from_numpy(stylize(f)).permute(2, 0, 1).float().to(device) for f in (frames[0], frames[10])]
     p = PatchParams()
-    zero = torch.zeros(1, 2, size, size)
+    zero = torch.zeros(1, 2, size, size, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     ga, gb = _key_guides(t[0][None], st[0][None]), _key_guides(t[10][None], st[1][None])
     best = math.inf
-    for _ in range(repeats):
+    for i in range(repeats + 1):
+        sync()
         t0 = time.perf_counter()
         a, ea = synthesize(t[5][None], zero, t[0][None], st[0][None], ga, p)
         b, eb = synthesize(t[5][None], zero, t[10][None], st[1][None], gb, p)
         fuse(a, ea, b, eb, 0.5, p.poisson)
-        best = min(best, time.perf_counter() - t0)
-    return {"size": size, "s_per_frame_patch_op_and_fusion": best, "threads": torch.get_num_threads()}
+        sync()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return {"size": size, "device": device, "s_per_frame_patch_op_and_fusion": best,
+            "threads": torch.get_num_threads()}
 
 
 def markdown(rows: List[dict]) -> str:
@@ -226,10 +231,13 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=CLIPS)
     ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch"], choices=["nearest", "flow", "patch"])
     ap.add_argument("--timing", type=int, default=0, help="also time the patch method at this size (e.g. 512)")
+    ap.add_argument("--device", default="cpu", help="device of the timing row (cuda: the Triton kernels)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     if args.size < 32:
         ap.error(f"--size must be >= 32, got {args.size}")
+    if args.timing and args.timing < 64:
+        ap.error(f"--timing must be a size >= 64 (or 0: no timing row), got {args.timing}")
     rows = []
     for clip in args.clips:
         for interval in args.intervals:
@@ -243,7 +251,7 @@ def main(argv=None) -> int:
             summary.append(f"interval {interval} {m}: mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
                            f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, worst frame vs flow "
                            f"{min(r.get('worst_vs_flow_db', float('nan')) for r in sel):+.2f} dB")
-    timing = time_patch(args.timing) if args.timing else None
+    timing = time_patch(args.timing, device=args.device) if args.timing else None
     print("\n" + md + "\n\n" + "\n".join(summary))
     if timing:
         print(f"timing {timing}")

@@ -21,7 +21,7 @@ class PatchParams:
     """Knobs of the patch propagation (integer guide weights of the op's squared patch distance)."""
     patch_size: int = 5
     levels: int = 4
-    em_iters: int = 2
+    em_iters: int = 3
     pm_iters: int = 1
     search_radius: int = 4
     w_colour: int = 6       # per RGB channel of the source frames
@@ -31,7 +31,6 @@ class PatchParams:
     style_weight: int = 1   # EM coherence of the synthesised style
     uniformity: int = 0
     poisson: bool = False
-    copy_centres: bool = True  # output each pixel's matched source pixel (sharp) instead of the patch vote
     seed: int = 0
 
 
@@ -88,12 +87,10 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     target = torch.cat([frame, edge_guide(frame), tgt_pos, temporal], 1)[0]
     weights = [p.w_colour] * 3 + [p.w_edge] + [p.w_position] * 2 + [p.w_temporal] * 3
     init = torch.round(pos + to_key.flip(1))[0].to(torch.int32)
-    out, nnf, err = patch_synthesis(key_out[0], key_guides, target, weights, style_weight=p.style_weight,
+    out, _, err = patch_synthesis(key_out[0], key_guides, target, weights, style_weight=p.style_weight,
                                   init_nnf=init, patch_size=p.patch_size, levels=p.levels, em_iters=p.em_iters,
                                   pm_iters=p.pm_iters, search_radius=p.search_radius, uniformity=p.uniformity,
                                   seed=p.seed)
-    if p.copy_centres:
-        out = key_out[0][:, nnf[0].long(), nnf[1].long()]
     return out, err
 
 

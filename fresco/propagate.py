@@ -90,7 +90,7 @@ PROPAGATION_METHODS = ("patch", "flow")
 
 
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
-              flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8, method: str = "patch",
+              flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8, method: str = "flow",
               patch_params=None) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
