@@ -168,8 +168,9 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
     return list(propagate(iter(frames), keys, lambda k: styled[k], DISFlow(), method=method, **opts))
 
 
-def evaluate(clip: str, size: int, interval: int, methods: Sequence[str]) -> List[dict]:
-    frames = make_clip(clip, size)
+def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES) -> List[dict]:
+    """Rows (one per method) of one clip of n frames with keys every `interval` frames (the last frame included)."""
+    frames = make_clip(clip, size, n)
     target = [stylize(f) for f in frames]
     keys = list(range(0, len(frames), interval))
     styled = {k: target[k] for k in keys}
