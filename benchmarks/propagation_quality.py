@@ -232,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=CLIPS)
     ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch"], choices=["nearest", "flow", "patch"])
     ap.add_argument("--timing", type=int, default=0, help="also time the patch method at this size (e.g. 512)")
+    ap.add_argument("--timing-only", action="store_true", help="only the timing row (needs --timing)")
     ap.add_argument("--device", default="cpu", help="device of the timing row (cuda: the Triton kernels)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
@@ -239,14 +240,16 @@ def main(argv=None) -> int:
         ap.error(f"--size must be >= 32, got {args.size}")
     if args.timing and args.timing < 64:
         ap.error(f"--timing must be a size >= 64 (or 0: no timing row), got {args.timing}")
+    if args.timing_only and not args.timing:
+        ap.error("--timing-only needs --timing SIZE")
     rows = []
-    for clip in args.clips:
+    for clip in ([] if args.timing_only else args.clips):
         for interval in args.intervals:
             rows += evaluate(clip, args.size, interval, args.methods)
             print(markdown([r for r in rows if r["clip"] == clip and r["interval"] == interval]), flush=True)
     md = markdown(rows)
     summary = []
-    for interval in args.intervals:
+    for interval in (args.intervals if rows else []):
         for m in args.methods:
             sel = [r for r in rows if r["interval"] == interval and r["method"] == m]
             summary.append(f"interval {interval} {m}: mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
