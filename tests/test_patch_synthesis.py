@@ -158,6 +158,17 @@ def test_histogram_blend_and_poisson():
     assert torch.allclose(poisson_fuse(a, gx, gy), a, atol=1e-2)  # its own gradients and itself: a fixed point
     shifted = poisson_fuse(a + 40, gx, gy, lam=1e-3)
     assert torch.allclose(shifted, a + 40, atol=1e-2)
+    # the per-pixel choice: a where its error is lower, b elsewhere (away from the 5x5-softened seam)
+    from fresco.patch_propagation import fuse
+    err_a = torch.zeros(16, 20)
+    err_a[:, 10:] = 100
+    err_b = torch.full((16, 20), 50.0)
+    for poisson in (False, True):
+        out = fuse(a, err_a, b, err_b, 0.5, poisson)
+        assert out.shape == a.shape and torch.isfinite(out).all()
+        if not poisson:
+            assert torch.allclose(out[:, :, :8], a[:, :, :8], atol=1e-3)
+            assert torch.allclose(out[:, :, 13:], b[:, :, 13:], atol=1e-3)
 
 
 def test_propagate_patch_method():
