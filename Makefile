@@ -60,7 +60,7 @@ bench-e2e:
 clean:
 	rm -rf build *.egg-info fresco_kernels/_C*.so fresco_kernels/_C_build.json
 
-# issue 6's GPU check: a 100-frame 512² clip through fresco.render, SD1.5-architecture random weights, per stage
+# issue 6's GPU check: a 100-frame 512² clip through fresco.video.render, SD1.5-architecture random weights, per stage
 bench-e2e-video:
 	mkdir -p $(OUT)
 	PYTHONPATH=. $(PY) -m benchmarks.e2e_video --out $(OUT)

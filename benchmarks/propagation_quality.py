@@ -164,7 +164,8 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
     if method == "nearest":
         ks = np.array(keys)
         return [styled[int(ks[np.argmin(np.abs(ks - i))])] for i in range(len(frames))]
-    from fresco.propagate import DISFlow, propagate
+    from fresco.models.flow import DISFlow
+    from fresco.video.propagate import propagate
     return list(propagate(iter(frames), keys, lambda k: styled[k], DISFlow(), method=method, **opts))
 
 
@@ -194,7 +195,7 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
 def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
     """Seconds per in-between frame at size² (both directions, all scales, fusion included; flows excluded),
     the best of `repeats` after one warm-up (on CUDA: Triton compile)."""
-    from fresco.patch_propagation import PatchParams, _key_guides, fuse, synthesize
+    from fresco.video.patch_propagation import PatchParams, _key_guides, fuse, synthesize
     frames = make_clip("crossing", size, n=11)
     t = [torch.from_numpy(f).permute(2, 0, 1).float().to(device) for f in frames]
     st = [torch.from_numpy(stylize(f)).permute(2, 0, 1).float().to(device) for f in (frames[0], frames[10])]

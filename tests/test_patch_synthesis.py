@@ -1,6 +1,6 @@
 """patch_synthesis: C++ (CPU op) and Triton (interpreter on CPU, native on CUDA) against the PyTorch reference (same
 seed, same field, bit for bit), determinism, a known shift recovered exactly, opcheck, bad input; and the patch
-propagation built on it (fresco.patch_propagation, propagate(method="patch"))."""
+propagation built on it (fresco.video.patch_propagation, propagate(method="patch"))."""
 import numpy as np
 import pytest
 import torch
@@ -148,7 +148,7 @@ def test_cuda_matches_reference():
 # ---- the propagation built on it ----
 
 def test_histogram_blend_and_poisson():
-    from fresco.patch_propagation import histogram_blend, poisson_fuse, _grads
+    from fresco.video.patch_propagation import histogram_blend, poisson_fuse, _grads
     a, b = torch.rand(3, 16, 20) * 255, torch.rand(3, 16, 20) * 255
     assert torch.allclose(histogram_blend(a, b, torch.ones(16, 20)), a, atol=1e-4)
     assert torch.allclose(histogram_blend(a, b, torch.zeros(16, 20)), b, atol=1e-4)
@@ -159,7 +159,7 @@ def test_histogram_blend_and_poisson():
     shifted = poisson_fuse(a + 40, gx, gy, lam=1e-3)
     assert torch.allclose(shifted, a + 40, atol=1e-2)
     # the per-pixel choice: a where its error is lower, b elsewhere (away from the 5x5-softened seam)
-    from fresco.patch_propagation import fuse
+    from fresco.video.patch_propagation import fuse
     err_a = torch.zeros(16, 20)
     err_a[:, 10:] = 100
     err_b = torch.full((16, 20), 50.0)
@@ -172,7 +172,7 @@ def test_histogram_blend_and_poisson():
 
 
 def test_propagate_patch_method():
-    from fresco.propagate import propagate
+    from fresco.video.propagate import propagate
     rng = np.random.default_rng(0)
     base = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
     base = np.asarray(F.avg_pool2d(torch.from_numpy(base).permute(2, 0, 1).float()[None], 3, 1, 1)[0]
@@ -181,7 +181,7 @@ def test_propagate_patch_method():
     styled = {k: 255 - frames[k] for k in (0, 4)}
 
 
-    from fresco.propagate import DISFlow
+    from fresco.models.flow import DISFlow
     out = list(propagate(iter(frames), [0, 4], lambda k: styled[k], DISFlow("ultrafast"), method="patch"))
     assert len(out) == 7 and np.array_equal(out[0], styled[0]) and np.array_equal(out[4], styled[4])
     for i in (1, 2, 3, 5, 6):

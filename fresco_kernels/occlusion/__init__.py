@@ -44,25 +44,36 @@ def forward_backward_check(fwd_flow: torch.Tensor, bwd_flow: torch.Tensor, *,
 
 
 def occlusion_from_flows(fwd_flow: torch.Tensor, bwd_flow: torch.Tensor, frames: Optional[torch.Tensor] = None, *,
-                         backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Occlusion masks of a batch's cyclic frame pairs (i, i+1), i = 0..N-1, the last pair being (N-1, 0).
+                         targets: Optional[torch.Tensor] = None, backend: Optional[str] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Occlusion masks of frame pairs (i, i+1): by default a batch's cyclic pairs, i = 0..N-1, the last pair being
+    (N-1, 0); with `targets`, the pairs (frames[i], targets[i]) (e.g. in-between frames and a keyframe).
 
     The forward-backward check, OR-ed (when `frames` is given) with the photometric test of the published code:
     bwd: mean_RGB |frame[i+1] − warp(frame[i], bwd_flow[i])| > 0.25·255; fwd: the same with frame[i] and
     warp(frame[i+1], fwd_flow[i]); clamped to [0, 1].
     Args:
-        fwd_flow, bwd_flow: [N, 2, H, W] pixels.
+        fwd_flow, bwd_flow: [N, 2, H, W] pixels (fwd_flow[i]: frame i -> its pair's second frame; bwd_flow back).
         frames: optional [N, 3, H, W] RGB in 0..255 (float).
+        targets: optional [N, 3, H, W], the second frame of each pair (needs `frames`; default the cyclic next).
     Returns: (fwd_occ, bwd_occ) [N, H, W] float 0/1 (fwd on frame i's grid, bwd on frame i+1's grid)."""
     fwd_occ, bwd_occ = forward_backward_check(fwd_flow, bwd_flow, backend=backend)
     if frames is None:
+        if targets is not None:
+            raise ValueError("targets needs frames (the first frame of each pair)")
         return fwd_occ, bwd_occ
     check_tensor("frames", frames, ndim=4)
     n, _, h, w = fwd_flow.shape
     check_shape("frames", frames, (n, 3, h, w), " (RGB frames matching the flows)")
     check_same_device(frames=frames, fwd_flow=fwd_flow)
     frames = frames.to(fwd_flow.dtype)
-    nxt = frames[list(range(1, n)) + [0]]
+    if targets is None:
+        nxt = frames[list(range(1, n)) + [0]]
+    else:
+        check_tensor("targets", targets, ndim=4)
+        check_shape("targets", targets, (n, 3, h, w), " (like frames)")
+        check_same_device(targets=targets, fwd_flow=fwd_flow)
+        nxt = targets.to(fwd_flow.dtype)
     warped1 = flow_warp(frames, bwd_flow, backend=backend)
     bwd_occ = torch.clamp(bwd_occ + (torch.abs(nxt - warped1).mean(dim=1) > 255 * PHOTO_THRESHOLD).float(), 0, 1)
     warped2 = flow_warp(nxt, fwd_flow, backend=backend)

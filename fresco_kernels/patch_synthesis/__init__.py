@@ -1,6 +1,6 @@
 """Guided patch-based synthesis (Ebsynth-style multi-scale PatchMatch with EM voting) as the op
 `fresco::patch_synthesis`: the key's style image is re-assembled from its own patches so that the patches' guides
-match the target's guides. Used by the patch propagation of non-keyframes (fresco.propagate)."""
+match the target's guides. Used by the patch propagation of non-keyframes (fresco.video.propagate, method "patch")."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union

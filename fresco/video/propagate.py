@@ -1,78 +1,47 @@
-"""Non-keyframes from the two stylised keyframes around them (SEMANTICS.md "Non-keyframes"): both keys are warped to
-the frame along optical flow and blended with weights that fall linearly with distance and are zero where a warp is
-occluded. Replaces the published Ebsynth step; runs on the GPU when the tensors are there; streams frames."""
+"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Two methods:
+"patch" (default, the published Ebsynth step as an op: guided patch synthesis from both keys,
+fresco.video.patch_propagation) and "flow": both keys are warped to the frame along optical flow and blended with
+weights that fall linearly with distance and are zero where a warp is occluded (fresco_kernels' occlusion test:
+forward-backward check OR photometric error). Runs on the GPU when the tensors are there; streams frames. Every op
+follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from fresco_kernels import flow_warp, forward_backward_check
-from fresco_kernels.occlusion import PHOTO_THRESHOLD
+from fresco_kernels import flow_warp, occlusion_from_flows
 
-
-class FlowEstimator(Protocol):
-    """Dense optical flow: src, dst [B, 3, H, W] float RGB in 0..255 -> [B, 2, H, W] float32 flow src -> dst in
-    pixels on src's device (src(p) matches dst(p + flow(p)); channel 0 = x)."""
-
-    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor: ...
-
-
-class DISFlow:
-    """OpenCV DIS optical flow (offline, CPU) behind the `FlowEstimator` interface."""
-
-    def __init__(self, preset: str = "medium"):
-        import cv2
-        presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-        if preset not in presets:
-            raise ValueError(f"preset: one of {sorted(presets)}, got {preset!r}")
-        self._dis = cv2.DISOpticalFlow_create(presets[preset])
-        self._cv2 = cv2
-
-    def _gray(self, x: torch.Tensor) -> np.ndarray:
-        rgb = x.permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
-        return self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
-
-    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        flows = [torch.from_numpy(self._dis.calc(self._gray(s), self._gray(d), None)).permute(2, 0, 1)
-                 for s, d in zip(src, dst)]
-        return torch.stack(flows).to(device=src.device, dtype=torch.float32)
-
-
-def occlusion(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """[B, 1, H, W] 0/1 occlusion on `frame`'s grid of the warp `warp(other, fwd)` (SEMANTICS.md "Flow and
-    occlusion"): `fresco_kernels.forward_backward_check` on the pair (frame, other), OR the mean over RGB of
-    |frame - warp(other, fwd)| > 0.25 * 255. fwd: frame -> other, bwd: other -> frame; frames in 0..255."""
-    fb_occ, _ = forward_backward_check(fwd, bwd)
-    photo = (frame - flow_warp(other, fwd)).abs().mean(dim=1) > PHOTO_THRESHOLD * 255
-    return (fb_occ.bool() | photo).float().unsqueeze(1)
+from ..models.flow import FlowEstimator
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
                     src_a: torch.Tensor, out_a: torch.Tensor,
                     src_b: torch.Tensor | None, out_b: torch.Tensor | None,
-                    flow: FlowEstimator) -> torch.Tensor:
+                    flow: FlowEstimator, backend: Optional[str] = None) -> torch.Tensor:
     """Stylise in-between frames from key a (before) and key b (after).
 
     frames: [M, 3, H, W] source frames in 0..255; t: [M] position in (0, 1) between a (0) and b (1);
     src_a/out_a: [3, H, W] key a's source and stylised frame; src_b/out_b likewise, or None when there is no later
     key (then key a alone is warped, occlusions included). Returns [M, 3, H, W] float in 0..255.
-    Weights: w_a = (1 - t)(1 - occ_a), w_b = t (1 - occ_b); where both are zero the distance weights alone blend
-    the two warps (no key sees the pixel; the nearer one dominates)."""
+    Weights: w_a = (1 - t)(1 - occ_a), w_b = t (1 - occ_b) with occ the occlusion of the key's warp on the frame's
+    grid; where both are zero the distance weights alone blend the two warps (no key sees the pixel; the nearer one
+    dominates). backend: the fresco_kernels backend of the warps and occlusion tests (None: the global switch)."""
     m = frames.shape[0]
     a_src = src_a.expand(m, -1, -1, -1)
     to_a, from_a = flow(frames, a_src), flow(a_src, frames)
-    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a)
+    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a, backend=backend)
     if src_b is None:
         return warp_a
     b_src = src_b.expand(m, -1, -1, -1)
     to_b, from_b = flow(frames, b_src), flow(b_src, frames)
-    warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), to_b)
+    warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), to_b, backend=backend)
     t = t.view(m, 1, 1, 1).to(frames)
-    w_a = (1 - t) * (1 - occlusion(to_a, from_a, frames, a_src))
-    w_b = t * (1 - occlusion(to_b, from_b, frames, b_src))
+    occ_a = occlusion_from_flows(to_a, from_a, frames, targets=a_src, backend=backend)[0].unsqueeze(1)
+    occ_b = occlusion_from_flows(to_b, from_b, frames, targets=b_src, backend=backend)[0].unsqueeze(1)
+    w_a = (1 - t) * (1 - occ_a)
+    w_b = t * (1 - occ_b)
     total = w_a + w_b
     blended = (w_a * warp_a + w_b * warp_b) / total.clamp_min(1e-12)
     return torch.where(total > 0, blended, (1 - t) * warp_a + t * warp_b)
@@ -90,15 +59,16 @@ PROPAGATION_METHODS = ("patch", "flow")
 
 
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
-              flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8, method: str = "flow",
-              patch_params=None) -> Iterator[np.ndarray]:
+              flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8,
+              backend: Optional[str] = None, method: str = "patch", patch_params=None) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
     load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
-    fresco.video.patch_propagation, `patch_params` its `PatchParams`) or "flow" (`blend_from_keys`). Holds the
-    frames between two keys (at most one gap) and two stylised keys; the flow blend works on `chunk` in-between
-    frames at a time on `device`."""
+    fresco.video.patch_propagation, `patch_params` its `PatchParams`; the better one on
+    benchmarks/propagation_quality.py) or "flow" (`blend_from_keys`). Holds the frames between two keys (at most one
+    gap) and two stylised keys; the flow blend works on `chunk` in-between frames at a time on `device`; both use
+    the fresco_kernels `backend` (None: the global switch)."""
     if method not in PROPAGATION_METHODS:
         raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
@@ -116,7 +86,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             from .patch_propagation import PatchParams, patch_gap
             with torch.no_grad():
                 xs = [_to_tensor(f, device) for f in pending]
-                for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams()):
+                for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend):
                     yield _to_image(o)
             return
         for s in range(0, len(pending), chunk):
@@ -125,7 +95,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             js = torch.arange(s + 1, s + 1 + len(part), dtype=torch.float32)
             t = js / span if span else torch.zeros_like(js)
             with torch.no_grad():
-                out = blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow)
+                out = blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend)
             for o in out:
                 yield _to_image(o)
 

@@ -93,7 +93,7 @@ def probe(path: str | os.PathLike, folder_fps: Fraction | float | None = None) -
 
 def processing_size(width: int, height: int, short_side: int = 512, multiple: int = 64) -> tuple[int, int]:
     """(W, H) the frames are processed at: short side scaled to `short_side`, then each side rounded to a multiple
-    of `multiple` (SEMANTICS.md "Frames"; 1280x720 -> 896x512)."""
+    of `multiple` (docs/algorithm.md, "Frames"; 1280x720 -> 896x512)."""
     if width < 1 or height < 1:
         raise ValueError(f"size: frame is {width}x{height}; both sides must be >= 1")
     if short_side < multiple:

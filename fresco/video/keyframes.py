@@ -1,5 +1,5 @@
 """Which frames get diffused and in which batches: the paper's adaptive keyframe selection (Alg. 1) or a fixed
-interval, and the anchored batch plan for videos of any length (SEMANTICS.md "Frames" and "Long videos")."""
+interval, and the anchored batch plan for videos of any length (docs/algorithm.md, "Frames" and "Long videos")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,7 +91,7 @@ class Batch:
 
 
 def plan_batches(keys: Sequence[int], batch_size: int) -> list[Batch]:
-    """Split keyframes into anchored batches (SEMANTICS.md "Long videos"): batch 1 = keys[0:N]; batch k >= 2 =
+    """Split keyframes into anchored batches (docs/algorithm.md, "Long videos"): batch 1 = keys[0:N]; batch k >= 2 =
     [key 0, last key of batch k-1] + the next N-2 keys; when the final batch has fewer than 3 new keys it takes
     keys from the end of the previous one (at most N-2 new keys in all; a batch never drops below one new key, or
     two keys for the first). All keys fitting one batch gives one batch (no IndexError as in the published code)."""

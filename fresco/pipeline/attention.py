@@ -1,5 +1,5 @@
 """FRESCO-guided self-attention as a diffusers attention processor for the self-attention (`attn1`) layers of the
-transformer blocks in `up_blocks.2` and `up_blocks.3` (SEMANTICS.md "Attention"), and the controller that the
+transformer blocks in `up_blocks.2` and `up_blocks.3` (docs/algorithm.md, "Attention"), and the controller that the
 pipeline drives step by step. The processor keeps nothing between calls except what the controller recorded on the
 reference pass (the layers' input hidden states)."""
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from fresco_kernels import cross_frame_attention, cross_frame_attention_reference, cross_frame_kv, trajectory_attention
+from fresco_kernels import (cross_frame_attention, cross_frame_attention_reference, cross_frame_kv, get_backend,
+                            trajectory_attention)
 
+from ..settings import FrescoSettings
 from .inputs import BatchInputs
 
 FRESCO_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
@@ -22,11 +24,13 @@ class FrescoController:
 
     mode: "off" (plain attention, no hooks), "record" (the reference pass: store the layers' inputs) or "run" (the
     denoising steps: apply the constraints switched on for this step). `events` counts every constraint application
-    as (kind, step, layer) for statistics and tests."""
+    as (kind, step, layer) for statistics and tests. `settings` are the call's knobs; the ops run on
+    settings.backend (None: the global switch, resolved here once)."""
 
-    def __init__(self, backend: str = "fused", cfg_chunks: int = 2):
+    def __init__(self, settings: Optional[FrescoSettings] = None, cfg_chunks: int = 2):
         self.mode = "off"
-        self.backend = backend
+        self.settings = settings or FrescoSettings()
+        self.backend = self.settings.backend or get_backend()
         self.cfg_chunks = cfg_chunks
         self.step = -1
         self.timestep = -1
@@ -75,7 +79,7 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class FrescoAttnProcessor:
-    """Self-attention with FRESCO's constraints, in the published order (SEMANTICS.md "Attention"):
+    """Self-attention with FRESCO's constraints, in the published order (docs/algorithm.md, "Attention"):
     1. q, k, v = to_q/to_k/to_v(x); keep the raw q, k for step 4;
     2. cross-frame: one shared K/V per CFG half (frame 0 + the occluded tokens of frames 1..N-1);
     3. spatial-guided (first run step): q <- SDPA(to_q(x_ref), 0.2 to_k(x_ref), q) with x_ref the layer's input on the

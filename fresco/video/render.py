@@ -15,10 +15,14 @@ import cv2
 import numpy as np
 import torch
 
-from .config import RenderConfig
+from fresco_kernels import get_backend
+
+from ..config import RenderConfig
+from ..models.flow import FlowEstimator, get_flow_estimator
+from ..pipeline.core import AnchorCallback, AnchorSource
+from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .propagate import FlowEstimator, propagate
-from .video import VideoInfo, VideoWriter, probe, processing_size, read_frames
+from .propagate import propagate
 
 STATE = "state.json"
 PREVIEW_KEYS = 6
@@ -27,14 +31,16 @@ PREVIEW_KEYS = 6
 class BatchStylizer(Protocol):
     """Renders one batch of keyframes (the one-batch FRESCO pipeline behind a narrow interface).
 
-    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order; anchor_latents: None for the first
-    batch, else one [2, C, h, w] tensor per denoising step run: the latents that frames 0 and 1 of this batch (the
-    anchors) must hold at the start of that step. Returns the stylised frames [N, H, W, 3] uint8 and, per step,
-    the [2, C, h, w] latents of frames 0 and N-1 at the start of the step (after anchors were restored), which
-    become the next batch's anchors."""
+    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order. anchor_latents: None for the first
+    batch, else the latents [2, C, h, w] that frames 0 and 1 of this batch (the anchors) must hold at the start of
+    each run step j: a sequence (one per run step) or a callable j -> tensor that may block until step j's anchors
+    exist (so a distributed renderer can hand them from batch k-1 to batch k step by step). on_anchor_record(j,
+    latents): called at the start of each run step j (after the anchors were restored) with the [2, C, h, w]
+    latents of frames 0 and N-1, which become the next batch's anchors. Returns the stylised frames
+    [N, H, W, 3] uint8."""
 
-    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]
-                 ) -> tuple[np.ndarray, list[torch.Tensor]]: ...
+    def __call__(self, frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
+                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -79,7 +85,8 @@ def _load_png(path: Path) -> np.ndarray:
 
 def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
-    skip = {"save_path", "output", "resume", "overwrite", "crf", "device", "run_ebsynth", "max_process"}
+    skip = {"save_path", "output", "resume", "overwrite", "crf", "device", "run_ebsynth", "max_process",
+            "propagation"}
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     p = Path(info.path)
     st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
@@ -170,10 +177,13 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            progress: bool = True) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
-    `make_stylizer(cfg)` when not given."""
+    `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the propagation
+    (`flow` replaces the latter); every op runs on cfg.settings.backend (None: the global switch, read once)."""
     from tqdm.auto import tqdm
 
     cfg.validate()
+    # the backend is read once: the batches, the propagation and the fingerprint all see the same one
+    cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
     timings = {"keyframes_s": 0.0, "diffusion_s": 0.0, "propagation_s": 0.0}
     t0 = time.perf_counter()
     info = probe(cfg.file_path, cfg.fps)
@@ -227,14 +237,15 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             if b.n_anchors:
                 anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
             t = time.perf_counter()
-            images, record = stylizer(frames, anchors)
+            record: list[torch.Tensor] = []
+            images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()))
             timings["diffusion_s"] += time.perf_counter() - t
             if images.shape != frames.shape or images.dtype != np.uint8:
                 raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
             for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
                 _save_png(root / "keys" / f"{k:05d}.png", img)
             buf = root / "latents" / f"{b.index:04d}.pt"
-            torch.save([r.detach().cpu() for r in record], buf.with_name(f".{buf.name}.tmp"))
+            torch.save(record, buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
@@ -242,10 +253,9 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         bar.close()
 
     t = time.perf_counter()
-    if flow is None:
-        from .propagate import DISFlow
-        flow = DISFlow()
     device = _device(cfg)
+    if flow is None:
+        flow = get_flow_estimator(cfg.flow, device)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
     sources, outputs = [], []
 
@@ -262,7 +272,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in propagate((img for _, img in stream), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png"),
-                             flow, device):
+                             flow, device, backend=cfg.settings.backend, method=cfg.propagation):
             if count in preview_keys:
                 outputs.append(out)
             writer.write(out)

@@ -76,7 +76,7 @@ def _positions(h: int, w: int, device) -> torch.Tensor:
 
 
 def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor, key_out: torch.Tensor,
-               key_guides: torch.Tensor, p: PatchParams) -> tuple:
+               key_guides: torch.Tensor, p: PatchParams, backend: Optional[str] = None) -> tuple:
     """One direction: frame [1, 3, H, W] from the key (source key_src, stylised key_out [1, 3, H, W], key_guides
     from `_key_guides`) along to_key [1, 2, H, W] (frame -> key). Returns (out [3, H, W] 0..255, err [H, W])."""
     _, _, h, w = frame.shape
@@ -90,7 +90,7 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     out, _, err = patch_synthesis(key_out[0], key_guides, target, weights, style_weight=p.style_weight,
                                   init_nnf=init, patch_size=p.patch_size, levels=p.levels, em_iters=p.em_iters,
                                   pm_iters=p.pm_iters, search_radius=p.search_radius, uniformity=p.uniformity,
-                                  seed=p.seed)
+                                  seed=p.seed, backend=backend)
     return out, err
 
 
@@ -162,13 +162,14 @@ def fuse(a: torch.Tensor, err_a: torch.Tensor, b: torch.Tensor, err_b: torch.Ten
 
 def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.Tensor,
               src_b: Optional[torch.Tensor], out_b: Optional[torch.Tensor],
-              flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: PatchParams = PatchParams()
-              ) -> Iterator[torch.Tensor]:
+              flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: PatchParams = PatchParams(),
+              backend: Optional[str] = None) -> Iterator[torch.Tensor]:
     """Yield the stylised in-between frames of one gap in order, [3, H, W] float 0..255 each.
 
     frames: the M in-between source frames [3, H, W] 0..255 (after key a, before key b); src_a/out_a: key a's
     source and stylised frame [3, H, W]; src_b/out_b likewise or None (no later key: key a alone); flow: a
-    `FlowEstimator`. Flows are chained frame to frame toward each key, so large motion over long gaps is followed."""
+    `FlowEstimator`; backend: of the op (None: the global switch). Flows are chained frame to frame toward each
+    key, so large motion over long gaps is followed."""
     m = len(frames)
     if m == 0:
         return
@@ -184,9 +185,9 @@ def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.
     gb = _key_guides(src_b[None], out_b[None]) if src_b is not None else None
     for j in range(m):
         fr = frames[j][None]
-        a, err_a = synthesize(fr, to_a[j], src_a[None], out_a[None], ga, params)
+        a, err_a = synthesize(fr, to_a[j], src_a[None], out_a[None], ga, params, backend)
         if src_b is None:
             yield a
             continue
-        b, err_b = synthesize(fr, to_b[j], src_b[None], out_b[None], gb, params)
+        b, err_b = synthesize(fr, to_b[j], src_b[None], out_b[None], gb, params, backend)
         yield fuse(a, err_a, b, err_b, (j + 1) / (m + 1), params.poisson)

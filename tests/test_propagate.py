@@ -1,0 +1,118 @@
+"""fresco.video.propagate on its own, with stand-in flow estimators: one output per input frame, keys passed through,
+the distance blend weights, occluded warps dropped (and the fallback when both keys are occluded), frames after the
+last key, chunking that does not change results, a key-only video, backends agreeing, bad inputs."""
+import numpy as np
+import pytest
+import torch
+
+from fresco.video import synthetic_frame
+from fresco.video.propagate import blend_from_keys, propagate
+
+H = W = 32
+
+
+def zero_flow(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(src.shape[0], 2, *src.shape[2:])
+
+
+def texture(i: int = 0) -> np.ndarray:
+    return synthetic_frame(i, size=(W, H))
+
+
+def const(v: int) -> np.ndarray:
+    return np.full((H, W, 3), v, np.uint8)
+
+
+def run(frames, keys, stylised, **kw):
+    kw.setdefault("method", "flow")  # these tests pin the flow blend's weights; the patch method: test_patch_synthesis
+    return list(propagate(iter(frames), keys, lambda k: stylised[k], zero_flow, **kw))
+
+
+def test_one_output_per_frame_and_keys_pass_through():
+    frames = [texture()] * 11
+    stylised = {0: const(10), 5: const(60), 9: const(100)}
+    out = run(frames, [0, 5, 9], stylised)
+    assert len(out) == 11 and all(o.shape == (H, W, 3) and o.dtype == np.uint8 for o in out)
+    for k, v in stylised.items():
+        assert np.array_equal(out[k], v)
+
+
+def test_distance_weights_between_two_keys():
+    """Same source everywhere and zero flow: nothing is occluded, frame a+j gets (1 - j/span) a + (j/span) b."""
+    out = run([texture()] * 5, [0, 4], {0: const(0), 4: const(200)})
+    assert [int(o[0, 0, 0]) for o in out] == [0, 50, 100, 150, 200]
+
+
+def test_occluded_key_is_dropped():
+    """Key 4's source differs from the in-between frames everywhere (photometric test): only key 0 is used."""
+    frames = [texture()] * 4 + [const(0)]
+    out = run(frames, [0, 4], {0: const(30), 4: const(200)})
+    assert all(np.array_equal(o, const(30)) for o in out[:4])
+
+
+def test_both_keys_occluded_falls_back_to_distance():
+    frames = [const(0), const(255), const(255), const(255), const(0)]
+    out = run(frames, [0, 4], {0: const(0), 4: const(200)})
+    assert [int(o[0, 0, 0]) for o in out[1:4]] == [50, 100, 150]
+
+
+def test_frames_after_the_last_key_use_it_alone():
+    out = run([texture()] * 6, [0, 3], {0: const(0), 3: const(90)})
+    assert all(np.array_equal(o, const(90)) for o in out[3:])
+
+
+def test_chunking_and_key_only_video():
+    frames = [texture(i) for i in range(9)]
+    stylised = {0: texture(20), 8: texture(40)}
+    a = run(frames, [0, 8], stylised, chunk=2)
+    b = run(frames, [0, 8], stylised, chunk=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    keys = {i: texture(30 + i) for i in range(4)}
+    assert all(np.array_equal(o, keys[i]) for i, o in enumerate(run(frames[:4], list(range(4)), keys)))
+
+
+def test_streams_the_input():
+    """Only the frames up to the next key are read before that gap's outputs come out."""
+    pulled = []
+
+    def frames():
+        for i in range(9):
+            pulled.append(i)
+            yield texture()
+    it = propagate(frames(), [0, 4, 8], lambda k: const(k), zero_flow)
+    next(it)
+    assert max(pulled) == 0
+    for _ in range(4):
+        next(it)
+    assert max(pulled) == 4
+
+
+def test_backends_agree():
+    frames = torch.from_numpy(np.stack([texture(i) for i in range(3)])).permute(0, 3, 1, 2).float()
+    key_a, key_b = frames[0], frames[2]
+    out_a, out_b = torch.full_like(key_a, 40.0), torch.full_like(key_b, 120.0)
+    t = torch.tensor([0.25, 0.5, 0.75])
+
+    def shift_flow(src, dst):
+        f = torch.zeros(src.shape[0], 2, *src.shape[2:])
+        f[:, 0] = 1.5
+        return f
+    r = blend_from_keys(frames, t, key_a, out_a, key_b, out_b, shift_flow, backend="reference")
+    f = blend_from_keys(frames, t, key_a, out_a, key_b, out_b, shift_flow, backend="fused")
+    assert r.shape == (3, 3, H, W) and (r - f).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("keys,frames,match", [
+    ([1, 3], 4, "must start with frame 0"),
+    ([], 4, "must start with frame 0"),
+    ([0, 7], 4, "past the last frame"),
+    ([0], 0, "the stream is empty"),
+])
+def test_bad_inputs(keys, frames, match):
+    with pytest.raises(ValueError, match=match):
+        run([texture()] * frames, keys, {k: const(0) for k in keys})
+
+
+def test_stylised_key_of_the_wrong_size():
+    with pytest.raises(ValueError, match=r"load_key\(0\)"):
+        list(propagate(iter([texture()] * 2), [0], lambda k: np.zeros((8, 8, 3), np.uint8), zero_flow))
