@@ -20,7 +20,6 @@ from typing import Callable, Dict, List, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 CLIPS = ("crossing", "pan_thin", "zoom_occlude")
 CLIP_FRAMES = 61  # keys 0, 30, 60 at interval 30; 0, 10, ..., 60 at interval 10

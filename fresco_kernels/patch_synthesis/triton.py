@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import require_triton
-from .reference import (INIT_PASS, MASK32, downsample, initial_field, lowbias32, num_levels, search_radii,
+from .reference import (MASK32, downsample, initial_field, lowbias32, num_levels, search_radii,
                         upsample_field)
 
 BLOCK = 128
