@@ -243,6 +243,15 @@ def test_anchor_latents_restored_and_recorded(pipe):
     second = run(pipe, frames[::-1].copy(), anchor_latents=anchors, return_anchor_record=True)
     for a, r in zip(anchors, second.anchor_record):
         assert torch.equal(r[0], a[0])
+    # streamed: anchors asked for step by step, frames 0 / N-1 handed out step by step, same result
+    asked, streamed = [], []
+    third = run(pipe, frames[::-1].copy(), anchor_latents=lambda j: asked.append(j) or anchors[j],
+                on_anchor_record=lambda j, lat: streamed.append((j, lat)))
+    assert asked == list(range(n_run)) and [j for j, _ in streamed] == asked and third.anchor_record is None
+    assert all(torch.equal(lat, r) for (_, lat), r in zip(streamed, second.anchor_record))
+    assert torch.equal(third.latents, second.latents)
+    with pytest.raises(ValueError, match="anchor_latents: the callable returned"):
+        run(pipe, frames, anchor_latents=lambda j: torch.zeros(2, 4, 4, 4))
 
 
 def test_stylizer_adapter(pipe):
