@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo ui demo-ops bench-e2e-video test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check
+.PHONY: install demo ui demo-ops bench-e2e-video bench-propagation test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -91,3 +91,9 @@ gpu-check:
 	mkdir -p $(OUT)
 	test ! -d gpu_wheels || $(PY) -m pip install -q --no-index --find-links gpu_wheels diffusers transformers
 	PYTHONPATH=. $(PY) -m benchmarks.gpu_check --out $(OUT) --budget 440
+
+# issue 13: propagation quality (nearest key / flow blend / patch synthesis) on procedural clips with a deterministic
+# style, intervals 10 and 30 at 128², plus the patch method's time per in-between frame at 512² (CPU)
+bench-propagation: $(STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --timing 512 --out $(OUT)/propagation

@@ -12,7 +12,7 @@ from . import settings as settings_mod
 
 # render flags that set RenderConfig's own keys (the FRESCO knobs' flags are derived from FrescoSettings)
 RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
-               "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "crf",
+               "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "propagation", "crf",
                "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path",
                "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames")
 
@@ -67,6 +67,9 @@ def _render_parser(sub) -> None:
                    help="background smoothing from EGNet saliency (YAML: use_salinecy; needs --sod-path)")
     p.add_argument("--no-saliency", dest="use_salinecy", action="store_const", const=False)
     p.add_argument("--sod-path", dest="sod_path", help="EGNet checkpoint for --saliency")
+    p.add_argument("--propagation", choices=cfgmod.PROPAGATION_METHODS,
+                   help="non-keyframes: patch (default; guided patch synthesis from both keys, Ebsynth-style) or "
+                        "flow (flow-warp blend of the two keys)")
     p.add_argument("--crf", type=int, help="H.264 quality (18)")
     p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start over even when the output folder holds finished batches")

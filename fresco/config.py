@@ -12,6 +12,7 @@ from .video.outdir import check_output_name
 
 from . import settings as settings_mod
 from .models.flow import FLOW_ESTIMATORS
+from .video.propagate import PROPAGATION_METHODS
 from .models.sd import CONTROL_TYPES, DTYPES as TORCH_DTYPES, PUBLISHED_VAE
 from .pipeline.prompts import parse_extra_prompts, published_pair
 from .settings import FrescoSettings
@@ -59,6 +60,7 @@ class RenderConfig:
     fps: Optional[float] = None
     flow: Optional[str] = None  # dis | raft | gmflow; default: gmflow when gmflow_path is set (as published), else dis
     raft_path: Optional[str] = None  # torchvision RAFT-large weights (default: the torch hub cache)
+    propagation: str = "patch"  # non-keyframes: patch (guided patch synthesis) or flow (flow-warp blend)
     device: str = "auto"
     dtype: str = "auto"
     output: str = "video.mp4"
@@ -95,7 +97,8 @@ class RenderConfig:
 
     # keys replaced by our own machinery, with what happens instead
     UNUSED = {
-        "run_ebsynth": "non-keyframes are always propagated with flow warps (fresco.video.propagate), no Ebsynth",
+        "run_ebsynth": "non-keyframes are always propagated, by the `propagation` key: patch (the default, Ebsynth's "
+                       "guided patch synthesis as an op) or flow (flow-warp blend)",
         "max_process": "propagation runs in-process on the render device",
     }
 
@@ -155,6 +158,7 @@ class RenderConfig:
                           ("sod_path", self.use_salinecy)):
             need(not used or getattr(self, key) is None or Path(getattr(self, key)).is_file(), key,
                  "no such checkpoint file")
+        need(self.propagation in PROPAGATION_METHODS, "propagation", f"one of {PROPAGATION_METHODS}")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
         check_output_name(self.output)

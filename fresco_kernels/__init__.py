@@ -14,6 +14,7 @@ from .trajectory_attention import segment_mask, trajectory_attention, trajectory
 from .cross_frame import cross_frame_attention, cross_frame_attention_reference, cross_frame_keep, cross_frame_kv
 from .correspondence import (correspondence_pair, flow_correspondence, flow_correspondence_at_scale,
                              flow_correspondence_reference)
+from .patch_synthesis import patch_synthesis, patch_synthesis_reference
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,5 @@ __all__ = [
     "trajectory_attention", "trajectory_attention_reference", "segment_mask",
     "cross_frame_keep", "cross_frame_kv", "cross_frame_attention", "cross_frame_attention_reference",
     "flow_correspondence", "flow_correspondence_reference", "correspondence_pair", "flow_correspondence_at_scale",
+    "patch_synthesis", "patch_synthesis_reference",
 ]

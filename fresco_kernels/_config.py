@@ -6,7 +6,7 @@ Environment variables (read once at import):
   FRESCO_NO_CPP    "1": do not load the compiled C++ library; CPU ops then run the Python reference.
   FRESCO_BUILD_CPP "0" at install time: build no C++ (read by setup.py, listed here for completeness).
   TRITON_INTERPRET "1": Triton kernels run on CPU tensors (tests do this when there is no CUDA); read by Triton
-                   itself and by `_triton_utils.interpreting()`.
+                   itself and by `common.triton_utils.interpreting()`.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"): both keys are
-warped to the frame along optical flow and blended with weights that fall linearly with distance and are zero where
-a warp is occluded (fresco_kernels' occlusion test: forward-backward check OR photometric error). Replaces the
-published Ebsynth step; runs on the GPU when the tensors are there; streams frames. Every op follows `backend`
-(None: the global switch)."""
+"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Two methods:
+"patch" (default, the published Ebsynth step as an op: guided patch synthesis from both keys,
+fresco.video.patch_propagation) and "flow": both keys are warped to the frame along optical flow and blended with
+weights that fall linearly with distance and are zero where a warp is occluded (fresco_kernels' occlusion test:
+forward-backward check OR photometric error). Runs on the GPU when the tensors are there; streams frames. Every op
+follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -54,15 +55,22 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+PROPAGATION_METHODS = ("patch", "flow")
+
+
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
               flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8,
-              backend: Optional[str] = None) -> Iterator[np.ndarray]:
+              backend: Optional[str] = None, method: str = "patch", patch_params=None) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
-    load_key(k): the stylised keyframe k (HxWx3 uint8). Holds the frames between two keys (at most one gap) and
-    two stylised keys; works on `chunk` in-between frames at a time on `device` with the fresco_kernels `backend`
-    (None: the global switch)."""
+    load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
+    fresco.video.patch_propagation, `patch_params` its `PatchParams`; the better one on
+    benchmarks/propagation_quality.py) or "flow" (`blend_from_keys`). Holds the frames between two keys (at most one
+    gap) and two stylised keys; the flow blend works on `chunk` in-between frames at a time on `device`; both use
+    the fresco_kernels `backend` (None: the global switch)."""
+    if method not in PROPAGATION_METHODS:
+        raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
     if not keys or keys[0] != 0:
         raise ValueError(f"keys: must start with frame 0, got {keys[:3]}")
@@ -74,6 +82,13 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
 
     def flush(b: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
         span = (b - a) if b is not None else None
+        if method == "patch":
+            from .patch_propagation import PatchParams, patch_gap
+            with torch.no_grad():
+                xs = [_to_tensor(f, device) for f in pending]
+                for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend):
+                    yield _to_image(o)
+            return
         for s in range(0, len(pending), chunk):
             part = pending[s:s + chunk]
             x = torch.stack([_to_tensor(f, device) for f in part])

@@ -107,7 +107,8 @@ def _load_png(path: Path) -> np.ndarray:
 def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
     skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
-            "max_process"}
+            "max_process",
+            "propagation"}
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     p = Path(info.path)
     st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
@@ -441,7 +442,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in propagate(frames_with_preview(), keys, lambda k: _load_png(root / KEYS / f"{k:05d}.png"),
-                             flow, device, backend=cfg.settings.backend):
+                             flow, device, backend=cfg.settings.backend, method=cfg.propagation):
             if should_stop is not None and should_stop():
                 bar.close()
                 raise Cancelled(f"cancelled while propagating (frame {count}/{n}); the keyframes in '{root}' are "

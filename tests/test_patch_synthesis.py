@@ -1,0 +1,191 @@
+"""patch_synthesis: C++ (CPU op) and Triton (interpreter on CPU, native on CUDA) against the PyTorch reference (same
+seed, same field, bit for bit), determinism, a known shift recovered exactly, opcheck, bad input; and the patch
+propagation built on it (fresco.video.patch_propagation, propagate(method="patch"))."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fresco_kernels as fk
+from fresco_kernels.patch_synthesis.triton import patch_synthesis_fwd
+
+
+def images(seed, c, h, w, smooth=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, c, h, w, generator=g) * 255
+    return F.avg_pool2d(x, smooth, 1, smooth // 2, count_include_pad=False)[0].round().to(torch.uint8)
+
+
+def case(hs=17, ws=20, ht=16, wt=18, g=4, c=3, seed=0):
+    guides = images(seed, g, hs, ws)
+    style = (255 - guides[:c]).contiguous()
+    target = images(seed + 1, g, ht, wt)
+    return style, guides, target
+
+
+OPTS = {
+    "two-levels": dict(patch_size=3, em_iters=2, pm_iters=1),
+    "init+uniformity": dict(uniformity=300, patch_size=3, style_weight=3, levels=2, em_iters=1, pm_iters=2),
+    "one-level": dict(levels=1, patch_size=7, search_radius=3, em_iters=1, pm_iters=2, seed=12345),
+}
+
+
+def call(style, guides, target, backend, init=None, **kw):
+    return fk.patch_synthesis(style, guides, target, [3, 3, 3, 1], init_nnf=init, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("name", list(OPTS))
+def test_cpp_matches_reference(name):
+    style, guides, target = case()
+    init = None
+    if name == "init+uniformity":  # a flow-like field, partly outside the source (clamped)
+        g = torch.Generator().manual_seed(3)
+        init = torch.stack([torch.randint(-4, 21, (16, 18), generator=g), torch.randint(-4, 24, (16, 18), generator=g)])
+    ref = call(style, guides, target, "reference", init, **OPTS[name])
+    got = call(style, guides, target, "fused", init, **OPTS[name])
+    assert fk.cpu_impls()["patch_synthesis"] == "cpp"
+    assert torch.equal(got[1], ref[1]), "nnf differs"
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[2], ref[2])
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.int32 and got[2].shape == (16, 18)
+    assert not torch.isnan(got[0]).any() and not torch.isnan(got[2]).any()
+
+
+def test_triton_interpreter_matches_reference():
+    # the interpreter runs each lane in Python: a tiny problem, one level, one pass, every candidate kind
+    style, guides, target = case(hs=9, ws=10, ht=8, wt=9, g=2, c=1)
+    g = torch.Generator().manual_seed(5)
+    init = torch.stack([torch.randint(0, 9, (8, 9), generator=g), torch.randint(0, 10, (8, 9), generator=g)]).int()
+    args = (style, guides, target, torch.tensor([2, 1], dtype=torch.int32), 2, init, 3, 1, 1, 1, 2, 50, 7)
+    ref = fk.patch_synthesis_reference(*args)
+    got = patch_synthesis_fwd(*args)
+    assert torch.equal(got[1], ref[1]), "nnf differs"
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[2], ref[2])
+
+
+def test_deterministic_for_a_seed():
+    style, guides, target = case()
+    a = call(style, guides, target, "fused", seed=9)
+    b = call(style, guides, target, "fused", seed=9)
+    c = call(style, guides, target, "fused", seed=10)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[1], c[1]), "the seed must drive the random search"
+
+
+def test_recovers_a_shift_exactly():
+    # the target is the source moved by (3, -4): every interior patch has an exact match, found from a random start
+    src = images(4, 3, 40, 44)
+    target = torch.roll(src, (3, -4), (1, 2))
+    style = torch.flip(src, (0,)).contiguous()
+    out, nnf, err = fk.patch_synthesis(style, src, target, [4, 4, 4], style_weight=0, levels=3, em_iters=3,
+                                       pm_iters=2)
+    inner = (slice(6, -6), slice(8, -8))
+    ys, xs = torch.meshgrid(torch.arange(40), torch.arange(44), indexing="ij")
+    assert torch.equal(nnf[0][inner], (ys - 3)[inner]) and torch.equal(nnf[1][inner], (xs + 4)[inner])
+    assert torch.equal(out[:, 8:-8, 10:-10], torch.roll(style, (3, -4), (1, 2))[:, 8:-8, 10:-10].float())
+    assert err[inner].max() == 0
+
+
+def test_flow_init_is_used():
+    # one level, one pass, no random search: an exact initial field (the true shift) is kept where it is exact,
+    # while a random start ends elsewhere
+    src = images(6, 3, 24, 26)
+    target = torch.roll(src, (2, -3), (1, 2))
+    ys, xs = torch.meshgrid(torch.arange(24), torch.arange(26), indexing="ij")
+    init = torch.stack([ys - 2, xs + 3]).int()
+    kw = dict(style_weight=0, levels=1, search_radius=0, em_iters=1, pm_iters=1)
+    _, nnf, err = fk.patch_synthesis(src, src, target, [1, 1, 1], init_nnf=init, **kw)
+    _, nnf_random, _ = fk.patch_synthesis(src, src, target, [1, 1, 1], **kw)
+    inner = (slice(5, -5), slice(6, -6))
+    assert torch.equal(nnf[:, 5:-5, 6:-6], init[:, 5:-5, 6:-6]) and err[inner].max() == 0
+    assert not torch.equal(nnf_random[:, 5:-5, 6:-6], init[:, 5:-5, 6:-6])
+
+
+def test_opcheck():
+    style, guides, target = case(hs=12, ws=13, ht=11, wt=12)
+    args = (style, guides, target, torch.tensor([1, 2, 3, 4], dtype=torch.int32), 1, None, 3, 2, 1, 1, 2, 10, 3)
+    torch.library.opcheck(torch.ops.fresco.patch_synthesis.default, args)
+
+
+def test_float_inputs_are_rounded_like_uint8():
+    style, guides, target = case()
+    a = call(style, guides, target, "fused")
+    b = call(style.float() + 0.3, guides.double(), target.float() - 0.2, "fused")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(style=torch.zeros(3, 20)), "style must be a 3-D tensor"),
+    (dict(target_guide=torch.zeros(3, 20, 20, dtype=torch.uint8)), "target_guide must have the source_guide's 4"),
+    (dict(source_guide=torch.zeros(4, 21, 20, dtype=torch.uint8)), r"source_guide must be \[G, 20, 20\]"),
+    (dict(target_guide=torch.full((4, 20, 20), float("nan"))), "target_guide must be finite"),
+    (dict(style=torch.zeros(3, 20, 20, dtype=torch.int32)), "style must be uint8"),
+    (dict(weights=[1, 2, 3]), "weights must be 4 ints in"),
+    (dict(weights=[1, 2, 3, 999]), "weights must be 4 ints in"),
+    (dict(patch_size=4), "patch_size must be one of"),
+    (dict(levels=0), r"levels must be an int in \[1, 12\]"),
+    (dict(seed=-1), "seed must be an int"),
+    (dict(init_nnf=torch.zeros(2, 19, 20, dtype=torch.int32)), r"init_nnf must be \[2, 20, 20\]"),
+    (dict(init_nnf=torch.zeros(2, 20, 20)), "init_nnf must have dtype"),
+    (dict(style=torch.zeros(3, 4, 4, dtype=torch.uint8), source_guide=torch.zeros(4, 4, 4, dtype=torch.uint8)),
+     "at least patch_size=5"),
+])
+def test_bad_input(kwargs, match):
+    args = dict(style=torch.zeros(3, 20, 20, dtype=torch.uint8), source_guide=torch.zeros(4, 20, 20, dtype=torch.uint8),
+                target_guide=torch.zeros(4, 20, 20, dtype=torch.uint8), weights=[1, 1, 1, 1])
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        fk.patch_synthesis(**args)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_reference():
+    style, guides, target = case(hs=70, ws=90, ht=64, wt=81)
+    ref = call(style, guides, target, "reference", uniformity=100)
+    got = call(style.cuda(), guides.cuda(), target.cuda(), "fused", uniformity=100)
+    assert all(torch.equal(x.cpu(), y) for x, y in zip(got, ref))
+
+
+# ---- the propagation built on it ----
+
+def test_histogram_blend_and_poisson():
+    from fresco.video.patch_propagation import histogram_blend, poisson_fuse, _grads
+    a, b = torch.rand(3, 16, 20) * 255, torch.rand(3, 16, 20) * 255
+    assert torch.allclose(histogram_blend(a, b, torch.ones(16, 20)), a, atol=1e-4)
+    assert torch.allclose(histogram_blend(a, b, torch.zeros(16, 20)), b, atol=1e-4)
+    mix = histogram_blend(a, b, torch.full((16, 20), 0.5))
+    assert mix.std() > 0.95 * 0.5 * (a.std() + b.std())  # a plain average would lose ~30% of the contrast
+    gx, gy = _grads(a)
+    assert torch.allclose(poisson_fuse(a, gx, gy), a, atol=1e-2)  # its own gradients and itself: a fixed point
+    shifted = poisson_fuse(a + 40, gx, gy, lam=1e-3)
+    assert torch.allclose(shifted, a + 40, atol=1e-2)
+    # the per-pixel choice: a where its error is lower, b elsewhere (away from the 5x5-softened seam)
+    from fresco.video.patch_propagation import fuse
+    err_a = torch.zeros(16, 20)
+    err_a[:, 10:] = 100
+    err_b = torch.full((16, 20), 50.0)
+    for poisson in (False, True):
+        out = fuse(a, err_a, b, err_b, 0.5, poisson)
+        assert out.shape == a.shape and torch.isfinite(out).all()
+        if not poisson:
+            assert torch.allclose(out[:, :, :8], a[:, :, :8], atol=1e-3)
+            assert torch.allclose(out[:, :, 13:], b[:, :, 13:], atol=1e-3)
+
+
+def test_propagate_patch_method():
+    from fresco.video.propagate import propagate
+    rng = np.random.default_rng(0)
+    base = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
+    base = np.asarray(F.avg_pool2d(torch.from_numpy(base).permute(2, 0, 1).float()[None], 3, 1, 1)[0]
+                      .permute(1, 2, 0).round().to(torch.uint8))
+    frames = [np.ascontiguousarray(base[:, i:i + 40]) for i in range(7)]  # a 1 px/frame pan
+    styled = {k: 255 - frames[k] for k in (0, 4)}
+
+
+    from fresco.models.flow import DISFlow
+    out = list(propagate(iter(frames), [0, 4], lambda k: styled[k], DISFlow("ultrafast"), method="patch"))
+    assert len(out) == 7 and np.array_equal(out[0], styled[0]) and np.array_equal(out[4], styled[4])
+    for i in (1, 2, 3, 5, 6):
+        err = np.abs(out[i].astype(float) - (255 - frames[i]).astype(float))[4:-4, 4:-4].mean()
+        assert err < 12, (i, err)
+    with pytest.raises(ValueError, match="method must be one of"):
+        list(propagate(iter(frames), [0, 4], lambda k: styled[k], DISFlow("ultrafast"), method="ebsynth"))

@@ -1,0 +1,46 @@
+"""benchmarks.propagation_quality: the procedural clips move and are reproducible, the style is deterministic and
+draws dark edges, the scoring is right on known inputs, and the command rejects bad arguments (exit 2)."""
+import numpy as np
+import pytest
+
+from benchmarks import propagation_quality as pq
+
+
+@pytest.mark.parametrize("clip", pq.CLIPS)
+def test_clips_are_reproducible_and_move(clip):
+    a = pq.make_clip(clip, 48, n=4)
+    b = pq.make_clip(clip, 48, n=4)
+    assert len(a) == 4 and a[0].shape == (48, 48, 3) and a[0].dtype == np.uint8
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert np.abs(a[3].astype(int) - a[0].astype(int)).mean() > 5  # real motion between frames
+
+
+def test_style_is_deterministic_with_dark_edges():
+    f = pq.make_clip("crossing", 64, n=1)[0]
+    s = pq.stylize(f)
+    assert np.array_equal(s, pq.stylize(f))
+    on_levels = (s % 51 == 0).all(axis=2)  # 6 quantised levels per channel, except the darkened edge pixels
+    assert 0.6 < on_levels.mean() < 0.99 and s[~on_levels].max() <= 0.15 * 255 + 1
+
+
+def test_scores():
+    x = np.full((8, 8, 3), 100, np.uint8)
+    y = x.copy()
+    y[0, 0, 0] = 110
+    assert pq.psnr(x, x) == 99.0
+    assert abs(pq.psnr(x, y) - 10 * np.log10(255 ** 2 / (100 / 192))) < 1e-9
+    assert pq.grad_energy(x) == 0 and pq.grad_energy(y) > 0
+
+
+def test_evaluate_rows_small():
+    rows = pq.evaluate("pan_thin", 48, 4, ["nearest", "flow", "patch"], n=9)
+    by = {r["method"]: r for r in rows}
+    assert by["flow"]["worst_vs_flow_db"] == 0 and by["nearest"]["psnr"] < 60
+    assert set(by["nearest"]) >= {"psnr", "sharpness", "s_per_frame", "worst_vs_flow_db"}
+
+
+@pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"]])
+def test_bad_arguments_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        pq.main(argv)
+    assert e.value.code == 2
