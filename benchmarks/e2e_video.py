@@ -1,5 +1,5 @@
 """End to end on a whole clip (issue 6's GPU check): a generated clip (100 frames at 512² by default) rendered by
-`fresco.render` with SD1.5-architecture random weights (no download): wall time and peak memory, split by stage
+`fresco.video.render` with SD1.5-architecture random weights (no download): wall time and peak memory, split by stage
 (keyframe selection, keyframe diffusion, propagation + encoding), as JSON + Markdown.
 
     PYTHONPATH=. python3 -m benchmarks.e2e_video --out OUT            # on the GPU machine
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
 
     from fresco.config import RenderConfig
     from fresco.pipeline import FrescoPipeline
-    from fresco.render import render
-    from fresco.stylize import make_stylizer
+    from fresco.video.render import render
+    from fresco.video.stylize import make_stylizer
     from fresco.video import make_synthetic_clip
 
     os.makedirs(args.out, exist_ok=True)

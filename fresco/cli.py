@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             w, h = (int(v) for v in args.size.lower().split("x"))
             print(make_synthetic_clip(args.path, args.frames, (w, h), args.fps, audio=args.audio))
             return 0
-        from .render import render
+        from .video.render import render
         cfg = _build_config(args)
         result = render(cfg, progress=not args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

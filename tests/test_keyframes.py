@@ -3,7 +3,7 @@ examples."""
 import numpy as np
 import pytest
 
-from fresco.keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
+from fresco.video.keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
 
 
 def test_frame_errors_constant_frames():

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from fresco.attention import FrescoAttnProcessor, fresco_layer_names  # noqa: E402
+from fresco.pipeline.attention import FrescoAttnProcessor, fresco_layer_names  # noqa: E402
 from fresco.pipeline import FrescoPipeline, scaled_schedule  # noqa: E402
 from fresco.video import synthetic_frame  # noqa: E402
 
@@ -158,7 +158,7 @@ def test_all_off_is_plain_diffusers(pipe, monkeypatch):
                feature_optimization=False)
     a = run(pipe, frames, **off)
     assert a.events == {}
-    import fresco.pipeline as fp
+    import fresco.pipeline.core as fp
     monkeypatch.setattr(fp, "install_processors", lambda unet, ctrl: (dict(unet.attn_processors), []))
     b = run(pipe, frames, **off)
     assert torch.equal(a.latents, b.latents)
@@ -166,7 +166,7 @@ def test_all_off_is_plain_diffusers(pipe, monkeypatch):
 
 def test_progress_bar_counts_the_run_steps(pipe, capsys, monkeypatch):
     """progress=True shows a tqdm bar that counts every run (post-warm-up) step; the default shows none."""
-    import fresco.pipeline as fp
+    import fresco.pipeline.core as fp
     bars = []
     real_tqdm = fp.tqdm
     # (the kwargs, the bar): a closed bar reports disable=True, so the switch is read from the call
@@ -248,7 +248,7 @@ def test_anchor_latents_restored_and_recorded(pipe):
 def test_stylizer_adapter(pipe):
     """The renderer's stylizer builds this pipeline and gets frames + per-step anchor latents back."""
     from fresco.config import RenderConfig
-    from fresco.stylize import make_stylizer
+    from fresco.video.stylize import make_stylizer
     cfg = RenderConfig(file_path="x", save_path="y", prompt="shapes", sd_path="tiny", num_inference_steps=4,
                        num_warmup_steps=1, end_opt_step=2, opt_iters=1, device="cpu")
     stylize = make_stylizer(cfg)
@@ -339,8 +339,8 @@ def test_bad_construction():
 
 
 def test_unavailable_annotators_and_raft_fail_clearly():
-    from fresco.control import control_maps
-    from fresco.flow import RAFTFlow
+    from fresco.pipeline.control import control_maps
+    from fresco.models.flow import RAFTFlow
     frames = make_frames(64, 64, n=2)
     try:
         import controlnet_aux  # noqa: F401
@@ -459,9 +459,9 @@ def test_processor_matches_published_processor(pipe, backend, cross_frame, spati
     """One FRESCO self-attention layer (up_blocks.3, 8x8 tokens of 64x64 frames) against the published processor's
     code path on the masks and trajectories of a real batch (DIS flows of moving shapes)."""
     from types import SimpleNamespace
-    from fresco.attention import FrescoController
-    from fresco.flow import DISFlow, batch_flows
-    from fresco.inputs import BatchInputs
+    from fresco.pipeline.attention import FrescoController
+    from fresco.models.flow import DISFlow, batch_flows
+    from fresco.pipeline.inputs import BatchInputs
     n = 4
     imgs = torch.from_numpy(make_frames(64, 64, n=n, step=6)).permute(0, 3, 1, 2).float()
     inputs = BatchInputs(*batch_flows(imgs, DISFlow()))

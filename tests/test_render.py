@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fresco.config import RenderConfig, from_mapping
-from fresco.render import render
+from fresco.video.render import render
 from fresco.video import make_synthetic_clip, probe, read_frames
 
 STEPS = 3
@@ -69,7 +69,7 @@ def test_render_preserves_count_fps_size(clip, tmp_path):
     # the keys' video frames are the stylised keys (up to H.264 loss)
     frames = list(read_frames(res.video))
     for k in res.keys:
-        from fresco.render import _load_png
+        from fresco.video.render import _load_png
         assert np.abs(frames[k].astype(int) - _load_png(res.keys_dir / f"{k:05d}.png")).mean() < 6
     state = json.loads((tmp_path / "o" / "state.json").read_text())
     assert state["complete"] and state["done"] == list(range(len(res.batches)))
@@ -198,7 +198,7 @@ RSS_SCRIPT = """
 import resource, sys
 sys.path.insert(0, {tests!r})
 from test_render import StandInStylizer, _cfg
-from fresco.render import render
+from fresco.video.render import render
 clip, d = sys.argv[1], sys.argv[2]
 render(_cfg(clip, d + '/o', size='384x192', mininterv=6, maxinterv=6, batch_size=8, output='frames'),
        stylizer=StandInStylizer(keep=False), progress=False)

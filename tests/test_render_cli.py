@@ -16,9 +16,9 @@ def clip(tmp_path_factory):
 
 
 def test_cli_render_with_config_and_overrides(clip, tmp_path, monkeypatch, capsys):
-    import fresco.stylize
+    import fresco.video.stylize
     made = []
-    monkeypatch.setattr(fresco.stylize, "make_stylizer", lambda cfg, **kw: made.append(cfg) or StandInStylizer())
+    monkeypatch.setattr(fresco.video.stylize, "make_stylizer", lambda cfg, **kw: made.append(cfg) or StandInStylizer())
     yml = tmp_path / "c.yaml"
     yml.write_text(f"file_path: '{clip}'\nsave_path: '{tmp_path / 'o'}'\nprompt: 'from yaml'\nmininterv: 3\n"
                    "maxinterv: 9\nbatch_size: 4\nnum_inference_steps: 4\nnum_warmup_steps: 1\nrun_ebsynth: True\n")

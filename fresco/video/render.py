@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 import torch
 
-from .config import RenderConfig
+from ..config import RenderConfig
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .propagate import FlowEstimator, propagate
-from .video import VideoInfo, VideoWriter, probe, processing_size, read_frames
+from .propagate import propagate
+from ..models.flow import FlowEstimator
+from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
 
 STATE = "state.json"
 PREVIEW_KEYS = 6
@@ -243,7 +244,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
 
     t = time.perf_counter()
     if flow is None:
-        from .propagate import DISFlow
+        from ..models.flow import DISFlow
         flow = DISFlow()
     device = _device(cfg)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])

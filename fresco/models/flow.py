@@ -6,17 +6,45 @@ the local torch hub cache (never downloaded here). Any callable `(src, dst) -> f
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple, Union
+from typing import Optional, Protocol, Tuple, Union
 
+import numpy as np
 import torch
 
 from fresco_kernels import occlusion_from_flows
 
-from .propagate import DISFlow, FlowEstimator
-
 __all__ = ["FlowEstimator", "DISFlow", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS", "batch_flows"]
 
 FLOW_ESTIMATORS = ("dis", "raft")
+
+
+class FlowEstimator(Protocol):
+    """Dense optical flow: src, dst [B, 3, H, W] float RGB in 0..255 -> [B, 2, H, W] float32 flow src -> dst in
+    pixels on src's device (src(p) matches dst(p + flow(p)); channel 0 = x)."""
+
+    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor: ...
+
+
+class DISFlow:
+    """OpenCV DIS optical flow (offline, CPU) behind the `FlowEstimator` interface."""
+
+    def __init__(self, preset: str = "medium"):
+        import cv2
+        presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+        if preset not in presets:
+            raise ValueError(f"preset: one of {sorted(presets)}, got {preset!r}")
+        self._dis = cv2.DISOpticalFlow_create(presets[preset])
+        self._cv2 = cv2
+
+    def _gray(self, x: torch.Tensor) -> np.ndarray:
+        rgb = x.permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        return self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
+
+    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        flows = [torch.from_numpy(self._dis.calc(self._gray(s), self._gray(d), None)).permute(2, 0, 1)
+                 for s, d in zip(src, dst)]
+        return torch.stack(flows).to(device=src.device, dtype=torch.float32)
 
 
 class RAFTFlow:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import RenderConfig
+from ..config import RenderConfig
 
 # what the renderer needs from FrescoPipeline.__call__ beyond one batch: restore frames 0 and 1 from these
 # per-step latents at the start of each step, and return the per-step latents of frames 0 and N-1
@@ -19,7 +19,7 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False):
     """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model), showing a
     per-step progress bar when `progress`; a clear error when that pipeline or its anchor hook is not available."""
     try:
-        from .pipeline import FrescoPipeline
+        from ..pipeline import FrescoPipeline
     except ImportError as e:
         raise RuntimeError("fresco render needs the one-batch pipeline fresco.pipeline.FrescoPipeline (and "
                            f"diffusers): {e}") from e

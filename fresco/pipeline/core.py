@@ -20,9 +20,9 @@ from fresco_kernels import BACKENDS
 
 from .attention import FrescoController, install_processors, restore_processors
 from .control import CONTROL_TYPES, control_maps
-from .flow import FlowEstimator, batch_flows, get_flow_estimator
+from ..models.flow import FlowEstimator, batch_flows, get_flow_estimator
 from .inputs import BatchInputs
-from .models import TINY, Components, load_components, resolve_device, resolve_dtype, tiny_components
+from ..models.sd import TINY, Components, load_components, resolve_device, resolve_dtype, tiny_components
 from .optimization import DecoderHooks, smooth_background
 
 # the published schedule, as fractions of a 20-step run: optimisation while the step index < 15, background
@@ -198,7 +198,7 @@ class FrescoPipeline:
         """From loaded diffusers modules (e.g. those of a StableDiffusionControlNetPipeline). The scheduler is
         replaced by SD1.5's DDPM scheduler when not given. text_encoder/tokenizer may be None when prompts are
         passed as embeddings."""
-        from .models import make_scheduler
+        from ..models.sd import make_scheduler
         dev = torch.device(device) if device is not None else next(unet.parameters()).device
         dt = dtype if dtype is not None else next(unet.parameters()).dtype
         from diffusers import DDPMScheduler
