@@ -185,11 +185,6 @@ def _render_sequential(jobs: Sequence[Job], progress: bool, on_event) -> list[Jo
     return results
 
 
-def _cause(err) -> BaseException:
-    """The user-side exception inside a Ray task error (or the error itself)."""
-    return getattr(err, "cause", None) or err
-
-
 def render_many(jobs: Sequence[Job], *, ray: bool = True, address: Optional[str] = None,
                 num_actors: Optional[int] = None, max_retries: int = 2, progress: bool = True,
                 on_event: Optional[Callable[[dict], None]] = None) -> list[JobResult]:
@@ -206,79 +201,58 @@ def render_many(jobs: Sequence[Job], *, ray: bool = True, address: Optional[str]
     if not ray:
         return _render_sequential(jobs, progress, on_event)
     from .cluster import actor_resources, connect, max_actors
+    from .pool import ActorPool
     r = connect(address)
     from ray.util.queue import Empty, Queue
     from tqdm.auto import tqdm
 
-    opts = actor_resources(r)
-    worker_cls = r.remote(**opts)(RenderWorker)
-    k = max(1, min(len(jobs), num_actors or max_actors(r)))
-    events = Queue()
-    todo = list(range(len(jobs)))
-    attempts = [0] * len(jobs)
+    names = [j.name for j in jobs]
     started = [0.0] * len(jobs)
-    results: list[Optional[JobResult]] = [None] * len(jobs)
+    tries = [0] * len(jobs)
     batches_done = [0] * len(jobs)
-    idle = [worker_cls.remote() for _ in range(k)]
-    running: dict = {}
+    results: list[Optional[JobResult]] = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not progress)
 
     def note(ev: dict) -> None:
-        if ev.get("kind") == "batch":
-            batches_done[names.index(ev["job"])] = ev["done"]
+        if ev.get("kind") == "retry":
+            ev = {"job": names[ev["key"]], **ev}
+        i = names.index(ev["job"])
+        if ev["kind"] == "start":
+            tries[i] += 1
+        elif ev["kind"] == "batch":
+            batches_done[i] = ev["done"]
+        if progress and ev["kind"] in ("retry", "failed"):
+            bar.write(f"fresco: job {ev['job']}: {ev['kind']} {ev.get('attempt', '')}{ev.get('error', '')}")
         if on_event:
             on_event(ev)
 
-    names = [j.name for j in jobs]
+    events = Queue()
+    pool = ActorPool(r, r.remote(**actor_resources(r))(RenderWorker),
+                     max(1, min(len(jobs), num_actors or max_actors(r))), max_retries=max_retries, on_event=note)
     try:
-        while todo or running:
-            while todo and idle:
-                i = todo.pop(0)
-                actor = idle.pop()
-                attempts[i] += 1
-                started[i] = started[i] or time.perf_counter()
-                running[actor.render_job.remote(jobs[i].name, jobs[i].config, events)] = (i, actor)
-            ready, _ = r.wait(list(running), num_returns=1, timeout=0.2)
+        for i, job in enumerate(jobs):
+            started[i] = time.perf_counter()
+            pool.submit(i, "render_job", job.name, job.config, events)
+        while pool.busy:
+            finished = pool.wait(timeout=0.2)
             while True:
                 try:
                     note(events.get_nowait())
                 except Empty:
                     break
-            for ref in ready:
-                i, actor = running.pop(ref)
-                try:
-                    out = r.get(ref)
-                except r.exceptions.RayActorError as e:
-                    # the actor (its process or node) died: a fresh actor re-runs the job from its folder
-                    r.kill(actor)
-                    idle.append(worker_cls.remote())
-                    if attempts[i] <= max_retries:
-                        note({"job": names[i], "kind": "retry", "attempt": attempts[i] + 1, "reason": str(e)[:200]})
-                        todo.insert(0, i)
-                    else:
-                        results[i] = JobResult(names[i], "failed", time.perf_counter() - started[i], attempts[i],
-                                               batches_done[i], error=f"its actor died {attempts[i]} times; last: "
-                                               f"{str(e).splitlines()[0]}")
-                        note({"job": names[i], "kind": "failed", "error": results[i].error})
-                        bar.update(1)
-                    continue
-                except r.exceptions.RayTaskError as e:
-                    cause = _cause(e)
-                    idle.append(actor)
-                    results[i] = JobResult(names[i], "failed", time.perf_counter() - started[i], attempts[i],
-                                           batches_done[i], error=f"{type(cause).__name__}: {cause}"
-                                           if not isinstance(cause, JOB_ERRORS) else str(cause))
-                    note({"job": names[i], "kind": "failed", "error": results[i].error})
-                    bar.update(1)
-                    continue
-                idle.append(actor)
-                results[i] = JobResult(names[i], "done", time.perf_counter() - started[i], attempts[i],
-                                       out["batches"], out["frames"], out["video"])
+            for i, err, out in finished:
+                secs = time.perf_counter() - started[i]
+                if err is None:
+                    results[i] = JobResult(names[i], "done", secs, tries[i], out["batches"], out["frames"],
+                                           out["video"])
+                else:
+                    msg = str(err) if isinstance(err, JOB_ERRORS) else f"{type(err).__name__}: {err}"
+                    results[i] = JobResult(names[i], "failed", secs, max(1, tries[i]), batches_done[i], error=msg)
+                    note({"job": names[i], "kind": "failed", "error": msg})
                 bar.update(1)
     finally:
         bar.close()
-        for a in idle + [a for _, a in running.values()]:
-            r.kill(a)
+        pool.shutdown()
         events.shutdown()
     return [res for res in results if res is not None]
 

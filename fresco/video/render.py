@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -165,13 +165,71 @@ def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], h
     _save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))
 
 
+def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
+                     ) -> Callable[[Iterable[np.ndarray], Sequence[int], Callable[[int], np.ndarray]],
+                                   Iterator[np.ndarray]]:
+    """The non-keyframe stage for `cfg`: (source frames stream, keys, load_key) -> stylised frames stream, with the
+    configured flow estimator (`flow` overrides it) on the render device."""
+    if flow is None:
+        from ..models.flow import DISFlow
+        flow = DISFlow()
+    device = _device(cfg)
+
+    def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
+        return propagate(frames, keys, load_key, flow, device)
+
+    return run
+
+
+class Runner(Protocol):
+    """Where a render's work runs. `run_batches(batches, load_anchors, finish, n)`: run the stream of (batch,
+    frames) in order; batch k's anchors are batch k-1's per-step record (`load_anchors(k-1)` reads a finished one from
+    disk); call `finish(batch, images, record)` for each finished batch (any order). `propagate(frames, keys,
+    load_key)`: the stylised stream of every frame. `LocalRunner` runs both in this process;
+    fresco.distributed.wavefront.WavefrontRunner on Ray actors."""
+
+    def run_batches(self, batches: Iterable[tuple[Batch, np.ndarray]], load_anchors: Callable[[int], list],
+                    finish: Callable[[Batch, np.ndarray, list], None], n_batches: int) -> None: ...
+
+    def propagate(self, frames: Iterable[np.ndarray], keys: Sequence[int],
+                  load_key: Callable[[int], np.ndarray]) -> Iterator[np.ndarray]: ...
+
+
+class LocalRunner:
+    """Batches one after the other in this process through `stylizer` (built on first use by `make_stylizer(cfg)`,
+    default fresco.video.stylize.make_stylizer), then propagation in this process."""
+
+    def __init__(self, cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
+                 make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
+                 flow: Optional[FlowEstimator] = None, progress: bool = True):
+        self.cfg, self.stylizer, self.make_stylizer = cfg, stylizer, make_stylizer
+        self.flow, self.progress = flow, progress
+
+    def run_batches(self, batches, load_anchors, finish, n_batches: int) -> None:
+        if self.stylizer is None and self.make_stylizer is not None:
+            self.stylizer = self.make_stylizer(self.cfg)
+        elif self.stylizer is None:
+            from .stylize import make_stylizer
+            self.stylizer = make_stylizer(self.cfg, progress=self.progress)
+        for b, frames in batches:
+            record: list[torch.Tensor] = []
+            images = self.stylizer(frames, load_anchors(b.index - 1) if b.n_anchors else None,
+                                   lambda j, latents: record.append(latents.detach().cpu()))
+            finish(b, images, record)
+
+    def propagate(self, frames, keys, load_key):
+        return make_propagation(self.cfg, self.flow)(frames, keys, load_key)
+
+
 def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
            flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
-           progress: bool = True) -> Optional[RenderResult]:
+           progress: bool = True, runner: Optional["Runner"] = None) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input is checked) by
-    `make_stylizer(cfg)` when not given."""
+    `make_stylizer(cfg)` when not given. `runner` decides where batches and propagation run (default: a
+    LocalRunner, in this process; fresco.distributed's WavefrontRunner spreads them over Ray actors); the state
+    file, keys, latents, video and preview are written here either way."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -212,41 +270,38 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
          f"batch(es) of up to {cfg.batch_size}")
 
     todo = [b for b in batches if b.index not in state.data["done"]]
+    if runner is None:
+        runner = LocalRunner(cfg, stylizer, make_stylizer, flow, progress)
     if todo:
-        if stylizer is None and make_stylizer is not None:
-            stylizer = make_stylizer(cfg)
-        elif stylizer is None:
-            from .stylize import make_stylizer as default_make
-            stylizer = default_make(cfg, progress=progress)
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
-        for run_count, (b, frames) in enumerate(_batch_frames(info, size, todo)):
-            if stop_after is not None and run_count >= stop_after:
-                bar.close()
-                return None
-            anchors = None
-            if b.n_anchors:
-                anchors = torch.load(root / "latents" / f"{b.index - 1:04d}.pt", map_location="cpu")
-            t = time.perf_counter()
-            images, record = stylizer(frames, anchors)
-            timings["diffusion_s"] += time.perf_counter() - t
-            if images.shape != frames.shape or images.dtype != np.uint8:
-                raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
+
+        def finish(b: Batch, images: np.ndarray, record: list[torch.Tensor]) -> None:
+            """A batch is done: its new keys and per-step anchor record go to disk, then the state says so."""
+            if images.shape[0] != len(b.frames) or images.dtype != np.uint8 or images.shape[1:] != (size[1], size[0], 3):
+                raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected "
+                                   f"{(len(b.frames), size[1], size[0], 3)} uint8")
             for k, img in zip(b.frames[b.n_anchors:], images[b.n_anchors:]):
                 _save_png(root / "keys" / f"{k:05d}.png", img)
             buf = root / "latents" / f"{b.index:04d}.pt"
-            torch.save([r.detach().cpu() for r in record], buf.with_name(f".{buf.name}.tmp"))
+            torch.save(record, buf.with_name(f".{buf.name}.tmp"))
             os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
             bar.update(1)
-        bar.close()
+
+        stream = _batch_frames(info, size, todo if stop_after is None else todo[:stop_after])
+        t = time.perf_counter()
+        try:
+            runner.run_batches(stream, lambda k: torch.load(root / "latents" / f"{k:04d}.pt", map_location="cpu"),
+                               finish, len(todo))
+        finally:
+            bar.close()
+        timings["diffusion_s"] += time.perf_counter() - t
+        if stop_after is not None and stop_after < len(todo):
+            return None
 
     t = time.perf_counter()
-    if flow is None:
-        from ..models.flow import DISFlow
-        flow = DISFlow()
-    device = _device(cfg)
     preview_keys = set(keys[:: max(1, -(-len(keys) // PREVIEW_KEYS))][:PREVIEW_KEYS])
     sources, outputs = [], []
 
@@ -254,16 +309,14 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         for i, img in enumerate(read_frames(info.path, size)):
             if i in preview_keys:
                 sources.append(img)
-            yield i, img
+            yield img
 
-    stream = frames_with_preview()
     out_path = root / cfg.output
     with VideoWriter(out_path, info.fps, size, audio_from=None if info.is_folder else info.path,
                      crf=cfg.crf) as writer:
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
-        for out in propagate((img for _, img in stream), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png"),
-                             flow, device):
+        for out in runner.propagate(frames_with_preview(), keys, lambda k: _load_png(root / "keys" / f"{k:05d}.png")):
             if count in preview_keys:
                 outputs.append(out)
             writer.write(out)
