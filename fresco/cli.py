@@ -7,6 +7,30 @@ import sys
 from pathlib import Path
 
 from . import config as cfgmod
+from . import settings as settings_mod
+
+# render flags that set RenderConfig's own keys (the FRESCO knobs' flags are derived from FrescoSettings)
+RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
+               "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "crf",
+               "resume", "overwrite")
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per FrescoSettings field (its metadata: flag, help, type, choices); booleans get --x/--no-x."""
+    group = p.add_argument_group("FRESCO settings", "defaults: fresco.settings.FrescoSettings (YAML: the same keys)")
+    for f in settings_mod.settings_fields():
+        meta = f.metadata
+        if not meta["cli"]:
+            continue
+        kind = meta["type"] or type(f.default)
+        default = "" if f.default is None else f" (default {f.default!r})"
+        kw = dict(dest=f.name, default=None, help=meta["help"] + default)
+        if kind is bool:
+            group.add_argument(settings_mod.cli_flag(f), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if isinstance(f.default, tuple) or f.name == "bg_smoothing_steps":
+            kw["nargs"] = "+"
+        group.add_argument(settings_mod.cli_flag(f), type=kind, choices=meta["choices"], **kw)
 
 
 def _render_parser(sub) -> None:
@@ -21,17 +45,9 @@ def _render_parser(sub) -> None:
     p.add_argument("--output", help="output name inside the folder: a .mp4 (default video.mp4) or a folder name "
                                     "for PNG frames")
     p.add_argument("--model", dest="sd_path", help="diffusers SD1.5 id or local path, or 'tiny-random' (offline)")
-    p.add_argument("--controlnet", dest="controlnet_type", choices=cfgmod.CONTROLNET_TYPES)
-    p.add_argument("--cond-scale", dest="cond_scale", type=float)
+    p.add_argument("--controlnet", dest="controlnet_type", choices=cfgmod.CONTROL_TYPES)
     p.add_argument("--no-controlnet", dest="use_controlnet", action="store_const", const=False)
-    p.add_argument("--freeu", dest="use_freeu", action="store_const", const=True)
-    p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int, help="keyframes per batch N (default 8)")
-    p.add_argument("--steps", dest="num_inference_steps", type=int)
-    p.add_argument("--warmup-steps", dest="num_warmup_steps", type=int)
-    p.add_argument("--end-opt-step", dest="end_opt_step", type=int)
-    p.add_argument("--opt-iters", dest="opt_iters", type=int, help="Adam iterations per optimised step (20)")
-    p.add_argument("--guidance-scale", dest="guidance_scale", type=float)
     p.add_argument("--s-min", "--mininterv", dest="mininterv", type=int, help="min keyframe gap (10)")
     p.add_argument("--s-max", "--maxinterv", dest="maxinterv", type=int, help="max keyframe gap (30)")
     p.add_argument("--interval", type=int, help="fixed keyframe interval (sets s_min = s_max)")
@@ -40,23 +56,21 @@ def _render_parser(sub) -> None:
     p.add_argument("--fps", type=float, help="frame rate for a folder of images (default 30)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=cfgmod.DTYPES)
-    p.add_argument("--backend", choices=("fused", "reference"), help="fresco_kernels ops or the PyTorch reference")
+    p.add_argument("--flow", choices=cfgmod.FLOW_ESTIMATORS, help="optical flow of the batches and the propagation "
+                                                                     "(default dis: OpenCV DIS)")
     p.add_argument("--crf", type=int, help="H.264 quality (18)")
     p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start over even when the output folder holds finished batches")
     p.add_argument("--overwrite", action="store_const", const=True,
                    help="replace a render of other settings in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _settings_flags(p)
 
 
 def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
     base = cfgmod.from_mapping(cfgmod.load_yaml(args.config), args.config) if args.config else cfgmod.RenderConfig()
-    overrides = {k: getattr(args, k) for k in ("prompt", "negative_prompt", "save_path", "output", "sd_path",
-                                                "controlnet_type", "cond_scale", "use_controlnet", "use_freeu",
-                                                "seed", "batch_size", "num_inference_steps", "num_warmup_steps",
-                                                "end_opt_step", "opt_iters", "guidance_scale", "mininterv",
-                                                "maxinterv", "size", "short_side", "fps", "device", "dtype",
-                                                "backend", "crf", "resume", "overwrite")}
+    keys = RENDER_KEYS + tuple(f.name for f in settings_mod.settings_fields() if f.metadata["cli"])
+    overrides = {k: getattr(args, k) for k in keys}
     overrides["file_path"] = args.video
     if args.interval is not None:
         if args.mininterv is not None or args.maxinterv is not None:
@@ -97,7 +111,8 @@ def _info() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `fresco` argument parser (render flags include one per FrescoSettings field)."""
     parser = argparse.ArgumentParser(prog="fresco", description="FRESCO zero-shot video-to-video translation")
     sub = parser.add_subparsers(dest="command", required=True)
     _render_parser(sub)
@@ -108,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     clip.add_argument("--size", default="256x256", help="WxH")
     clip.add_argument("--fps", type=float, default=24)
     clip.add_argument("--audio", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "info":
             return _info()
@@ -120,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         from .video.render import render
         cfg = _build_config(args)
         result = render(cfg, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"fresco: error: {e}", file=sys.stderr)
         return 2
     print(f"video:     {result.video}")

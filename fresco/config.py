@@ -1,5 +1,6 @@
 """Render settings: every key of the published YAML configs plus ours, loaded from YAML and overridden by CLI flags;
-unknown keys and bad values are errors that name the key."""
+unknown keys and bad values are errors that name the key. The FRESCO knobs are one `FrescoSettings` (fresco.settings)
+held by the config: its fields' YAML keys are derived from that class, not listed here."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,30 +8,30 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-CONTROLNET_TYPES = ("canny", "hed", "depth")
-FLOWS = ("dis",)
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+from . import settings as settings_mod
+from .models.flow import FLOW_ESTIMATORS
+from .models.sd import CONTROL_TYPES, DTYPES as TORCH_DTYPES
+from .settings import FrescoSettings
+
+DTYPES = ("auto",) + tuple(TORCH_DTYPES)
 
 
-@dataclass
+@dataclass(init=False)
 class RenderConfig:
-    """One render. Published keys keep their names (file_path, save_path, sd_path, mininterv, ...)."""
+    """One render. Published keys keep their names (file_path, save_path, sd_path, mininterv, ...). The FRESCO knobs
+    (published num_inference_steps, num_warmup_steps, end_opt_step, seed, cond_scale, use_freeu and ours) live in
+    `settings`; they may be passed as keywords (`RenderConfig(prompt=..., seed=3)`) and read as attributes
+    (`cfg.seed`), both routed to `cfg.settings`."""
     # --- published keys ---
     file_path: Optional[str] = None
     save_path: Optional[str] = None
     prompt: Optional[str] = None
     sd_path: str = "runwayml/stable-diffusion-v1-5"
-    seed: int = 0
     mininterv: int = 10
     maxinterv: int = 30
     use_controlnet: bool = True
     controlnet_type: str = "canny"
-    cond_scale: float = 1.0
-    use_freeu: bool = False
     batch_size: int = 8
-    num_inference_steps: int = 20
-    num_warmup_steps: int = 5
-    end_opt_step: int = 15
     # published keys of tools this package replaces: accepted so the shipped configs load, reported as unused
     run_ebsynth: bool = False
     max_process: int = 4
@@ -39,20 +40,41 @@ class RenderConfig:
     use_salinecy: bool = False
     # --- ours ---
     negative_prompt: Optional[str] = None
-    guidance_scale: float = 7.5
     size: Optional[str] = None
     short_side: int = 512
     fps: Optional[float] = None
     flow: str = "dis"
     device: str = "auto"
     dtype: str = "auto"
-    backend: str = "fused"
-    opt_iters: int = 20
     output: str = "video.mp4"
     crf: int = 18
     resume: bool = True
     overwrite: bool = False
     extra: dict = field(default_factory=dict, repr=False)
+    settings: FrescoSettings = field(default_factory=FrescoSettings)
+
+    def __init__(self, settings: Optional[FrescoSettings] = None, **keys: Any):
+        own = {f.name: f for f in fields(self) if f.name != "settings"}
+        knobs = {f.name for f in settings_mod.settings_fields()}
+        bad = [k for k in keys if k not in own and k not in knobs]
+        if bad:
+            raise TypeError(f"RenderConfig: unknown key {bad[0]!r}")
+        for name, f in own.items():
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(self, name, keys[name] if name in keys else default)
+        base = settings if settings is not None else settings_mod.FrescoSettings()
+        self.settings = base.replace(**{k: v for k, v in keys.items() if k in knobs})
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names that are not attributes: the FRESCO knobs, read through to the settings
+        if name != "settings" and "settings" in self.__dict__ and name in {f.name for f in fields(self.settings)}:
+            return getattr(self.settings, name)
+        raise AttributeError(f"'RenderConfig' object has no attribute {name!r}")
+
+    def replace(self, **changes: Any) -> "RenderConfig":
+        """A copy with `changes` (own keys or FRESCO knobs) applied."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+        return RenderConfig(settings=self.settings, **{**own, **changes})
 
     # keys replaced by our own machinery, with what happens instead
     UNUSED = {
@@ -88,8 +110,7 @@ class RenderConfig:
         need(bool(self.file_path), "file_path", "the input video (or folder of images) is required")
         need(bool(self.save_path), "save_path", "the output folder is required")
         need(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", "a non-empty prompt is required")
-        for key in ("seed", "mininterv", "maxinterv", "batch_size", "num_inference_steps", "num_warmup_steps",
-                    "end_opt_step", "short_side", "opt_iters", "crf", "max_process"):
+        for key in ("mininterv", "maxinterv", "batch_size", "short_side", "crf", "max_process"):
             need(isinstance(getattr(self, key), int) and not isinstance(getattr(self, key), bool), key,
                  "must be an integer")
         need(self.mininterv >= 1, "mininterv", "must be >= 1")
@@ -97,16 +118,10 @@ class RenderConfig:
         if self.mininterv > self.maxinterv:
             raise ValueError(f"mininterv/maxinterv: s_min ({self.mininterv}) must be <= s_max ({self.maxinterv})")
         need(self.batch_size >= 3, "batch_size", "must be >= 3 (2 anchors + 1 new keyframe)")
-        need(self.num_inference_steps >= 1, "num_inference_steps", "must be >= 1")
-        need(0 <= self.num_warmup_steps < self.num_inference_steps, "num_warmup_steps",
-             f"must be in [0, num_inference_steps={self.num_inference_steps})")
-        need(self.end_opt_step >= 0, "end_opt_step", "must be >= 0 (steps before it are optimised)")
         need(self.short_side >= 64, "short_side", "must be >= 64")
-        need(self.opt_iters >= 0, "opt_iters", "must be >= 0")
-        need(self.controlnet_type in CONTROLNET_TYPES, "controlnet_type", f"one of {CONTROLNET_TYPES}")
-        need(self.flow in FLOWS, "flow", f"one of {FLOWS}")
+        need(self.controlnet_type in CONTROL_TYPES, "controlnet_type", f"one of {CONTROL_TYPES}")
+        need(self.flow in FLOW_ESTIMATORS, "flow", f"one of {FLOW_ESTIMATORS}")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
-        need(self.backend in ("fused", "reference"), "backend", "one of ('fused', 'reference')")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
         need(self.output.lower().endswith((".mp4", ".mov", ".mkv")) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
@@ -120,11 +135,19 @@ class RenderConfig:
                 if getattr(self, k) != getattr(default, k)]
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        """Every key and its value, the FRESCO knobs flattened in (as in the YAML)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "settings")}
+        return {**own, **self.settings.to_dict()}
+
+
+def _settings_keys() -> dict[str, str]:
+    """YAML key -> FrescoSettings field name."""
+    return {settings_mod.yaml_key(f): f.name for f in settings_mod.settings_fields()}
 
 
 def known_keys() -> list[str]:
-    return [f.name for f in fields(RenderConfig) if f.name != "extra"]
+    own = [f.name for f in fields(RenderConfig) if f.name not in ("extra", "settings")]
+    return own + list(_settings_keys())
 
 
 # our names for published keys (the YAML may use either)
@@ -133,8 +156,10 @@ ALIASES = {"model": "sd_path", "input": "file_path", "output_dir": "save_path", 
 
 
 def _coerce(key: str, value: Any) -> Any:
-    default = getattr(RenderConfig(), key)
-    if isinstance(default, bool) and isinstance(value, str):
+    knob = {f.name: f for f in settings_mod.settings_fields()}.get(key)
+    is_bool = (knob.metadata["type"] or type(knob.default)) is bool if knob is not None else \
+        isinstance(getattr(RenderConfig(), key), bool)
+    if is_bool and isinstance(value, str):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
@@ -148,11 +173,13 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
     known = set(known_keys())
+    to_field = _settings_keys()
     values = {}
     for key, value in data.items():
         name = ALIASES.get(key, key)
         if name not in known:
             raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known | set(ALIASES)))}")
+        name = to_field.get(name, name)
         values[name] = _coerce(name, value)
     return RenderConfig(**values)
 
@@ -169,8 +196,9 @@ def load_yaml(path: str | Path) -> dict:
 
 def merge(base: RenderConfig, overrides: dict) -> RenderConfig:
     """base with every non-None override applied (CLI flags over the YAML)."""
-    known = set(known_keys())
-    bad = [k for k in overrides if k not in known]
+    own = {f.name for f in fields(RenderConfig)} - {"extra", "settings"}
+    knobs = {f.name for f in settings_mod.settings_fields()}
+    bad = [k for k in overrides if k not in own and k not in knobs]
     if bad:
         raise ValueError(f"overrides: unknown keys {bad}")
-    return dataclasses.replace(base, **{k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    return base.replace(**{k: _coerce(k, v) for k, v in overrides.items() if v is not None})

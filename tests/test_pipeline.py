@@ -9,7 +9,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from fresco.pipeline.attention import FrescoAttnProcessor, fresco_layer_names  # noqa: E402
-from fresco.pipeline import FrescoPipeline, scaled_schedule  # noqa: E402
+from fresco.pipeline import FrescoPipeline, FrescoSettings, scaled_schedule  # noqa: E402
 from fresco.video import synthetic_frame  # noqa: E402
 
 N = 8
@@ -253,9 +253,10 @@ def test_stylizer_adapter(pipe):
                        num_warmup_steps=1, end_opt_step=2, opt_iters=1, device="cpu")
     stylize = make_stylizer(cfg)
     frames = make_frames(64, 64, n=4)
-    images, record = stylize(frames, None)
+    record, record2 = [], []
+    images = stylize(frames, None, lambda j, lat: record.append(lat))
     assert images.shape == frames.shape and images.dtype == np.uint8 and len(record) == 3
-    images2, record2 = stylize(frames, record)
+    stylize(frames, record, lambda j, lat: record2.append(lat))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(record, record2))
 
 
@@ -474,7 +475,7 @@ def test_processor_matches_published_processor(pipe, backend, cross_frame, spati
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2 * n, 64, attn.to_q.in_features, generator=g)
     ref_x = torch.randn(2 * n, 64, attn.to_q.in_features, generator=g)
-    ctrl = FrescoController(backend=backend)
+    ctrl = FrescoController(FrescoSettings(backend=backend))
     ctrl.inputs = SimpleNamespace(keep=inputs.keep, trajectories=inputs.trajectories)
     ctrl.ref_hidden[name] = ref_x
     ctrl.set_step(5, 501, cross_frame=cross_frame, spatial=spatial, temporal=temporal, optimize=False)

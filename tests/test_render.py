@@ -23,25 +23,26 @@ STEPS = 3
 
 class StandInStylizer:
     """Latents per frame = its mean colour, moved by +1 per step; anchors (frames 0, 1) overwritten at the start of
-    each step; records [frame 0, frame N-1] after the restore, like the published loop. Output = 255 - frame,
-    shifted by the final latent of frame 0 so that anchors matter."""
+    each step (from a sequence or a callable); reports [frame 0, frame N-1] after the restore through the per-step
+    callback, like the published loop. Output = 255 - frame, shifted by the final latent of frame 0 so that
+    anchors matter."""
 
     def __init__(self, keep: bool = True):
         self.calls = []
         self.keep = keep
 
-    def __call__(self, frames, anchor_latents):
+    def __call__(self, frames, anchor_latents=None, on_anchor_record=None):
         lat = torch.from_numpy(frames.reshape(len(frames), -1).mean(1)).double().view(-1, 1, 1, 1).repeat(1, 4, 2, 2)
-        record = []
         for step in range(STEPS):
             if anchor_latents is not None:
-                lat[0:2] = anchor_latents[step]
-            record.append(lat[[0, len(lat) - 1]].clone())
+                lat[0:2] = anchor_latents(step) if callable(anchor_latents) else anchor_latents[step]
+            if on_anchor_record is not None:
+                on_anchor_record(step, lat[[0, len(lat) - 1]].clone())
             lat = lat + 1
         if self.keep:
             self.calls.append((frames.copy(), anchor_latents))
         shift = int(lat[0, 0, 0, 0].item()) % 7
-        return np.clip(255 - frames.astype(np.int32) + shift, 0, 255).astype(np.uint8), record
+        return np.clip(255 - frames.astype(np.int32) + shift, 0, 255).astype(np.uint8)
 
 
 def _cfg(clip, out, **kw):

@@ -10,8 +10,10 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from fresco_kernels import cross_frame_attention, cross_frame_attention_reference, cross_frame_kv, trajectory_attention
+from fresco_kernels import (cross_frame_attention, cross_frame_attention_reference, cross_frame_kv, get_backend,
+                            trajectory_attention)
 
+from ..settings import FrescoSettings
 from .inputs import BatchInputs
 
 FRESCO_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
@@ -22,11 +24,13 @@ class FrescoController:
 
     mode: "off" (plain attention, no hooks), "record" (the reference pass: store the layers' inputs) or "run" (the
     denoising steps: apply the constraints switched on for this step). `events` counts every constraint application
-    as (kind, step, layer) for statistics and tests."""
+    as (kind, step, layer) for statistics and tests. `settings` are the call's knobs; the ops run on
+    settings.backend (None: the global switch, resolved here once)."""
 
-    def __init__(self, backend: str = "fused", cfg_chunks: int = 2):
+    def __init__(self, settings: Optional[FrescoSettings] = None, cfg_chunks: int = 2):
         self.mode = "off"
-        self.backend = backend
+        self.settings = settings or FrescoSettings()
+        self.backend = self.settings.backend or get_backend()
         self.cfg_chunks = cfg_chunks
         self.step = -1
         self.timestep = -1

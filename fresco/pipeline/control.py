@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-CONTROL_TYPES = ("canny", "hed", "depth")
+from ..models.sd import CONTROL_TYPES
 
 
 def canny(frames: np.ndarray, low: int = 50, high: int = 100) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""FrescoPipeline: FRESCO's denoising of one batch of N keyframes on current diffusers (SEMANTICS.md "Flow and
-occlusion" to "Schedule"), with every op from fresco_kernels behind one `backend="fused"|"reference"` switch.
+"""FrescoPipeline: FRESCO's denoising of one batch of N keyframes on current diffusers (docs/algorithm.md, "Flow and
+occlusion" to "Schedule"), steered by one FrescoSettings; every fresco_kernels op follows its `backend` (None: the
+global switch). The call runs in named stages: prepare, reference pass, denoise, decode.
 
 diffusers is extended only through its public hooks: attention processors on the up_blocks.2/3 self-attention
-layers (fresco.attention), forward pre-hooks on unet.up_blocks[i] (fresco.optimization), and this module's own
+layers (fresco.pipeline.attention), forward pre-hooks on unet.up_blocks[i] (fresco.pipeline.optimization), and this
+module's own
 denoising loop around `unet(...)` / `controlnet(...)`; UNet2DConditionModel.forward is never copied or replaced.
 Processors, hooks and FreeU are restored after every call, so the components stay usable as a normal pipeline."""
 from __future__ import annotations
@@ -10,26 +12,26 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fresco_kernels import BACKENDS
+from fresco_kernels import get_backend
 
-from .attention import FrescoController, install_processors, restore_processors
-from .control import CONTROL_TYPES, control_maps
 from ..models.flow import FlowEstimator, batch_flows, get_flow_estimator
+from ..models.sd import CONTROL_TYPES, TINY, Components, load_components, resolve_device, resolve_dtype, tiny_components
+from ..settings import FrescoSettings
+from .attention import FrescoController, install_processors, restore_processors
+from .control import control_maps
 from .inputs import BatchInputs
-from ..models.sd import TINY, Components, load_components, resolve_device, resolve_dtype, tiny_components
 from .optimization import DecoderHooks, smooth_background
 
-# the published schedule, as fractions of a 20-step run: optimisation while the step index < 15, background
-# smoothing of x0 at steps 16 and 17, SDEdit strength 0.75 (5 warm-up steps skipped)
-PUBLISHED_STEPS = 20
-PUBLISHED_END_OPT_STEP = 15
-PUBLISHED_BG_STEPS = (16, 17)
+# anchors for frames 0 and 1 per run step j: a sequence, or a callable j -> [2, 4, h, w] (may block until ready)
+AnchorSource = Union[Sequence[torch.Tensor], Callable[[int], torch.Tensor]]
+# on_anchor_record(j, latents [2, 4, h, w] of frames 0 and N-1 at the start of run step j)
+AnchorCallback = Callable[[int, torch.Tensor], None]
 # the prompt additions of the published run script (not applied automatically; pass them if wanted)
 PUBLISHED_ADDED_PROMPT = ", best quality, extremely detailed, "
 PUBLISHED_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing finger, extra digit, fewer digits, "
@@ -60,18 +62,6 @@ class FrescoOutput:
         """How often `kind` ran (optionally only at `step` and/or `layer`)."""
         return sum(v for (k, s, l), v in self.events.items()
                    if k == kind and (step is None or s == step) and (layer is None or l == layer))
-
-
-def scaled_schedule(num_inference_steps: int, num_warmup_steps: int, end_opt_step: Optional[int],
-                    bg_steps: Optional[Sequence[int]]) -> Dict:
-    """The published 20-step boundaries scaled to `num_inference_steps` (explicit values win)."""
-    scale = num_inference_steps / PUBLISHED_STEPS
-    if end_opt_step is None:
-        end_opt_step = int(round(PUBLISHED_END_OPT_STEP * scale))
-    if bg_steps is None:
-        bg_steps = sorted({min(num_inference_steps - 1, int(round(s * scale))) for s in PUBLISHED_BG_STEPS})
-    return dict(num_inference_steps=num_inference_steps, num_warmup_steps=num_warmup_steps,
-                end_opt_step=end_opt_step, bg_smoothing_steps=list(bg_steps))
 
 
 class _Stages:
@@ -297,40 +287,76 @@ class FrescoPipeline:
     @torch.no_grad()
     def __call__(self, frames, prompt: Union[str, Sequence[str], None] = None,
                  negative_prompt: Union[str, Sequence[str], None] = None, *,
+                 settings: Optional[FrescoSettings] = None,
                  prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
-                 num_inference_steps: int = 20, strength: Optional[float] = None,
-                 num_warmup_steps: Optional[int] = None, guidance_scale: float = 7.5, seed: int = 0,
-                 control_images=None, cond_scale: float = 1.0,
-                 cross_frame_attention: bool = True, spatial_attention: bool = True,
-                 temporal_attention: bool = True, feature_optimization: bool = True,
-                 temporal_loss: bool = True, spatial_loss: bool = True,
-                 background=None, background_smoothing: bool = True,
-                 end_opt_step: Optional[int] = None, opt_iters: int = 20, opt_lr: float = 0.2,
-                 spatial_weight: float = 100.0, loss_reduction: str = "l1", adain_eps: float = 1.0,
-                 opt_layers: Sequence[int] = (0, 1, 2, 3), spatial_attention_steps: int = 1,
-                 temporal_attention_until: int = 350, bg_smoothing_steps: Optional[Sequence[int]] = None,
-                 repeat_noise: bool = True, use_freeu: bool = False, backend: str = "fused",
-                 anchor_latents: Optional[Sequence[torch.Tensor]] = None, return_anchor_record: bool = False,
-                 vae_chunk: int = 1, progress: bool = False) -> FrescoOutput:
+                 control_images=None, background=None, anchor_latents: Optional[AnchorSource] = None,
+                 on_anchor_record: Optional[AnchorCallback] = None, return_anchor_record: bool = False,
+                 progress: bool = False, **overrides) -> FrescoOutput:
         """Translate one batch of keyframes.
 
         frames: [N, H, W, 3] uint8 RGB 0..255, or float [N, 3, H, W] / [N, H, W, 3] RGB in [0, 1] (numpy, torch or
         a list of frames); N >= 2, H and W multiples of 64 (SD1.5).
         prompt / negative_prompt: a string or one per frame (or prompt_embeds / negative_prompt_embeds [N|1, 77, D]).
-        Schedule: `num_inference_steps` DDPM steps; SDEdit skips the first `num_warmup_steps` (or
-        round((1 - strength) * steps); default strength 0.75); end_opt_step (default 0.75 * steps) and
-        bg_smoothing_steps (default the published 16, 17 scaled) are absolute step indices.
-        Constraints, each switchable: cross_frame_attention, spatial_attention (first `spatial_attention_steps` run
-        steps), temporal_attention (while t >= temporal_attention_until), feature_optimization (temporal_loss,
-        spatial_loss with spatial_weight/loss_reduction, opt_iters Adam steps at lr opt_lr, AdaIN with adain_eps, on
-        decoder blocks opt_layers at steps < end_opt_step), background smoothing (needs `background` [N, H, W] in
-        [0, 1], 1 = background; features at the optimisation steps, x0 at bg_smoothing_steps).
+        settings: the FRESCO knobs (fresco.settings.FrescoSettings: schedule, guidance, constraints, optimisation,
+        backend, vae_chunk); `overrides` are FrescoSettings fields by keyword (e.g. num_inference_steps=6,
+        backend="reference") applied on top of `settings` (default FrescoSettings()). backend=None (the default)
+        follows the global switch, fresco_kernels.use_backend / set_backend.
         control_images: [N, H, W(, 3)] uint8 condition images (default: computed with the ControlNet's type).
-        backend: "fused" (fresco_kernels ops) or "reference" (their plain-PyTorch references).
-        anchor_latents: per run step a [2, 4, h, w] tensor written into frames 0 and 1 at the start of that step
-        (long videos); return_anchor_record: also return frames 0 and N-1's latents at each step start.
-        vae_chunk: frames per VAE encode/decode call. progress: a tqdm bar over the denoising steps (cleared when
-        the batch is done)."""
+        background: [N, H, W] float in [0, 1] (1 = background) for background smoothing.
+        anchor_latents: for long videos, the [2, 4, h, w] latents written into frames 0 and 1 at the start of each run
+        step j: a sequence (one per run step) or a callable j -> tensor (called at step j; it may block until the
+        anchors are available). on_anchor_record(j, latents): called at the start of each run step j (after the
+        anchors were written) with a copy of frames 0 and N-1's latents [2, 4, h, w]; return_anchor_record: also
+        return them as a list in `FrescoOutput.anchor_record`.
+        progress: a tqdm bar over the denoising steps (cleared when the batch is done)."""
+        s = self._settings(settings, overrides)
+        batch = self._prepare(frames, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                              control_images, background, s)
+        anchors = self._anchor_source(anchor_latents, batch)
+        record: Optional[List[torch.Tensor]] = [] if return_anchor_record else None
+        callbacks = [on_anchor_record] if on_anchor_record is not None else []
+        if record is not None:
+            callbacks.append(lambda j, latents: record.append(latents))
+        previous, _ = install_processors(self.unet, batch.ctrl)
+        hooks = None
+        freeu_set = False
+        try:
+            if batch.optimize_on:
+                hooks = DecoderHooks(self.unet, batch.ctrl, s, smooth=batch.smoothing)
+            if s.use_freeu:
+                # on for the reference pass too, as in the published code (FreeU is patched into its UNet)
+                self.unet.enable_freeu(**FREEU)
+                freeu_set = True
+            self._reference_pass(batch)
+            latents = self._denoise(batch, anchors, callbacks, progress)
+        finally:
+            batch.ctrl.mode = "off"
+            if hooks is not None:
+                hooks.remove()
+            restore_processors(self.unet, previous)
+            if freeu_set:
+                self.unet.disable_freeu()
+            events = dict(batch.ctrl.events)
+            batch.ctrl.clear()
+        images = self._decode(batch, latents)
+        st = batch.stages
+        return FrescoOutput(images=images, latents=latents, timings=st.timings, peak_memory=st.peaks,
+                            peak_memory_bytes=st.overall if st.cuda else None, anchor_record=record, events=events,
+                            steps=batch.schedule)
+
+    # ------------------------------------------------------------------ stages of the call
+    @staticmethod
+    def _settings(settings: Optional[FrescoSettings], overrides: Dict) -> FrescoSettings:
+        """`settings` (default FrescoSettings()) with the keyword overrides, backend resolved to a name."""
+        if settings is not None and not isinstance(settings, FrescoSettings):
+            raise TypeError(f"settings: a fresco.settings.FrescoSettings, got {type(settings).__name__}")
+        s = (settings or FrescoSettings()).replace(**overrides)
+        return s.replace(backend=s.backend or get_backend())
+
+    def _prepare(self, frames, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, control_images,
+                 background, s: FrescoSettings) -> "_Batch":
+        """Check the inputs and compute everything the denoising needs: flows/occlusions and per-scale masks, control
+        maps, text embeddings, the VAE latents of the frames and the initial noise."""
         frames, imgs = _frames_input(frames)
         n, H, W = frames.shape[:3]
         if n < 2:
@@ -339,173 +365,189 @@ class FrescoPipeline:
         if H % m or W % m:
             raise ValueError(f"frames: H and W must be multiples of {m} (the VAE's 8 times the UNet's decoder "
                              f"downsampling), got {H}x{W}; resize first (fresco.video.processing_size)")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: one of {BACKENDS}, got {backend!r}")
-        for name, v in (("num_inference_steps", num_inference_steps), ("opt_iters", opt_iters),
-                        ("seed", seed), ("vae_chunk", vae_chunk), ("spatial_attention_steps",
-                                                                    spatial_attention_steps)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps: must be >= 1, got {num_inference_steps}")
-        if vae_chunk < 1:
-            raise ValueError(f"vae_chunk: must be >= 1, got {vae_chunk}")
-        if strength is not None and num_warmup_steps is not None:
-            raise ValueError("strength and num_warmup_steps: pass one of them")
-        if num_warmup_steps is None:
-            strength = 0.75 if strength is None else strength
-            if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-                raise ValueError(f"strength: must be in (0, 1], got {strength!r}")
-            num_warmup_steps = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
-        if not (isinstance(num_warmup_steps, (int, np.integer)) and 0 <= num_warmup_steps < num_inference_steps):
-            raise ValueError(f"num_warmup_steps: must be in [0, num_inference_steps={num_inference_steps}), got "
-                             f"{num_warmup_steps!r}")
-        sched_info = scaled_schedule(num_inference_steps, int(num_warmup_steps), end_opt_step, bg_smoothing_steps)
-        end_opt_step = sched_info["end_opt_step"]
-        bg_steps = set(sched_info["bg_smoothing_steps"])
-        n_run = num_inference_steps - num_warmup_steps
-        latent_shape = (2, self.unet.config.in_channels, H // self.vae_factor, W // self.vae_factor)
-        if anchor_latents is not None:
-            if len(anchor_latents) != n_run:
-                raise ValueError(f"anchor_latents: one {list(latent_shape)} tensor per run step ({n_run}), got "
-                                 f"{len(anchor_latents)}")
-            bad = [j for j, a in enumerate(anchor_latents)
-                   if not isinstance(a, torch.Tensor) or tuple(a.shape) != latent_shape]
-            if bad:
-                raise ValueError(f"anchor_latents: every entry must be a {list(latent_shape)} tensor (frames 0 and 1 "
-                                 f"of this batch); entries {bad[:5]} are not")
-        if loss_reduction not in ("l1", "l2"):
-            raise ValueError(f"loss_reduction: 'l1' or 'l2', got {loss_reduction!r}")
-
+        schedule = s.schedule()
+        warmup = schedule["num_warmup_steps"]
         dev = self.device
-        stages = _Stages(dev)
-        use_cn = self.controlnet is not None
-        cond_img = None
-        if control_images is not None and not use_cn:
-            raise ValueError("control_images: this pipeline has no ControlNet")
-        if control_images is not None:
-            ci = _frames_array(control_images)
-            if ci.ndim == 3:
-                ci = np.repeat(ci[..., None], 3, axis=-1)
-            if ci.shape != frames.shape or ci.dtype != np.uint8:
-                raise ValueError(f"control_images: expected uint8 {list(frames.shape)} (or without the channel "
-                                 f"axis) matching frames, got {ci.dtype} {list(ci.shape)}")
-            cond_img = ci
-        bg = None
-        if background is not None:
-            bg = torch.as_tensor(np.asarray(background) if not isinstance(background, torch.Tensor) else background)
-            if bg.shape != (n, H, W) or not bg.is_floating_point():
-                raise ValueError(f"background: a float [N, H, W] = {[n, H, W]} map in [0, 1], got "
-                                 f"{bg.dtype} {list(bg.shape)}")
-            if bool((bg < 0).any() or (bg > 1).any()):
-                raise ValueError("background: values must lie in [0, 1] (1 = background)")
-            bg = bg.to(dev, torch.float32).unsqueeze(1)
-        smoothing = bg is not None and background_smoothing
-
-        optimize_on = feature_optimization and (temporal_loss or (spatial_loss and spatial_weight > 0) or smoothing) \
-            and any(num_warmup_steps <= i < end_opt_step for i in range(num_inference_steps))
-        need_flow = cross_frame_attention or temporal_attention or (optimize_on and temporal_loss) or smoothing
-        gen = torch.Generator(device=dev).manual_seed(int(seed))
-
+        cond_img = self._control_images(control_images, frames)
+        bg = self._background(background, n, H, W)
+        smoothing = bg is not None and s.background_smoothing
+        optimize_on = s.feature_optimization and (s.temporal_loss or (s.spatial_loss and s.spatial_weight > 0)
+                                                  or smoothing) \
+            and any(warmup <= i < schedule["end_opt_step"] for i in range(s.num_inference_steps))
+        need_flow = s.cross_frame_attention or s.temporal_attention or (optimize_on and s.temporal_loss) or smoothing
+        batch = _Batch(settings=s, schedule=schedule, n=n, size=(H, W), stages=_Stages(dev),
+                       ctrl=FrescoController(s), gen=torch.Generator(device=dev).manual_seed(int(s.seed)),
+                       smoothing=smoothing, optimize_on=optimize_on)
+        stages = batch.stages
         imgs = imgs.to(dev)
-        ctrl = FrescoController(backend=backend)
-        inputs = None
         with stages("flow"):
             if need_flow:
-                fwd, bwd, focc, bocc = batch_flows(imgs, self.flow, backend=backend)
-                inputs = BatchInputs(fwd, bwd, focc, bocc, background=bg, backend=backend)
-        if use_cn:
+                fwd, bwd, focc, bocc = batch_flows(imgs, self.flow, backend=s.backend)
+                batch.inputs = BatchInputs(fwd, bwd, focc, bocc, background=bg, backend=s.backend)
+        if self.controlnet is not None:
             with stages("control"):
                 if cond_img is None:
                     cond_img = control_maps(frames, self.control_type, self.annotator_path)
                 cond = torch.from_numpy(cond_img).to(dev).permute(0, 3, 1, 2).float() / 255.0
-                cond = torch.cat([cond, cond]).to(self.dtype)
+                batch.cond = torch.cat([cond, cond]).to(self.dtype)
         imgs_pm1 = imgs / 127.5 - 1.0
         with stages("prepare"):
-            if inputs is not None and (cross_frame_attention or temporal_attention):
+            if batch.inputs is not None and (s.cross_frame_attention or s.temporal_attention):
                 for i in (2, 3):
                     scale = self.vae_factor * self.block_down[i]
-                    inputs.add_attention_scale(scale, imgs_pm1, keep=cross_frame_attention,
-                                               trajectories=temporal_attention)
-            embeds = self._embeds(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, n)
-        ctrl.inputs = inputs
-        self.scheduler.set_timesteps(num_inference_steps, device=dev)
-        timesteps = [int(t) for t in self.scheduler.timesteps]
+                    batch.inputs.add_attention_scale(scale, imgs_pm1, keep=s.cross_frame_attention,
+                                                     trajectories=s.temporal_attention)
+            batch.embeds = self._embeds(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, n)
+        batch.ctrl.inputs = batch.inputs
+        self.scheduler.set_timesteps(s.num_inference_steps, device=dev)
+        batch.timesteps = [int(t) for t in self.scheduler.timesteps]
         h, w = H // self.vae_factor, W // self.vae_factor
-        noise = torch.randn((n, self.unet.config.in_channels, h, w), generator=gen, device=dev)
+        batch.noise = torch.randn((n, self.unet.config.in_channels, h, w), generator=batch.gen, device=dev)
         with stages("encode"):
-            latent_x0 = self.vae_encode(imgs_pm1, gen, vae_chunk)
+            batch.latent_x0 = self.vae_encode(imgs_pm1, batch.gen, s.vae_chunk)
+        return batch
 
-        previous, names = install_processors(self.unet, ctrl)
-        hooks = None
-        freeu_set = False
-        try:
-            if optimize_on:
-                hooks = DecoderHooks(self.unet, ctrl, opt_layers, iters=opt_iters, lr=opt_lr,
-                                     temporal=temporal_loss, spatial_weight=spatial_weight if spatial_loss else 0.0,
-                                     reduction=loss_reduction, adain_eps=adain_eps, smooth=smoothing)
-            if use_freeu:
-                # on for the reference pass too, as in the published code (FreeU is patched into its UNet)
-                self.unet.enable_freeu(**FREEU)
-                freeu_set = True
-            spatial_on = spatial_attention and spatial_attention_steps > 0
-            need_ref = spatial_on or (optimize_on and spatial_loss and spatial_weight > 0)
-            if need_ref:
-                with stages("reference"):
-                    # one UNet call without ControlNet on the frames noised to the last timestep, plain attention
-                    ctrl.mode = "record"
-                    ctrl.record_attention = spatial_on
-                    ctrl.record_features = optimize_on and spatial_loss and spatial_weight > 0
-                    t_ref = timesteps[-1]
-                    x_ref = self.scheduler.add_noise(latent_x0, noise, torch.tensor([t_ref], device=dev))
-                    self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), t_ref, encoder_hidden_states=embeds,
-                              return_dict=False)
-                    ctrl.mode = "off"
-            start_noise = noise[:1].expand_as(noise) if repeat_noise else noise
-            latents = self.scheduler.add_noise(latent_x0, start_noise,
-                                               torch.tensor([timesteps[num_warmup_steps]], device=dev))
-            record = [] if return_anchor_record else None
+    def _control_images(self, control_images, frames: np.ndarray) -> Optional[np.ndarray]:
+        """The user's condition images as [N, H, W, 3] uint8, checked against `frames` (None: compute them)."""
+        if control_images is None:
+            return None
+        if self.controlnet is None:
+            raise ValueError("control_images: this pipeline has no ControlNet")
+        ci = _frames_array(control_images)
+        if ci.ndim == 3:
+            ci = np.repeat(ci[..., None], 3, axis=-1)
+        if ci.shape != frames.shape or ci.dtype != np.uint8:
+            raise ValueError(f"control_images: expected uint8 {list(frames.shape)} (or without the channel "
+                             f"axis) matching frames, got {ci.dtype} {list(ci.shape)}")
+        return ci
 
-            def smooth_x0(x0: torch.Tensor) -> torch.Tensor:
-                image = self.vae_decode(x0, vae_chunk)
-                image = smooth_background(image, inputs, 1, backend=backend)
-                ctrl.count("smooth_x0", "image")
-                return self.vae_encode(image, gen, vae_chunk)
+    def _background(self, background, n: int, H: int, W: int) -> Optional[torch.Tensor]:
+        """The background map as [N, 1, H, W] float32 on the device (None when not given)."""
+        if background is None:
+            return None
+        bg = torch.as_tensor(np.asarray(background) if not isinstance(background, torch.Tensor) else background)
+        if bg.shape != (n, H, W) or not bg.is_floating_point():
+            raise ValueError(f"background: a float [N, H, W] = {[n, H, W]} map in [0, 1], got "
+                             f"{bg.dtype} {list(bg.shape)}")
+        if bool((bg < 0).any() or (bg > 1).any()):
+            raise ValueError("background: values must lie in [0, 1] (1 = background)")
+        return bg.to(self.device, torch.float32).unsqueeze(1)
 
-            with stages("denoise"):
-                for j, t in enumerate(tqdm(timesteps[num_warmup_steps:], desc="steps", unit="step", leave=False,
-                                           disable=not progress)):
-                    i = num_warmup_steps + j
-                    ctrl.set_step(i, t, cross_frame=cross_frame_attention, spatial=spatial_on and
-                                  j < spatial_attention_steps, temporal=temporal_attention and
-                                  t >= temporal_attention_until, optimize=optimize_on and i < end_opt_step)
-                    if anchor_latents is not None:
-                        latents[0:2] = anchor_latents[j].to(dev, latents.dtype)
-                    if record is not None:
-                        record.append(latents[[0, n - 1]].clone())
-                    x_in = torch.cat([latents, latents]).to(self.dtype)
-                    down = mid = None
-                    if use_cn:
-                        down, mid = self.controlnet(x_in, t, encoder_hidden_states=embeds, controlnet_cond=cond,
-                                                    conditioning_scale=cond_scale, guess_mode=False,
-                                                    return_dict=False)
-                    eps = self.unet(x_in, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
-                                    mid_block_additional_residual=mid, return_dict=False)[0].float()
-                    eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + guidance_scale * (eps_c - eps_u)
-                    latents = self._step(eps, t, latents, gen, smooth_x0 if smoothing and i in bg_steps else None)
-        finally:
+    def _anchor_source(self, anchor_latents: Optional[AnchorSource], batch: "_Batch"
+                       ) -> Optional[Callable[[int], torch.Tensor]]:
+        """anchor_latents as a function of the run step (a sequence is checked whole now, a callable per step)."""
+        if anchor_latents is None:
+            return None
+        n_run = batch.settings.num_inference_steps - batch.schedule["num_warmup_steps"]
+        H, W = batch.size
+        shape = (2, self.unet.config.in_channels, H // self.vae_factor, W // self.vae_factor)
+        if callable(anchor_latents):
+            def checked(j: int) -> torch.Tensor:
+                a = anchor_latents(j)
+                if not isinstance(a, torch.Tensor) or tuple(a.shape) != shape:
+                    raise ValueError(f"anchor_latents: the callable returned {getattr(a, 'shape', type(a).__name__)} "
+                                     f"for step {j}; expected a {list(shape)} tensor (frames 0 and 1 of this batch)")
+                return a
+            return checked
+        if len(anchor_latents) != n_run:
+            raise ValueError(f"anchor_latents: one {list(shape)} tensor per run step ({n_run}), got "
+                             f"{len(anchor_latents)}")
+        bad = [j for j, a in enumerate(anchor_latents) if not isinstance(a, torch.Tensor) or tuple(a.shape) != shape]
+        if bad:
+            raise ValueError(f"anchor_latents: every entry must be a {list(shape)} tensor (frames 0 and 1 of this "
+                             f"batch); entries {bad[:5]} are not")
+        return anchor_latents.__getitem__
+
+    def _reference_pass(self, batch: "_Batch") -> None:
+        """One UNet call without ControlNet on the frames noised to the last timestep, plain attention: records the
+        FRESCO layers' inputs (spatial-guided attention) and the decoder features (spatial loss)."""
+        s, ctrl = batch.settings, batch.ctrl
+        spatial_loss = batch.optimize_on and s.spatial_loss and s.spatial_weight > 0
+        if not (batch.spatial_on or spatial_loss):
+            return
+        with batch.stages("reference"):
+            ctrl.mode = "record"
+            ctrl.record_attention = batch.spatial_on
+            ctrl.record_features = spatial_loss
+            t_ref = batch.timesteps[-1]
+            x_ref = self.scheduler.add_noise(batch.latent_x0, batch.noise, torch.tensor([t_ref], device=self.device))
+            self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), t_ref, encoder_hidden_states=batch.embeds,
+                      return_dict=False)
             ctrl.mode = "off"
-            if hooks is not None:
-                hooks.remove()
-            restore_processors(self.unet, previous)
-            if freeu_set:
-                self.unet.disable_freeu()
-            events = dict(ctrl.events)
-            ctrl.clear()
-        with stages("decode"):
-            image = self.vae_decode(latents, vae_chunk).clamp(-1, 1)
-            out = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return FrescoOutput(images=out, latents=latents, timings=stages.timings, peak_memory=stages.peaks,
-                            peak_memory_bytes=stages.overall if stages.cuda else None, anchor_record=record,
-                            events=events, steps=sched_info)
+
+    def _denoise(self, batch: "_Batch", anchors: Optional[Callable[[int], torch.Tensor]],
+                 callbacks: List[AnchorCallback], progress: bool) -> torch.Tensor:
+        """The DDPM loop over the run steps with the constraints switched per step; returns the final latents."""
+        s, ctrl, n = batch.settings, batch.ctrl, batch.n
+        warmup, end_opt = batch.schedule["num_warmup_steps"], batch.schedule["end_opt_step"]
+        bg_steps = set(batch.schedule["bg_smoothing_steps"])
+        timesteps = batch.timesteps
+        start_noise = batch.noise[:1].expand_as(batch.noise) if s.repeat_noise else batch.noise
+        latents = self.scheduler.add_noise(batch.latent_x0, start_noise,
+                                           torch.tensor([timesteps[warmup]], device=self.device))
+
+        def smooth_x0(x0: torch.Tensor) -> torch.Tensor:
+            image = self.vae_decode(x0, s.vae_chunk)
+            image = smooth_background(image, batch.inputs, 1, backend=s.backend)
+            ctrl.count("smooth_x0", "image")
+            return self.vae_encode(image, batch.gen, s.vae_chunk)
+
+        with batch.stages("denoise"):
+            for j, t in enumerate(tqdm(timesteps[warmup:], desc="steps", unit="step", leave=False,
+                                       disable=not progress)):
+                i = warmup + j
+                ctrl.set_step(i, t, cross_frame=s.cross_frame_attention,
+                              spatial=batch.spatial_on and j < s.spatial_attention_steps,
+                              temporal=s.temporal_attention and t >= s.temporal_attention_until,
+                              optimize=batch.optimize_on and i < end_opt)
+                if anchors is not None:
+                    latents[0:2] = anchors(j).to(self.device, latents.dtype)
+                for cb in callbacks:
+                    cb(j, latents[[0, n - 1]].clone())
+                eps = self._guided_eps(batch, latents, t)
+                latents = self._step(eps, t, latents, batch.gen, smooth_x0 if batch.smoothing and i in bg_steps
+                                     else None)
+        return latents
+
+    def _guided_eps(self, batch: "_Batch", latents: torch.Tensor, t: int) -> torch.Tensor:
+        """The classifier-free-guided noise prediction (ControlNet residuals when there is a ControlNet)."""
+        s = batch.settings
+        x_in = torch.cat([latents, latents]).to(self.dtype)
+        down = mid = None
+        if self.controlnet is not None:
+            down, mid = self.controlnet(x_in, t, encoder_hidden_states=batch.embeds, controlnet_cond=batch.cond,
+                                        conditioning_scale=s.cond_scale, guess_mode=False, return_dict=False)
+        eps = self.unet(x_in, t, encoder_hidden_states=batch.embeds, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid, return_dict=False)[0].float()
+        eps_u, eps_c = eps.chunk(2)
+        return eps_u + s.guidance_scale * (eps_c - eps_u)
+
+    def _decode(self, batch: "_Batch", latents: torch.Tensor) -> np.ndarray:
+        """Final latents -> [N, H, W, 3] uint8 RGB."""
+        with batch.stages("decode"):
+            image = self.vae_decode(latents, batch.settings.vae_chunk).clamp(-1, 1)
+            return ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class _Batch:
+    """What one call computes in `_prepare` and the later stages use."""
+    settings: FrescoSettings
+    schedule: Dict
+    n: int
+    size: Tuple[int, int]
+    stages: _Stages
+    ctrl: FrescoController
+    gen: torch.Generator
+    smoothing: bool
+    optimize_on: bool
+    inputs: Optional[BatchInputs] = None
+    cond: Optional[torch.Tensor] = None
+    embeds: Optional[torch.Tensor] = None
+    timesteps: List[int] = field(default_factory=list)
+    noise: Optional[torch.Tensor] = None
+    latent_x0: Optional[torch.Tensor] = None
+
+    @property
+    def spatial_on(self) -> bool:
+        return self.settings.spatial_attention and self.settings.spatial_attention_steps > 0

@@ -4,12 +4,13 @@ reference pass they record it (normalised, for the spatial loss); on denoising s
 `fresco_kernels.optimize_features` on it (then smooth the background when a background map is given)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
 from fresco_kernels import flow_warp, normalize_features, optimize_features
 
+from ..settings import FrescoSettings
 from .attention import FrescoController
 from .inputs import BatchInputs
 
@@ -39,22 +40,21 @@ def smooth_background(x: torch.Tensor, inputs: BatchInputs, cfg_chunks: int, bac
 
 
 class DecoderHooks:
-    """Forward pre-hooks on unet.up_blocks[layers]; `remove()` takes them off again.
+    """Forward pre-hooks on unet.up_blocks[settings.opt_layers]; `remove()` takes them off again.
 
-    Settings (read at every call): iters, lr, temporal (loss on), spatial_weight (0: spatial loss off), reduction,
-    adain_eps, smooth (background smoothing of optimised features)."""
+    From `settings`: opt_iters, opt_lr, temporal_loss, spatial_loss and spatial_weight, loss_reduction, adain_eps;
+    smooth: background smoothing of the optimised features (the call has a background map and smoothing on)."""
 
-    def __init__(self, unet, controller: FrescoController, layers: Sequence[int] = (0, 1, 2, 3), *, iters: int = 20,
-                 lr: float = 0.2, temporal: bool = True, spatial_weight: float = 100.0, reduction: str = "l1",
-                 adain_eps: float = 1.0, smooth: bool = False):
+    def __init__(self, unet, controller: FrescoController, settings: FrescoSettings, *, smooth: bool = False):
         n_blocks = len(unet.up_blocks)
-        bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n_blocks)]
-        if bad:
+        layers = settings.opt_layers
+        if any(not 0 <= i < n_blocks for i in layers):
             raise ValueError(f"opt_layers: indices of unet.up_blocks (0..{n_blocks - 1}), got {list(layers)}")
         self.controller = controller
         self.layers = tuple(layers)
-        self.iters, self.lr, self.temporal = iters, lr, temporal
-        self.spatial_weight, self.reduction, self.adain_eps = spatial_weight, reduction, adain_eps
+        self.iters, self.lr, self.temporal = settings.opt_iters, settings.opt_lr, settings.temporal_loss
+        self.spatial_weight = settings.spatial_weight if settings.spatial_loss else 0.0
+        self.reduction, self.adain_eps = settings.loss_reduction, settings.adain_eps
         self.smooth = smooth
         self._handles: List = [unet.up_blocks[i].register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
                                for i in self.layers]

@@ -19,6 +19,7 @@ from ..config import RenderConfig
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
 from .propagate import propagate
 from ..models.flow import FlowEstimator
+from ..pipeline.core import AnchorCallback, AnchorSource
 from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames
 
 STATE = "state.json"
@@ -28,14 +29,16 @@ PREVIEW_KEYS = 6
 class BatchStylizer(Protocol):
     """Renders one batch of keyframes (the one-batch FRESCO pipeline behind a narrow interface).
 
-    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order; anchor_latents: None for the first
-    batch, else one [2, C, h, w] tensor per denoising step run: the latents that frames 0 and 1 of this batch (the
-    anchors) must hold at the start of that step. Returns the stylised frames [N, H, W, 3] uint8 and, per step,
-    the [2, C, h, w] latents of frames 0 and N-1 at the start of the step (after anchors were restored), which
-    become the next batch's anchors."""
+    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order. anchor_latents: None for the first
+    batch, else the latents [2, C, h, w] that frames 0 and 1 of this batch (the anchors) must hold at the start of
+    each run step j: a sequence (one per run step) or a callable j -> tensor that may block until step j's anchors
+    exist (so a distributed renderer can hand them from batch k-1 to batch k step by step). on_anchor_record(j,
+    latents): called at the start of each run step j (after the anchors were restored) with the [2, C, h, w]
+    latents of frames 0 and N-1, which become the next batch's anchors. Returns the stylised frames
+    [N, H, W, 3] uint8."""
 
-    def __call__(self, frames: np.ndarray, anchor_latents: Optional[list[torch.Tensor]]
-                 ) -> tuple[np.ndarray, list[torch.Tensor]]: ...
+    def __call__(self, frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
+                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray: ...
 
 
 @dataclass
