@@ -167,6 +167,6 @@ def test_wavefront_survives_a_killed_actor(tmp_path, long_clip, one_thread):
         render(cfg, runner=runner, progress=False)
     finally:
         runner.close()
-    assert killed and retries == [2], "batch 2 was re-run on a fresh actor"
+    assert killed and len(retries) == 1 and retries[0] >= 2, "the killed actor's batch was re-run on a fresh actor"
     render(_cfg(long_clip, tmp_path / "seq", **kw), progress=False)
     _same(_outputs(tmp_path / "wf"), _outputs(tmp_path / "seq"))

@@ -135,16 +135,16 @@ class RenderWorker:
         return os.getpid()
 
     def _pipe(self, cfg: RenderConfig):
-        from ..stylize import load_pipeline
-        key = load_pipeline.cache_key(cfg)
+        from ..video.stylize import load_pipeline, pipeline_key
+        key = pipeline_key(cfg)
         if key not in self._pipes:
             self._pipes[key] = load_pipeline(cfg)
         return self._pipes[key]
 
     def render_job(self, name: str, cfg: RenderConfig, events=None) -> dict:
         """Run one job; progress events ({"job", "kind", ...}) go to the `events` queue when given."""
-        from ..render import render
-        from ..stylize import make_stylizer
+        from ..video.render import render
+        from ..video.stylize import make_stylizer
 
         def emit(kind: str, **kw) -> None:
             if events is not None:
@@ -154,9 +154,9 @@ class RenderWorker:
         stylizer = make_stylizer(cfg, pipe=self._pipe(cfg))
         count = 0
 
-        def counted(frames, anchor_latents):
+        def counted(frames, anchor_latents=None, on_anchor_record=None):
             nonlocal count
-            out = stylizer(frames, anchor_latents)
+            out = stylizer(frames, anchor_latents, on_anchor_record)
             count += 1
             emit("batch", done=count)
             return out
@@ -169,7 +169,7 @@ class RenderWorker:
 
 
 def _render_sequential(jobs: Sequence[Job], progress: bool, on_event) -> list[JobResult]:
-    from ..render import render
+    from ..video.render import render
     results = []
     for job in jobs:
         t = time.perf_counter()

@@ -12,12 +12,22 @@ from ..config import RenderConfig
 from ..pipeline.core import AnchorCallback, AnchorSource
 
 
-def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False) -> Callable:
-    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or loaded from cfg.model with
-    cfg.flow), running cfg.settings; a per-step progress bar when `progress`."""
+def pipeline_key(cfg: RenderConfig) -> tuple:
+    """What decides the loaded pipeline of `cfg` (renders with equal keys can share one, e.g. on a Ray actor)."""
+    return (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.flow)
+
+
+def load_pipeline(cfg: RenderConfig):
+    """The FrescoPipeline of `cfg`: its model, ControlNet, device, dtype and flow estimator."""
     from ..pipeline import FrescoPipeline
-    pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=cfg.flow)
+    return FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
+                                          else None, device=cfg.device, dtype=cfg.dtype, flow=cfg.flow)
+
+
+def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False) -> Callable:
+    """A BatchStylizer for `cfg` from fresco.pipeline.FrescoPipeline (`pipe`, or `load_pipeline(cfg)`), running
+    cfg.settings; a per-step progress bar when `progress`."""
+    pipe = pipe or load_pipeline(cfg)
 
     def stylize(frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
                 on_anchor_record: Optional[AnchorCallback] = None) -> np.ndarray:
