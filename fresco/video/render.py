@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -265,13 +265,83 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
     return local_only
 
 
+def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
+                     ) -> Callable[[Iterable[np.ndarray], Sequence[int], Callable[[int], np.ndarray]],
+                                   Iterator[np.ndarray]]:
+    """The non-keyframe stage of `cfg` for any process: (source frames stream, keys, load_key) -> the stylised
+    stream of every frame, with cfg's flow estimator (`flow` replaces it), method, backend and device."""
+    device = _device(cfg)
+    if flow is None:
+        flow = get_flow_estimator(cfg.flow_name, device, gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
+
+    def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
+        return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation)
+
+    return run
+
+
+class Runner(Protocol):
+    """Where a render's work runs. `start()`: load what the batches need (before the state file is written).
+    `run_batches(batches, load_anchors, finish, n)`: run the stream of (batch, frames) in order; batch k's anchors
+    are batch k-1's per-step record (`load_anchors(k-1)` reads a finished one from disk); call `finish(batch,
+    images, record)` for each finished batch (any order). `propagate(frames, keys, load_key)`: the stylised stream
+    of every frame. `LocalRunner` runs both in this process; fresco.distributed.wavefront.WavefrontRunner on Ray
+    actors."""
+
+    def start(self) -> None: ...
+
+    def run_batches(self, batches: Iterable[tuple[Batch, np.ndarray]], load_anchors: Callable[[int], list],
+                    finish: Callable[[Batch, np.ndarray, list], None], n_batches: int) -> None: ...
+
+    def propagate(self, frames: Iterable[np.ndarray], keys: Sequence[int],
+                  load_key: Callable[[int], np.ndarray]) -> Iterator[np.ndarray]: ...
+
+
+class LocalRunner:
+    """Batches one after the other in this process through `stylizer` (built by `make_stylizer(cfg)`, default
+    fresco.video.stylize.make_stylizer), then propagation in this process. One flow estimator (`flow`, default the
+    one cfg names) serves the default stylizer's batches and the propagation."""
+
+    def __init__(self, cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
+                 make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
+                 flow: Optional[FlowEstimator] = None, progress: bool = True, local_files_only: bool = False):
+        self.cfg, self.stylizer, self.make_stylizer = cfg, stylizer, make_stylizer
+        self.flow, self.progress, self.local_files_only = flow, progress, local_files_only
+
+    def _flow(self) -> FlowEstimator:
+        if self.flow is None:
+            self.flow = get_flow_estimator(self.cfg.flow_name, _device(self.cfg), gmflow_path=self.cfg.gmflow_path,
+                                           raft_path=self.cfg.raft_path)
+        return self.flow
+
+    def start(self) -> None:
+        if self.stylizer is None and self.make_stylizer is not None:
+            self.stylizer = self.make_stylizer(self.cfg)
+        elif self.stylizer is None:
+            from .stylize import make_stylizer
+            self.stylizer = make_stylizer(self.cfg, progress=self.progress, local_files_only=self.local_files_only,
+                                          flow=self._flow())
+
+    def run_batches(self, batches, load_anchors, finish, n_batches: int) -> None:
+        self.start()
+        for b, frames in batches:
+            record: list[torch.Tensor] = []
+            images = self.stylizer(frames, load_anchors(b.index - 1) if b.n_anchors else None,
+                                   lambda j, latents: record.append(latents.detach().cpu()), frame_indices=b.frames)
+            finish(b, images, record)
+
+    def propagate(self, frames, keys, load_key):
+        return make_propagation(self.cfg, self._flow())(frames, keys, load_key)
+
+
 def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
            make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
            flow: Optional[FlowEstimator] = None, stop_after: Optional[int] = None,
            progress: bool = True, keyframes_only: bool = False,
            on_batch: Optional[Callable[[Batch, dict[int, Path]], None]] = None,
            on_frame: Optional[Callable[[int, int], None]] = None,
-           should_stop: Optional[Callable[[], bool]] = None) -> Optional[RenderResult]:
+           should_stop: Optional[Callable[[], bool]] = None, runner: Optional["Runner"] = None
+           ) -> Optional[RenderResult]:
     """Render `cfg.file_path` into `cfg.save_path`; returns what was written (None when `stop_after` batches were
     run and the render is left to resume). The stylizer is built lazily (after the input and output folder are
     checked) by `make_stylizer(cfg)` when not given. `cfg.flow` names the flow estimator of the batches and of the
@@ -285,7 +355,11 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     render of the same settings resumes straight into propagation); `on_batch(batch, {key: png path})` is called
     after each batch is finished and recorded, with the keys it stylised; `on_frame(done, total)` after each
     propagated frame is written; `should_stop()` is checked before each batch and each propagated frame, and
-    raises `Cancelled` when true (the folder stays resumable)."""
+    raises `Cancelled` when true (the folder stays resumable).
+
+    `runner` decides where batches and propagation run (default: a LocalRunner, in this process;
+    fresco.distributed's WavefrontRunner spreads them over Ray actors); the state file, keys, latents, video and
+    preview are written here either way."""
     cfg.validate()
     # the backend is read once: the batches, the propagation and the fingerprint all see the same one
     cfg = cfg.replace(backend=cfg.settings.backend or get_backend())
@@ -301,8 +375,10 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         lock.acquire()
         if lock.stale:
             _log(f"fresco: note: {lock.stale}")
-        return _render_locked(cfg, info, size, device, root, stylizer, make_stylizer, flow, stop_after, progress,
-                              local_only, progress_note)
+        if runner is None:
+            runner = LocalRunner(cfg, stylizer, make_stylizer, flow, progress, local_only)
+        hooks = dict(keyframes_only=keyframes_only, on_batch=on_batch, on_frame=on_frame, should_stop=should_stop)
+        return _render_locked(cfg, info, size, root, runner, stop_after, progress, progress_note, **hooks)
     except KeyboardInterrupt:
         if progress_note["total"] is None:
             raise Interrupted("interrupted before the first batch started; run the same command to start again") \
@@ -315,10 +391,9 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
             root.rmdir()
 
 
-def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device, root: Path,
-                   stylizer: Optional[BatchStylizer], make_stylizer, flow: Optional[FlowEstimator],
-                   stop_after: Optional[int], progress: bool, local_only: bool,
-                   progress_note: dict) -> Optional[RenderResult]:
+def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, runner: "Runner",
+                   stop_after: Optional[int], progress: bool, progress_note: dict, keyframes_only: bool = False,
+                   on_batch=None, on_frame=None, should_stop=None) -> Optional[RenderResult]:
     """render() once the output folder is locked; `progress_note` tracks finished/total batches for Ctrl-C."""
     from tqdm.auto import tqdm
 
@@ -369,9 +444,6 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
     _log(f"fresco: {n} frames at {size[0]}x{size[1]}, {float(fps):.4g} fps; {len(keys)} keyframes in "
          f"{len(batches)} batch(es) of up to {cfg.batch_size}")
 
-    device = _device(cfg)
-    if flow is None:  # one estimator for every stage that uses flow: the batches and the propagation
-        flow = get_flow_estimator(cfg.flow_name, device, gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
     todo = [b for b in batches if b.index not in state.data["done"]]
     if not cfg.overwrite:
         # every path this render will write, checked before the model loads; PNG frames go only into a folder
@@ -379,32 +451,27 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
         planned = [f for b in todo for f in _batch_files(b)] + _output_files(cfg, n) + [cfg.output]
         refuse_foreign(foreign(root, planned, state.owned()))
     if todo:
-        if stylizer is None and make_stylizer is not None:
-            stylizer = make_stylizer(cfg)
-        elif stylizer is None:
-            from .stylize import make_stylizer as default_make
-            stylizer = default_make(cfg, progress=progress, local_files_only=local_only, flow=flow)
+        runner.start()
         state.save()  # the render has really started: from here on the folder is resumable
         bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="batches", unit="batch",
                    disable=not progress)
-        for run_count, (b, frames) in enumerate(_batch_frames(cfg, info, size, todo)):
-            if stop_after is not None and run_count >= stop_after:
-                bar.close()
-                return None
-            if should_stop is not None and should_stop():
-                bar.close()
-                raise Cancelled(f"cancelled before batch {b.index}; {len(state.data['done'])}/{len(batches)} "
-                                f"batches are finished in '{root}' and a render of the same settings resumes")
-            anchors = None
-            if b.n_anchors:
-                anchors = torch.load(root / LATENTS / f"{b.index - 1:04d}.pt", map_location="cpu")
-            t = time.perf_counter()
-            record: list[torch.Tensor] = []
-            images = stylizer(frames, anchors, lambda j, latents: record.append(latents.detach().cpu()),
-                              frame_indices=b.frames)
-            timings["diffusion_s"] += time.perf_counter() - t
-            if images.shape != frames.shape or images.dtype != np.uint8:
-                raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {frames.shape} uint8")
+        stopped = []
+
+        def stream():
+            for run_count, (b, frames) in enumerate(_batch_frames(cfg, info, size, todo)):
+                if stop_after is not None and run_count >= stop_after:
+                    stopped.append(b.index)
+                    return
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"cancelled before batch {b.index}; {len(state.data['done'])}/{len(batches)} "
+                                    f"batches are finished in '{root}' and a render of the same settings resumes")
+                yield b, frames
+
+        def finish(b: Batch, images: np.ndarray, record: list[torch.Tensor]) -> None:
+            """A batch is done: its new keys and per-step anchor record go to disk, then the state says so."""
+            expect = (len(b.frames), size[1], size[0], 3)
+            if images.shape != expect or images.dtype != np.uint8:
+                raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {expect} uint8")
             state.claim(_batch_files(b), cfg.overwrite)
             new_keys = {k: root / KEYS / f"{k:05d}.png" for k in b.frames[b.n_anchors:]}
             for (k, path), img in zip(new_keys.items(), images[b.n_anchors:]):
@@ -418,7 +485,16 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
             bar.update(1)
             if on_batch is not None:
                 on_batch(b, new_keys)
-        bar.close()
+
+        t = time.perf_counter()
+        try:
+            runner.run_batches(stream(), lambda k: torch.load(root / LATENTS / f"{k:04d}.pt", map_location="cpu"),
+                               finish, len(todo))
+        finally:
+            bar.close()
+        timings["diffusion_s"] += time.perf_counter() - t
+        if stopped:
+            return None
     if keyframes_only:
         timings["total_s"] = time.perf_counter() - t0
         return RenderResult(None, root / "keys", None, keys, batches, n, float(info.fps), size, timings)
@@ -441,8 +517,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], de
                      time_base=info.time_base if vfr_rate is not None else None) as writer:
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
-        for out in propagate(frames_with_preview(), keys, lambda k: _load_png(root / KEYS / f"{k:05d}.png"),
-                             flow, device, backend=cfg.settings.backend, method=cfg.propagation):
+        for out in runner.propagate(frames_with_preview(), keys, lambda k: _load_png(root / KEYS / f"{k:05d}.png")):
             if should_stop is not None and should_stop():
                 bar.close()
                 raise Cancelled(f"cancelled while propagating (frame {count}/{n}); the keyframes in '{root}' are "

@@ -18,6 +18,28 @@ from ..pipeline.core import AnchorCallback, AnchorSource
 from ..pipeline.prompts import frame_prompts
 
 
+def pipeline_key(cfg: RenderConfig) -> tuple:
+    """What decides `load_pipeline(cfg)`'s result: renders with equal keys can share one pipeline (a Ray actor
+    keeps one per key for the jobs it runs)."""
+    return (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.vae,
+            cfg.annotator_path, cfg.flow_name, cfg.gmflow_path, cfg.raft_path)
+
+
+def load_pipeline(cfg: RenderConfig, flow: Optional[FlowEstimator] = None, local_files_only: bool = False,
+                  log: Optional[Callable[[str], None]] = None):
+    """The FrescoPipeline of `cfg`: model, ControlNet, VAE, annotators, device, dtype and flow estimator (`flow`,
+    default the one cfg names: flow / gmflow_path / raft_path)."""
+    from ..models.flow import get_flow_estimator
+    from ..pipeline import FrescoPipeline
+    from .render import _device
+    if flow is None:
+        flow = get_flow_estimator(cfg.flow_name, _device(cfg), gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
+    return FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
+                                          else None, device=cfg.device, dtype=cfg.dtype, flow=flow,
+                                          vae=cfg.vae, annotator_path=cfg.annotator_path, log=log or _log,
+                                          local_files_only=local_files_only)
+
+
 def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False,
                   flow: Optional[FlowEstimator] = None, saliency: Optional[SaliencyEstimator] = None,
                   log: Optional[Callable[[str], None]] = None,
@@ -29,15 +51,7 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_fi
     `saliency` (default: EGNet from cfg.sod_path). Each frame's prompt is prompt + added prompt + that keyframe's
     extra prompt, with the published negative prompt unless set (RenderConfig.prompt_pair).
     `on_step(done, total)` is called after each denoising step."""
-    from ..pipeline import FrescoPipeline
-    if flow is None and pipe is None:
-        from ..models.flow import get_flow_estimator
-        from .render import _device
-        flow = get_flow_estimator(cfg.flow_name, _device(cfg), gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
-    pipe = pipe or FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
-                                                  else None, device=cfg.device, dtype=cfg.dtype, flow=flow,
-                                                  vae=cfg.vae, annotator_path=cfg.annotator_path, log=log or _log,
-                                                  local_files_only=local_files_only)
+    pipe = pipe or load_pipeline(cfg, flow, local_files_only, log)
     if flow is not None:
         pipe.flow = flow
     if cfg.use_salinecy and saliency is None:
