@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) triton==$(TRITON_VERSION)
-	$(BIN)/pip install -q --no-build-isolation -e '.[dev,pipeline,ui]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev,pipeline,ui,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -90,6 +90,8 @@ def _render_parser(sub) -> None:
                    help="per-keyframe additions 'FRAME:TEXT;FRAME:TEXT' (YAML: a mapping frame -> text)")
     p.add_argument("--max-frames", dest="max_frames", type=int, help="only the first N frames of the input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    from .distributed.cli import add_ray_flags
+    add_ray_flags(p)
     _settings_flags(p)
 
 
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fresco", description="FRESCO zero-shot video-to-video translation")
     sub = parser.add_subparsers(dest="command", required=True)
     _render_parser(sub)
+    from .distributed.cli import add_parser as add_render_many
+    add_render_many(sub)
     sub.add_parser("info", help="print versions and which implementation serves each op")
     clip = sub.add_parser("make-clip", help="write a synthetic test clip (moving shapes on a texture)")
     clip.add_argument("path")
@@ -193,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(repo)
             print(f"HF_HOME={args.dir}")
             return 0
+        if args.command == "render-many":
+            from .distributed.cli import run_many
+            return run_many(args)
         from .video.render import Interrupted, render
         cfg = _build_config(args)
         try:
-            result = render(cfg, progress=not args.quiet)
+            if args.ray is not None:
+                from .distributed.cli import render_on_ray
+                result = render_on_ray(cfg, args)
+            else:
+                result = render(cfg, progress=not args.quiet)
         except Interrupted as e:
             print(f"fresco: {e}", file=sys.stderr)
             return 130

@@ -74,6 +74,8 @@ def load_jobs(path: str | os.PathLike) -> list[Job]:
 
     Every job's settings are validated here, so a bad key fails before any rendering starts."""
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"jobs: '{path}' does not exist (a YAML file of render jobs)")
     data = cfgmod.load_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"jobs: '{path}' must hold a mapping with 'jobs:' or 'config:' + 'inputs:'")
