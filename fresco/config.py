@@ -137,7 +137,8 @@ class RenderConfig:
                 raise ValueError(f"{key}: {msg}, got {getattr(self, key)!r}")
 
         for key in _own_keys():  # the FRESCO knobs are checked by FrescoSettings itself
-            check_type(key, getattr(self, key))
+            if key != "extra_prompts":  # a mapping or 'FRAME:TEXT;...': parse_extra_prompts checks it below
+                check_type(key, getattr(self, key))
 
         need(bool(self.file_path), "file_path", "the input video (or folder of images) is required")
         need(bool(self.save_path), "save_path", "the output folder is required")

@@ -9,7 +9,7 @@ NO_BACKEND = {
     "coords_grid", "resample_for_loss", "resample_for_attention", "dilate", "normalize_features", "adain",
     "segment_mask", "cross_frame_keep", "get_backend", "set_backend", "use_backend", "cpp_status", "cpu_impls",
     "flow_warp_reference", "warp_consistency_loss_reference", "gram_loss_reference", "trajectory_attention_reference",
-    "cross_frame_attention_reference", "flow_correspondence_reference",
+    "cross_frame_attention_reference", "flow_correspondence_reference", "patch_synthesis_reference",
 }
 
 

@@ -49,7 +49,7 @@ def stand_in_factory(steps=3, on_each_step=None):
 def test_form_covers_every_setting_and_round_trips():
     specs = {s.key: s for s in form.settings_fields()}
     no_flag = {f.name for f in settings_fields() if f.metadata["cli"] is False}
-    assert "background_smoothing" in no_flag  # the renderer has no background map: not in the CLI, not in the page
+    assert "background_smoothing" in specs  # the renderer has a background map (saliency): in the page too
     assert set(specs) | set(form.OWN_WIDGETS) | set(RenderConfig.UNUSED) | no_flag == set(known_keys())
     assert not set(specs) & no_flag
     # the FrescoSettings knobs: each constraint switch, with its help text, in its group
@@ -115,9 +115,9 @@ def test_input_description_and_errors(clip, tmp_path):
 def test_step1_keyframe_plan(clip, tmp_path):
     ui = UI(out_root=tmp_path)
     gallery, text = ui.keyframes(_values(), {}, str(clip), "")
-    assert [c for _, c in gallery] == ["key 0 · batch 1", "key 5 · batch 1", "key 10 · batch 1", "key 15 · batch 2"]
+    assert [c for _, c in gallery] == ["key 0 · batch 1", "key 5 · batch 1", "key 10 · batch 2", "key 15 · batch 2"]
     assert gallery[0][0].shape == (64, 64, 3)
-    assert "4 keyframes of 16 frames in 2 batch(es)" in text and "batch 2: 15 (anchors 0, 10)" in text
+    assert "4 keyframes of 16 frames in 2 batch(es)" in text and "batch 2: 10, 15 (anchors 0, 5)" in text
     gallery, text = ui.keyframes({**_values(), "mininterv": 9, "maxinterv": 4}, {}, str(clip), "")
     assert gallery == [] and "fresco: error: mininterv/maxinterv: s_min (9) must be <= s_max (4)" in text
 
@@ -128,7 +128,8 @@ def test_steps_2_and_3_report_progress_and_outputs(clip, tmp_path):
     steps = [u["status"] for u in ups if "progress" in u]
     assert steps == [f"batch {b}/2 · step {s}/3" for b in (1, 2) for s in (1, 2, 3)]
     galleries = [len(u["gallery"]) for u in ups if "gallery" in u]
-    assert galleries == [0, 3, 4, 4]  # start, after batch 1 (keys 0, 5, 10), after batch 2 (15), done
+    # published batching with N = 3: batch 1 = keys 0, 5; batch 2 = 10, 15 anchored on 0, 5
+    assert galleries == [0, 2, 4, 4]  # start, after batch 1, after batch 2, done
     assert ups[-1]["status"].startswith("keyframes done: 4 keys in 2 batch(es)")
     out = tmp_path / "out" / "clip"
     assert not (out / "video.mp4").exists() and ui.jobs == {}

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 HED_FILE = "ControlNetHED.pth"
-MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
 # ControlNetHED_Apache2's widths and convolutions per block
 HED_WIDTHS = (64, 128, 256, 512, 512)
 HED_LAYERS = (2, 2, 3, 3, 3)

@@ -82,7 +82,7 @@ def plan_keyframes(cfg: RenderConfig, thumb_height: int = 128) -> KeyframePlan:
     """The keyframes and batches a render of `cfg` will use (the renderer's own selection), with thumbnails."""
     info = probe(cfg.file_path, cfg.fps)
     size = cfg.frame_size() or processing_size(info.width, info.height, cfg.short_side)
-    keys, n = select_keys(cfg, info, size)
+    keys, n, _ = select_keys(cfg, info, size)
     if n < 2:
         raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
     batches = plan_batches(keys, cfg.batch_size)

@@ -215,7 +215,7 @@ def _batch_frames(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], bat
     keep: dict[int, np.ndarray] = {}
     need_anchor = {0} | {b.frames[1] for b in todo if b.n_anchors}
     cur = 0
-    for i, img in enumerate(_read(cfg, info, size)):
+    for i, (_, img) in enumerate(_read(cfg, info, size)):
         b = todo[cur]
         if i in b.frames or i in need_anchor:
             keep[i] = img
@@ -278,6 +278,11 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
         return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation)
 
     return run
+
+
+def _device(cfg: RenderConfig) -> torch.device:
+    """The torch device cfg.device names ('auto' picks CUDA when present)."""
+    return preflight.check_device(cfg.device)
 
 
 class Runner(Protocol):

@@ -43,7 +43,7 @@ def _reference_forward(style, source_guide, target_guide, weights, style_weight,
                                      levels, em_iters, pm_iters, search_radius, uniformity, seed)
 
 
-CPU_BACKEND = impl_cpu("patch_synthesis", _reference_forward)
+impl_cpu("patch_synthesis", _reference_forward)
 
 if HAS_TRITON:
     from .triton import patch_synthesis_fwd
