@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 
 from fresco.config import RenderConfig  # noqa: E402
 from fresco.distributed import load_jobs, render_many, render_wavefront  # noqa: E402
-from fresco.video import make_synthetic_clip, plan_batches, read_frames  # noqa: E402
+from fresco.video import fixed_keyframes, make_synthetic_clip, plan_batches, read_frames  # noqa: E402
 from fresco.video.render import render  # noqa: E402
 
 SETTINGS = dict(sd_path="tiny-random", size="64x64", num_inference_steps=3, num_warmup_steps=1, end_opt_step=2,
@@ -124,14 +124,17 @@ def test_fleet_job_survives_a_killed_actor(tmp_path, clips, one_thread):
     _same(_outputs(tmp_path / "f"), _outputs(tmp_path / "s"))
 
 
+LONG = 17  # keys 0, 2, ..., 16 in batches of 3: the published plan gives 6 batches
+
+
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory):
-    return make_synthetic_clip(tmp_path_factory.mktemp("long") / "long", 15, (64, 64), fps=24, seed=7)
+    return make_synthetic_clip(tmp_path_factory.mktemp("long") / "long", LONG, (64, 64), fps=24, seed=7)
 
 
 def test_wavefront_is_bit_identical_to_sequential(tmp_path, long_clip, one_thread, capsys):
     kw = dict(batch_size=3, mininterv=2, maxinterv=2)
-    n_batches = len(plan_batches(list(range(0, 15, 2)), 3))
+    n_batches = len(plan_batches(fixed_keyframes(LONG, 2), 3))
     assert n_batches >= 6
     t = time.perf_counter()
     seq = render(_cfg(long_clip, tmp_path / "seq", **kw), progress=False)
