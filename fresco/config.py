@@ -47,7 +47,8 @@ class RenderConfig:
     added_prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
     # {frame index: text appended to that keyframe's prompt} (the published extra_prompts)
-    extra_prompts: dict = field(default_factory=dict)
+    # (or the CLI's 'FRAME:TEXT;FRAME:TEXT'; validate() turns it into the mapping)
+    extra_prompts: Optional[Union[dict, str]] = field(default_factory=dict)
     # a separate VAE (id or folder); the published one is used when available locally; "own": the model's own
     vae: str = PUBLISHED_VAE
     # a folder with the annotator weights (lllyasviel/Annotators files); None: the Hugging Face cache
@@ -137,8 +138,7 @@ class RenderConfig:
                 raise ValueError(f"{key}: {msg}, got {getattr(self, key)!r}")
 
         for key in _own_keys():  # the FRESCO knobs are checked by FrescoSettings itself
-            if key != "extra_prompts":  # a mapping or 'FRAME:TEXT;...': parse_extra_prompts checks it below
-                check_type(key, getattr(self, key))
+            check_type(key, getattr(self, key))
 
         need(bool(self.file_path), "file_path", "the input video (or folder of images) is required")
         need(bool(self.save_path), "save_path", "the output folder is required")

@@ -142,9 +142,10 @@ def test_reserved_and_path_like_outputs_are_refused(clip, tmp_path, capsys, name
 
 # ------------------------------------------------------------------------ 4 + 12: lock, Ctrl-C, resume
 def test_lock_ctrl_c_and_resume(clip, tmp_path):
-    # 24 frames, keys every 4: 3 batches; the render is stopped (SIGSTOP) as soon as one is finished
+    # 24 frames, keys every 4, batches of 3: 3 batches (keys 0-8, 12, 16-20); the render is stopped (SIGSTOP) as
+    # soon as one is finished, so at least one is left to interrupt
     o = tmp_path / "o"
-    args = ["render", clip, "--prompt", "x", "-o", o, "--output", "frames", *TINY]
+    args = ["render", clip, "--prompt", "x", "-o", o, "--output", "frames", *TINY, "--batch-size", "3"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     a = subprocess.Popen([sys.executable, "-m", "fresco.cli", *map(str, args)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)

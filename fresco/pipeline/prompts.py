@@ -59,6 +59,12 @@ def parse_extra_prompts(value) -> dict[int, str]:
     return result
 
 
+def format_extra_prompts(value: Mapping) -> str:
+    """The CLI/UI text form 'FRAME:TEXT;FRAME:TEXT' of a {frame: text} mapping (parse_extra_prompts reads it back;
+    a text holding ';' does not round-trip)."""
+    return ";".join(f"{k}:{v}" for k, v in sorted(parse_extra_prompts(value).items()))
+
+
 def frame_prompts(prompt: str, frames: Sequence[int], added_prompt: str = "",
                   extra_prompts: Optional[Mapping[int, str]] = None) -> list[str]:
     """One prompt per frame of a batch (video frame indices, anchors included): prompt + added_prompt +

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from .. import config as cfgmod
 from ..config import RenderConfig
+from ..pipeline.prompts import format_extra_prompts
 
 # Which group each setting is shown in, in order; settings not listed go to "More". Keys with their own widgets
 # (the input, output folder and keyframe intervals) and the published keys that have no effect here are not in
@@ -160,6 +161,8 @@ def form_values(cfg: RenderConfig) -> dict[str, Any]:
         v = getattr(cfg, s.name)
         if s.kind == "ints" and v is not None:
             v = ", ".join(str(i) for i in v)
+        elif s.name == "extra_prompts":
+            v = format_extra_prompts(v)
         out[s.name] = "" if v is None and s.kind in ("text", "ints") else v
     return out
 
