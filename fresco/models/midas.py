@@ -101,7 +101,7 @@ class MidasConfig:
         if self.depth <= max(_HOOKS):
             raise ValueError(f"a DPT-Hybrid needs at least {max(_HOOKS) + 1} ViT blocks (levels 3 and 4 are the "
                              f"outputs of blocks {_HOOKS}), got {self.depth}")
-        if self.grid ** 2 < 1:
+        if self.grid < 1:
             raise ValueError("the position embedding has no grid")
         return self
 
