@@ -20,15 +20,20 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 install: $(STAMP)
 
 # a short offline render of the published config_music.yaml, unchanged but for its two paths, against random-weight
-# stand-ins of every model it names (fresco make-test-models, Hugging Face cache layout) on a generated 72-frame
-# clip; speed flags only: 64x64 frames, 4 steps. The output is noise: the point is that the published config runs.
+# stand-ins of every model it names (fresco make-test-models: the Hugging Face cache layout, and the config's
+# ./model/gmflow_sintel-0c07dcb3.pth and ./model/epoch_resnet.pth, so the render runs in that folder) on a generated
+# 72-frame clip; speed flags only: 64x64 frames, 4 steps. The output is noise: the point is that the published
+# config runs with every stage it names (HED, GMFlow, EGNet saliency). DEMO_CONFIG=boxer runs the depth one.
 DEMO_OUT ?= out/demo
+DEMO_CONFIG ?= music
+DEMO_ABS = $(abspath $(DEMO_OUT))
 demo: $(STAMP)
 	$(BIN)/fresco make-clip $(DEMO_OUT)/clip.mp4 --frames 72 --size 128x128
 	$(BIN)/fresco make-test-models $(DEMO_OUT)/hf
-	$(BIN)/python tests/published_configs.py music $(DEMO_OUT)/config_music.yaml \
-		--file-path $(DEMO_OUT)/clip.mp4 --save-path $(DEMO_OUT)/music
-	HF_HOME=$(DEMO_OUT)/hf HF_HUB_OFFLINE=1 $(BIN)/fresco render --config $(DEMO_OUT)/config_music.yaml \
+	$(BIN)/python tests/published_configs.py $(DEMO_CONFIG) $(DEMO_OUT)/config_$(DEMO_CONFIG).yaml \
+		--file-path $(DEMO_ABS)/clip.mp4 --save-path $(DEMO_ABS)/$(DEMO_CONFIG)
+	cd $(DEMO_OUT)/hf && HF_HOME=$(DEMO_ABS)/hf HF_HUB_OFFLINE=1 $(abspath $(BIN))/fresco render \
+		--config $(DEMO_ABS)/config_$(DEMO_CONFIG).yaml \
 		--size 64x64 --steps 4 --warmup-steps 1 --end-opt-step 2 --opt-iters 2 --overwrite
 
 # the web UI on http://127.0.0.1:7860 with the offline tiny model preselected (README "Web UI")

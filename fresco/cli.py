@@ -4,6 +4,7 @@ cache layout), `fresco ui` (the web UI)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -155,10 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--audio", action="store_true")
     tm = sub.add_parser("make-test-models", help="write random-weight stand-ins for every model the published "
                                                  "configs name, in the Hugging Face cache layout",
-                        description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED) under "
-                                    "DIR/hub; then HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config ... runs "
-                                    "offline. The outputs are noise.")
-    tm.add_argument("dir", help="the HF_HOME folder to write into")
+                        description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED, MiDaS "
+                                    "depth) under DIR/hub, and the configs' ./model/gmflow_sintel-0c07dcb3.pth and "
+                                    "./model/epoch_resnet.pth under DIR/model; then, in DIR, HF_HOME=DIR "
+                                    "HF_HUB_OFFLINE=1 fresco render --config ... runs a published config offline "
+                                    "(file_path/save_path absolute or relative to DIR). The outputs are noise.")
+    tm.add_argument("dir", help="the HF_HOME folder to write into (and the working directory for the render)")
     ui = sub.add_parser("ui", help="serve the web UI (Gradio; needs the [ui] extra)",
                         description="Serve the FRESCO web UI on 127.0.0.1 unless --listen or --share is given.")
     ui.add_argument("--model", help="default model in the page: diffusers SD1.5 id or path, or 'tiny-random' "
@@ -193,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "make-test-models":
             from .models.test_models import write_test_models
-            for repo in write_test_models(args.dir):
-                print(repo)
-            print(f"HF_HOME={args.dir}")
+            for name in write_test_models(args.dir):
+                print(name)
+            print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
             return 0
         if args.command == "render-many":
             from .distributed.cli import run_many

@@ -158,7 +158,7 @@ class RenderConfig:
         for key, used in (("gmflow_path", self.flow_name == "gmflow"), ("raft_path", self.flow_name == "raft"),
                           ("sod_path", self.use_salinecy)):
             need(not used or getattr(self, key) is None or Path(getattr(self, key)).is_file(), key,
-                 "no such checkpoint file")
+                 f"no such checkpoint file (a relative path is read from the working directory, {Path.cwd()})")
         need(self.propagation in PROPAGATION_METHODS, "propagation", f"one of {PROPAGATION_METHODS}")
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")

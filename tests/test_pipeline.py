@@ -355,11 +355,8 @@ def test_unavailable_annotators_and_raft_fail_clearly():
     frames = make_frames(64, 64, n=2)
     with pytest.raises(RuntimeError, match="has no ControlNetHED.pth"):
         control_maps(frames, "hed", "/nonexistent-fresco-annotators")
-    try:
-        import controlnet_aux  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="controlnet_aux"):
-            control_maps(frames, "depth")
+    with pytest.raises(RuntimeError, match="has no dpt_hybrid-midas-501f0c75.pt"):
+        control_maps(frames, "depth", "/nonexistent-fresco-annotators")
     with pytest.raises(ValueError, match="control_type: one of"):
         control_maps(frames, "scribble")
     # RAFT never downloads: without torchvision or without cached weights it says so

@@ -110,6 +110,26 @@ def test_checkpoint_has_published_layout(sod_file, tmp_path):
         load_egnet(tmp_path / "missing.pth")
 
 
+def test_narrow_stand_in_loads_strictly_and_equals_published(sod_file, tmp_path):
+    """width_div: the published names and structure at 1/16 of the widths (make-test-models' sod_path stand-in);
+    the loader reads the divisor from the shapes; the forward still equals the transcription."""
+    path = write_random_checkpoint(tmp_path / "epoch_resnet.pth", seed=1, width_div=16)
+    sd = torch.load(path, weights_only=True)
+    assert list(sd) == list(torch.load(sod_file, weights_only=True))
+    assert sd["base.conv1.weight"].shape == (4, 3, 7, 7) and sd["merge1.up.4.4.weight"].shape == (32, 32, 7, 7)
+    model = load_egnet(path)
+    assert EGNet.width_div_of(model.state_dict()) == 16
+    x = torch.randn(1, 3, 40, 56) * 60
+    with torch.no_grad():
+        got, want = model(x)[2][-1], published_egnet(sd, x)[2][-1]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    with pytest.raises(ValueError, match=r"width_div: one of \(1, 2, 4, 8, 16\), got 3"):
+        EGNet(3)
+    torch.save({k: v for k, v in sd.items() if k != "base.conv1.weight"}, tmp_path / "headless.pth")
+    with pytest.raises(ValueError, match="sod_path: .* not an EGNet ResNet-50 state dict"):
+        load_egnet(tmp_path / "headless.pth")
+
+
 def test_forward_equals_published():
     with torch.device("meta"):
         model = EGNet().eval()

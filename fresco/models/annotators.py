@@ -1,8 +1,7 @@
 """ControlNet annotators the published configs use, with weights from a local folder or the Hugging Face cache
 (lllyasviel/Annotators): HED written here (the ControlNet 1.1 "ControlNetHED_Apache2" network the published code
 runs: five VGG-style blocks, a 1x1 side projection each, the sigmoid of their mean), so no annotator package is
-needed for it. Depth (MiDaS dpt-hybrid) needs timm's ViT-hybrid backbone and goes through controlnet_aux when that
-package is installed (see README)."""
+needed for it. Depth (MiDaS DPT-Hybrid, dpt_hybrid-midas-501f0c75.pt) is written here too: fresco.models.midas."""
 from __future__ import annotations
 
 import os
@@ -82,10 +81,12 @@ def annotator_file(name: str, annotator_path: Optional[str] = None) -> Path:
     try:
         return Path(hf_hub_download(ANNOTATORS_REPO, name))
     except Exception as e:  # offline miss, network error, missing repo: all mean "not available"
-        raise RuntimeError(f"annotator: {name} of {ANNOTATORS_REPO} is not in the Hugging Face cache "
-                           f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) and could not be "
-                           f"fetched ({type(e).__name__}); pass annotator_path (a folder with it) or download it") \
-            from e
+        from huggingface_hub.constants import HF_HUB_CACHE
+        where = Path(HF_HUB_CACHE) / ("models--" + ANNOTATORS_REPO.replace("/", "--"))
+        raise RuntimeError(f"annotator_path: {name} is not in the Hugging Face cache ({where}) and could not be "
+                           f"fetched ({type(e).__name__}); pass --annotator-path (a folder with {name}, e.g. "
+                           f"FRESCO's src/ControlNet/annotator/ckpts) or download it: huggingface-cli download "
+                           f"{ANNOTATORS_REPO} {name}") from e
 
 
 class HEDDetector:

@@ -20,6 +20,7 @@ from torch import nn
 __all__ = ["EGNet", "load_egnet", "write_random_checkpoint", "SOD_MEAN"]
 
 SOD_MEAN = (104.00699, 116.66877, 122.67892)  # subtracted per channel from the 0..255 input, in the given order
+WIDTH_DIVS = (1, 2, 4, 8, 16)  # channel divisors of the stand-ins (every published width stays an integer >= 1)
 
 
 def _up(x: torch.Tensor, size) -> torch.Tensor:
@@ -48,15 +49,16 @@ class _Bottleneck(nn.Module):
 
 
 class _ResNet50(nn.Module):
-    """[B, 3, H, W] -> five maps: 64ch 1/2, 256ch 1/4, 512ch 1/8, 1024ch 1/16, 2048ch 1/16 (dilated last stage)."""
+    """[B, 3, H, W] -> five maps: 64ch 1/2, 256ch 1/4, 512ch 1/8, 1024ch 1/16, 2048ch 1/16 (dilated last stage);
+    every width divided by `div`."""
 
-    def __init__(self):
+    def __init__(self, div: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        for i, (planes, n, stride, dil) in enumerate([(64, 3, 1, 1), (128, 4, 2, 1), (256, 6, 2, 1),
-                                                      (512, 3, 1, 2)]):
+        self.conv1 = nn.Conv2d(3, 64 // div, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64 // div)
+        cin = 64 // div
+        for i, (planes, n, stride, dil) in enumerate([(64 // div, 3, 1, 1), (128 // div, 4, 2, 1),
+                                                      (256 // div, 6, 2, 1), (512 // div, 3, 1, 2)]):
             blocks = [_Bottleneck(cin, planes, stride, dil, downsample=True)]
             blocks += [_Bottleneck(planes * 4, planes, 1, dil) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
@@ -84,10 +86,10 @@ def _triple(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class _Convert(nn.Module):
-    def __init__(self):
+    def __init__(self, div: int = 1):
         super().__init__()
-        self.convert0 = nn.ModuleList([_conv_relu(a, b) for a, b in zip((64, 256, 512, 1024, 2048),
-                                                                        (128, 256, 512, 512, 512))])
+        self.convert0 = nn.ModuleList([_conv_relu(a // div, b // div) for a, b in zip((64, 256, 512, 1024, 2048),
+                                                                                      (128, 256, 512, 512, 512))])
 
 
 class _Merge1(nn.Module):
@@ -95,10 +97,11 @@ class _Merge1(nn.Module):
     kernels 3, 3, 5, 5, 7; trans: 512->256 into level 1, 512->128 (deepest saliency -> edge); trans[0] (256->128)
     exists in the published tree but is never used."""
 
-    def __init__(self):
+    def __init__(self, div: int = 1):
         super().__init__()
-        chans, ks = (128, 256, 512, 512, 512), (3, 3, 5, 5, 7)
-        self.trans = nn.ModuleList([_conv_relu(256, 128), _conv_relu(512, 256), _conv_relu(512, 128)])
+        chans, ks = tuple(c // div for c in (128, 256, 512, 512, 512)), (3, 3, 5, 5, 7)
+        self.trans = nn.ModuleList([_conv_relu(256 // div, 128 // div), _conv_relu(512 // div, 256 // div),
+                                    _conv_relu(512 // div, 128 // div)])
         self.up = nn.ModuleList([_triple(c, c, k) for c, k in zip(chans, ks)])
         self.score = nn.ModuleList([nn.Conv2d(c, 1, 3, 1, 1) for c in chans])
 
@@ -120,14 +123,14 @@ class _Merge2(nn.Module):
     """Fuses each saliency feature (shallowest first: 256, 512, 512, 512 channels, kernels 3, 5, 5, 7) with the
     edge feature; final_score reads the running ReLU sum of the fused features."""
 
-    def __init__(self):
+    def __init__(self, div: int = 1):
         super().__init__()
-        cins, ks = (256, 512, 512, 512), (3, 5, 5, 7)
-        self.trans = nn.ModuleList([nn.ModuleList([_conv_relu(c, 128) for c in cins])])
-        self.up = nn.ModuleList([nn.ModuleList([_triple(128, 128, k) for k in ks])])
-        self.score = nn.ModuleList([nn.ModuleList([nn.Conv2d(128, 1, 3, 1, 1) for _ in cins])])
-        self.final_score = nn.Sequential(nn.Conv2d(128, 128, 5, 1, 2), nn.ReLU(inplace=True),
-                                         nn.Conv2d(128, 1, 3, 1, 1))
+        cins, ks, e = tuple(c // div for c in (256, 512, 512, 512)), (3, 5, 5, 7), 128 // div
+        self.trans = nn.ModuleList([nn.ModuleList([_conv_relu(c, e) for c in cins])])
+        self.up = nn.ModuleList([nn.ModuleList([_triple(e, e, k) for k in ks])])
+        self.score = nn.ModuleList([nn.ModuleList([nn.Conv2d(e, 1, 3, 1, 1) for _ in cins])])
+        self.final_score = nn.Sequential(nn.Conv2d(e, e, 5, 1, 2), nn.ReLU(inplace=True),
+                                         nn.Conv2d(e, 1, 3, 1, 1))
 
     def forward(self, edge: torch.Tensor, sal_feats: List[torch.Tensor], size) -> List[torch.Tensor]:
         scores, feats = [], []
@@ -144,14 +147,27 @@ class _Merge2(nn.Module):
 
 class EGNet(nn.Module):
     """forward(x): [B, 3, H, W] mean-subtracted image (`SOD_MEAN`) -> (edge scores, saliency scores, fused saliency
-    scores), lists of [B, 1, H, W] logits; the last fused score is the saliency map."""
+    scores), lists of [B, 1, H, W] logits; the last fused score is the saliency map. `width_div` > 1 divides every
+    channel count (the names and the structure stay): only for random-weight stand-ins, which the loader reads
+    back from the shapes (`width_div_of`)."""
 
-    def __init__(self):
+    def __init__(self, width_div: int = 1):
         super().__init__()
-        self.base = _ResNet50()
-        self.convert = _Convert()
-        self.merge1 = _Merge1()
-        self.merge2 = _Merge2()
+        if width_div not in WIDTH_DIVS:
+            raise ValueError(f"width_div: one of {WIDTH_DIVS}, got {width_div!r}")
+        self.base = _ResNet50(width_div)
+        self.convert = _Convert(width_div)
+        self.merge1 = _Merge1(width_div)
+        self.merge2 = _Merge2(width_div)
+
+    @staticmethod
+    def width_div_of(sd: dict) -> int:
+        """The width divisor a state dict was saved with (64 / its first conv's width)."""
+        w = sd.get("base.conv1.weight")
+        if not isinstance(w, torch.Tensor) or w.dim() != 4 or w.shape[0] == 0 or 64 % w.shape[0] \
+                or 64 // w.shape[0] not in WIDTH_DIVS:
+            raise ValueError("not an EGNet ResNet-50 state dict (base.conv1.weight missing or of an unknown width)")
+        return 64 // int(w.shape[0])
 
     def forward(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
         size = x.shape[2:]
@@ -170,19 +186,24 @@ def load_egnet(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     sd = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):
         raise ValueError(f"sod_path: '{path}' does not hold a state_dict")
+    try:
+        div = EGNet.width_div_of(sd)
+    except ValueError as e:
+        raise ValueError(f"sod_path: '{path}' is {e}") from None
     with torch.device("meta"):  # no random init of 112M parameters that the file replaces
-        model = EGNet()
+        model = EGNet(div)
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 
-def write_random_checkpoint(path: Union[str, os.PathLike], seed: int = 0) -> str:
-    """Write a random-weight stand-in for the EGNet `sod_path` file: the published names, shapes and format (a bare
-    state_dict, torch.save), with plausible batch-norm statistics. Returns the path."""
+def write_random_checkpoint(path: Union[str, os.PathLike], seed: int = 0, width_div: int = 1) -> str:
+    """Write a random-weight stand-in for the EGNet `sod_path` file: the published names and format (a bare
+    state_dict, torch.save), the published shapes with every width divided by `width_div` (1: full size, 450 MB;
+    16: 1.8 MB), with plausible batch-norm statistics. Returns the path."""
     path = os.fspath(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = EGNet()
+        model = EGNet(width_div)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)

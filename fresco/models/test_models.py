@@ -1,10 +1,17 @@
-"""`fresco make-test-models DIR`: random-weight stand-ins for every model the published FRESCO configs name, written
-in the Hugging Face cache layout (DIR/hub/models--org--name/snapshots/<rev>/..., refs/main), so that
-`HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config config_music.yaml` resolves sd_path, the ControlNet, the VAE
-and the annotators offline. Every stand-in has the real model's structure at tiny widths (fresco.models.
-tiny_components): SD1.5 folders (unet, vae, text_encoder, tokenizer, scheduler with SD1.5's PNDM config, as the
-real repositories ship it), the three v1.0 ControlNets, sd-vae-ft-mse and ControlNetHED.pth. The outputs are noise:
-they exist for tests and the offline demo."""
+"""`fresco make-test-models DIR`: random-weight stand-ins for every model the published FRESCO configs name, so that
+`cd DIR && HF_HOME=DIR HF_HUB_OFFLINE=1 fresco render --config config_music.yaml` runs a published config unchanged
+(but for file_path/save_path) offline with every stage it names:
+
+- in the Hugging Face cache layout (DIR/hub/models--org--name/snapshots/<rev>/..., refs/main): sd_path, the
+  ControlNets, the VAE and the annotators. SD1.5 folders (unet, vae, text_encoder, tokenizer, scheduler with
+  SD1.5's PNDM config, as the real repositories ship it) at tiny widths (fresco.models.tiny_components), the three
+  v1.0 ControlNets, sd-vae-ft-mse, and lllyasviel/Annotators' ControlNetHED.pth and dpt_hybrid-midas-501f0c75.pt
+  (the published parameter names, tiny widths);
+- the support checkpoints the configs name relative to the working directory (`SUPPORT_FILES`):
+  DIR/model/gmflow_sintel-0c07dcb3.pth (GMFlow, full size: 19 MB) and DIR/model/epoch_resnet.pth (EGNet, the
+  published names at 1/16 of the widths: 1.9 MB instead of 450 MB); the loaders read the widths from the shapes.
+
+The outputs are noise: they exist for tests and the offline demo."""
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +22,15 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .annotators import ANNOTATORS_REPO, HED_FILE, hed_state_dict
+from .midas import MIDAS_FILE, midas_state_dict
 from .sd import CONTROLNET_IDS, PUBLISHED_VAE, SD15_SCHEDULER, tiny_components
 
 # the base models of the published configs (config/*.yaml) and of the published web UI's model list
 PUBLISHED_SD_MODELS = ("runwayml/stable-diffusion-v1-5", "SG161222/Realistic_Vision_V2.0",
                        "stablediffusionapi/rev-animated", "stablediffusionapi/flat-2d-animerge")
+# the published configs' gmflow_path and sod_path, relative to the working directory
+SUPPORT_FILES = {"gmflow": "model/gmflow_sintel-0c07dcb3.pth", "sod": "model/epoch_resnet.pth"}
+SOD_WIDTH_DIV = 16
 
 
 def _revision(repo: str) -> str:
@@ -73,15 +84,27 @@ def write_vae(hf_home: Union[str, Path], repo: str = PUBLISHED_VAE) -> Path:
 
 
 def write_annotators(hf_home: Union[str, Path]) -> Path:
-    """lllyasviel/Annotators with a random-weight ControlNetHED.pth (the published parameter names, tiny widths).
-    No dpt-hybrid stand-in: MiDaS runs through controlnet_aux (see fresco.pipeline.control)."""
+    """lllyasviel/Annotators with random-weight ControlNetHED.pth and dpt_hybrid-midas-501f0c75.pt (the published
+    parameter names, tiny widths)."""
     snap = snapshot_dir(hf_home, ANNOTATORS_REPO)
     torch.save(hed_state_dict(seed=_seed(ANNOTATORS_REPO)), snap / HED_FILE)
+    torch.save(midas_state_dict(seed=_seed(MIDAS_FILE)), snap / MIDAS_FILE)
     return snap
 
 
+def write_support_models(root: Union[str, Path]) -> list[Path]:
+    """root/model/gmflow_sintel-0c07dcb3.pth and root/model/epoch_resnet.pth (`SUPPORT_FILES`): the published
+    configs' gmflow_path and sod_path resolve to them when the render runs with root as its working directory."""
+    from . import egnet, gmflow
+    root = Path(root)
+    return [Path(gmflow.write_random_checkpoint(root / SUPPORT_FILES["gmflow"], seed=_seed("gmflow"))),
+            Path(egnet.write_random_checkpoint(root / SUPPORT_FILES["sod"], seed=_seed("egnet"),
+                                               width_div=SOD_WIDTH_DIV))]
+
+
 def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[str]] = None) -> list[str]:
-    """Write every stand-in under `hf_home` (the published SD models unless `sd_models`); returns the repo ids."""
+    """Write every stand-in under `hf_home` (the published SD models unless `sd_models`) and the support
+    checkpoints under hf_home/model; returns the repo ids and the support files' paths relative to hf_home."""
     hf_home = Path(hf_home)
     written = []
     for repo in (PUBLISHED_SD_MODELS if sd_models is None else sd_models):
@@ -94,4 +117,6 @@ def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[st
     written.append(PUBLISHED_VAE)
     write_annotators(hf_home)
     written.append(ANNOTATORS_REPO)
+    write_support_models(hf_home)
+    written.extend(SUPPORT_FILES.values())
     return written

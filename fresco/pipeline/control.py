@@ -1,7 +1,7 @@
 """ControlNet condition images from the input frames, as the published run script computes them: Canny (OpenCV,
-thresholds 50/100 by default), HED (fresco.models.annotators, weights from a folder or the Hugging Face cache) and depth
-(MiDaS dpt-hybrid through controlnet_aux when installed; a clear error otherwise). Nothing is downloaded when
-HF_HUB_OFFLINE=1."""
+thresholds 50/100 by default), HED (fresco.models.annotators) and depth (MiDaS DPT-Hybrid, fresco.models.midas), both
+with the lllyasviel/Annotators weights from a folder (`annotator_path`) or the Hugging Face cache. Nothing is
+downloaded when HF_HUB_OFFLINE=1."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -25,15 +25,10 @@ def _hed(annotator_path: Optional[str], device: str):
     return HEDDetector.from_pretrained(annotator_path, device=device)
 
 
-def _depth(annotator_path: Optional[str]):
-    try:
-        import controlnet_aux
-    except ImportError as e:
-        raise RuntimeError("control_type='depth' (MiDaS dpt-hybrid) needs the package controlnet_aux (and timm) "
-                           "with the lllyasviel/Annotators weights available locally (pip install controlnet-aux); "
-                           "or pass control_images yourself, or use controlnet_type 'hed' or 'canny'") from e
-    from ..models.annotators import ANNOTATORS_REPO
-    return controlnet_aux.MidasDetector.from_pretrained(annotator_path or ANNOTATORS_REPO)
+@lru_cache(maxsize=4)
+def _depth(annotator_path: Optional[str], device: str):
+    from ..models.midas import DepthDetector
+    return DepthDetector.from_pretrained(annotator_path, device=device)
 
 
 def control_maps(frames: np.ndarray, control_type: str, annotator_path: Optional[str] = None,
@@ -48,16 +43,6 @@ def control_maps(frames: np.ndarray, control_type: str, annotator_path: Optional
         det = _hed(annotator_path, str(device or "cpu"))
         maps = np.stack([det(f) for f in frames])
     else:
-        det = _depth(annotator_path)
-        h, w = frames.shape[1:3]
-        out = []
-        for f in frames:
-            m = np.asarray(det(f, detect_resolution=min(h, w), image_resolution=min(h, w), output_type="np"))
-            if m.ndim == 3:
-                m = m[..., 0]
-            if m.shape[:2] != (h, w):
-                import cv2
-                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-            out.append(m.astype(np.uint8))
-        maps = np.stack(out)
+        det = _depth(annotator_path, str(device or "cpu"))
+        maps = np.stack([det(f) for f in frames])
     return np.repeat(maps[..., None], 3, axis=-1)
