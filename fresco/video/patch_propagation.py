@@ -35,6 +35,7 @@ class PatchParams:
     uniformity: int = 0
     vote_sharpness: float = 0.5  # error-weighted vote: weight exp(-err / (s * mean err)) per patch; 0 = plain vote
     warp_candidate: bool = True  # per pixel, the key warped along the chained flow where its colour error is lower
+    warp_bicubic: bool = True    # that warp bicubic (sharper) rather than bilinear
     poisson: bool = False
     seed: int = 0
 
@@ -53,14 +54,15 @@ def edge_guide(frames: torch.Tensor) -> torch.Tensor:
     return (2 * torch.sqrt(gx * gx + gy * gy)).clamp(0, 255)
 
 
-def sample(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """x [B, C, H, W] sampled bilinearly at p + flow(p) (flow [B, 2, H, W] pixels, ch0 = x), border-clamped."""
+def sample(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """x [B, C, H, W] sampled at p + flow(p) (flow [B, 2, H, W] pixels, ch0 = x), border-clamped; mode "bilinear"
+    or "bicubic" (sharper at sub-pixel shifts; may overshoot, clamp 0..255 images after)."""
     b, _, h, w = flow.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
                             torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
     gx = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
     gy = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
-    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(x, torch.stack([gx, gy], -1), mode=mode, padding_mode="border", align_corners=True)
 
 
 def chain_to_key(step_flows: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -107,7 +109,8 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
         e_warp = colour_error(frame[0], key_src[0], ny, nx, p.patch_size)
         e_syn = colour_error(frame[0], key_src[0], nnf[0], nnf[1], p.patch_size)
         use = e_warp <= e_syn
-        out = torch.where(use, temporal[0], out)
+        warp = sample(key_out, to_key, "bicubic")[0].clamp(0, 255) if p.warp_bicubic else temporal[0]
+        out = torch.where(use, warp, out)
         err = torch.where(use, e_warp * p.w_colour, err)
     return out, err
 
