@@ -171,6 +171,57 @@ def test_histogram_blend_and_poisson():
             assert torch.allclose(out[:, :, 13:], b[:, :, 13:], atol=1e-3)
 
 
+def test_weighted_vote_and_colour_error():
+    from fresco.video.patch_propagation import colour_error, weighted_vote
+    style = torch.randint(0, 256, (3, 12, 14)).float()
+    ys, xs = torch.meshgrid(torch.arange(9), torch.arange(10), indexing="ij")
+    nnf = torch.stack([ys + 2, xs + 3])            # a pure shift inside the style
+    even = torch.full((9, 10), 7.0)
+    # a coherent field: every covering patch proposes the same pixel, whatever the weights
+    assert torch.allclose(weighted_vote(style, nnf, even, 2, 0.5), style[:, 2:11, 3:13])
+    # an incoherent field: equal errors give the plain (unweighted) vote; one bad patch barely counts
+    rnd = torch.stack([torch.randint(2, 10, (9, 10)), torch.randint(2, 12, (9, 10))])
+    plain = weighted_vote(style, rnd, even, 1, 0.5)
+    ref_total = torch.zeros(3, 9, 10)
+    ref_count = torch.zeros(9, 10)
+    for y in range(9):
+        for x in range(10):
+            for oy in (-1, 0, 1):
+                for ox in (-1, 0, 1):
+                    qy, qx = y - oy, x - ox
+                    if 0 <= qy < 9 and 0 <= qx < 10:
+                        ref_total[:, y, x] += style[:, rnd[0, qy, qx] + oy, rnd[1, qy, qx] + ox]
+                        ref_count[y, x] += 1
+    assert torch.allclose(plain, ref_total / ref_count, atol=1e-4)
+    bad = even.clone()
+    bad[4, 5] = 1e4
+    w = weighted_vote(style, rnd, bad, 1, 0.5)
+    assert torch.allclose(w[:, 4, 5], ((ref_total[:, 4, 5] - style[:, rnd[0, 4, 5], rnd[1, 4, 5]]) / 8), atol=1e-3)
+    frame = style[:, 2:11, 3:13]
+    assert torch.equal(colour_error(frame, style, nnf[0], nnf[1], 3), torch.zeros(9, 10))
+    e = colour_error(frame, style, rnd[0], rnd[1], 3)
+    assert e.shape == (9, 10) and bool((e > 0).any())
+
+
+def test_warp_candidate_near_a_key():
+    """A sub-pixel shift one frame from the key: with the warp candidate the output is the key's bilinear warp
+    wherever its colour error is not above the synthesis's, so it is at least as close to the warped key."""
+    from fresco.video.patch_propagation import PatchParams, _key_guides, synthesize
+    g = torch.Generator().manual_seed(0)
+    key_src = F.avg_pool2d(torch.rand(1, 3, 40, 40, generator=g) * 255, 3, 1, 1)
+    key_out = 255 - key_src
+    flow = torch.zeros(1, 2, 40, 40)
+    flow[:, 0] = 0.5                               # frame pixel p sits at p + (0.5, 0) in the key
+    from fresco.video.patch_propagation import sample
+    frame = sample(key_src, flow)
+    truth = sample(key_out, flow)[0]
+    guides = _key_guides(key_src, key_out)
+    off, _ = synthesize(frame, flow, key_src, key_out, guides, PatchParams(warp_candidate=False, vote_sharpness=0))
+    on, _ = synthesize(frame, flow, key_src, key_out, guides, PatchParams())
+    inner = (slice(None), slice(4, -4), slice(4, -4))
+    assert (on - truth)[inner].abs().mean() < (off - truth)[inner].abs().mean()
+
+
 def test_propagate_patch_method():
     from fresco.video.propagate import propagate
     rng = np.random.default_rng(0)

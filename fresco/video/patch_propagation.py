@@ -1,8 +1,11 @@
 """Non-keyframes by guided patch synthesis (Ebsynth-style, "Stylizing Video by Example", Jamriška et al. 2019), the
 `propagation: patch` method: each in-between frame is re-assembled from patches of the stylised keys before and
 after it (`fresco_kernels.patch_synthesis`), guided by the frames' colour and edges, by positions and by the key's
-stylised frame, both carried along optical flow chained frame to frame; the two syntheses are chosen per pixel by
-their synthesis error and fused with histogram-preserving blending and, optionally, gradient-domain (Poisson)
+stylised frame, both carried along optical flow chained frame to frame. Each direction's output is voted with
+weights that fall with each patch's synthesis error (so a few poor patches do not blur the good ones), and per pixel
+the key warped along the chained flow replaces it where the key's source, read along the flow, matches the frame at
+least as well as the synthesis's source patches (near a key the flow is nearly exact). The two directions are chosen
+per pixel by their error and fused with histogram-preserving blending and, optionally, gradient-domain (Poisson)
 fusion. Works on one gap between two keys at a time (memory bounded by the gap, flat in video length)."""
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ class PatchParams:
     w_temporal: int = 2     # per channel of the key's stylised frame carried along the chained flow
     style_weight: int = 1   # EM coherence of the synthesised style
     uniformity: int = 0
+    vote_sharpness: float = 0.5  # error-weighted vote: weight exp(-err / (s * mean err)) per patch; 0 = plain vote
+    warp_candidate: bool = True  # per pixel, the key warped along the chained flow where its colour error is lower
+    warp_bicubic: bool = True    # that warp bicubic (sharper) rather than bilinear
     poisson: bool = False
     seed: int = 0
 
@@ -48,14 +54,15 @@ def edge_guide(frames: torch.Tensor) -> torch.Tensor:
     return (2 * torch.sqrt(gx * gx + gy * gy)).clamp(0, 255)
 
 
-def sample(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """x [B, C, H, W] sampled bilinearly at p + flow(p) (flow [B, 2, H, W] pixels, ch0 = x), border-clamped."""
+def sample(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """x [B, C, H, W] sampled at p + flow(p) (flow [B, 2, H, W] pixels, ch0 = x), border-clamped; mode "bilinear"
+    or "bicubic" (sharper at sub-pixel shifts; may overshoot, clamp 0..255 images after)."""
     b, _, h, w = flow.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
                             torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
     gx = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
     gy = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
-    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(x, torch.stack([gx, gy], -1), mode=mode, padding_mode="border", align_corners=True)
 
 
 def chain_to_key(step_flows: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -87,11 +94,54 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     target = torch.cat([frame, edge_guide(frame), tgt_pos, temporal], 1)[0]
     weights = [p.w_colour] * 3 + [p.w_edge] + [p.w_position] * 2 + [p.w_temporal] * 3
     init = torch.round(pos + to_key.flip(1))[0].to(torch.int32)
-    out, _, err = patch_synthesis(key_out[0], key_guides, target, weights, style_weight=p.style_weight,
-                                  init_nnf=init, patch_size=p.patch_size, levels=p.levels, em_iters=p.em_iters,
-                                  pm_iters=p.pm_iters, search_radius=p.search_radius, uniformity=p.uniformity,
-                                  seed=p.seed, backend=backend)
+    out, nnf, err = patch_synthesis(key_out[0], key_guides, target, weights, style_weight=p.style_weight,
+                                    init_nnf=init, patch_size=p.patch_size, levels=p.levels, em_iters=p.em_iters,
+                                    pm_iters=p.pm_iters, search_radius=p.search_radius, uniformity=p.uniformity,
+                                    seed=p.seed, backend=backend)
+    if p.vote_sharpness > 0:
+        out = weighted_vote(key_out[0], nnf, err, p.patch_size // 2, p.vote_sharpness)
+    if p.warp_candidate:
+        # near a key the chained flow is nearly exact and its (sub-pixel) warp beats any patch re-assembly: take it
+        # per pixel where the key's source, read along the flow, matches the frame over the patch at least as well
+        # as the synthesis's source patches do
+        ny = init[0].clamp(0, h - 1)
+        nx = init[1].clamp(0, w - 1)
+        e_warp = colour_error(frame[0], key_src[0], ny, nx, p.patch_size)
+        e_syn = colour_error(frame[0], key_src[0], nnf[0], nnf[1], p.patch_size)
+        use = e_warp <= e_syn
+        warp = sample(key_out, to_key, "bicubic")[0].clamp(0, 255) if p.warp_bicubic else temporal[0]
+        out = torch.where(use, warp, out)
+        err = torch.where(use, e_warp * p.w_colour, err)
     return out, err
+
+
+def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor,
+                 patch_size: int) -> torch.Tensor:
+    """Per pixel the patch mean of the squared RGB difference (summed over channels) between frame [3, H, W] and
+    the key's source read at the field (ny, nx) [H, W] (in-image source pixels): [H, W]."""
+    d = ((key_src[:, ny.long(), nx.long()] - frame) ** 2).sum(0)
+    return F.avg_pool2d(d[None, None], patch_size, 1, patch_size // 2, count_include_pad=False)[0, 0]
+
+
+def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: int, sharpness: float
+                  ) -> torch.Tensor:
+    """Patch voting weighted by each patch's synthesis error: target pixel p averages the style value every covering
+    patch q (centred within r of p) proposes, style[n(q) + p - q], with weight exp(-err(q) / (s * mean err)), so
+    poorly matching patches do not blur the well matching ones. style [C, Hs, Ws], nnf [2, H, W], err [H, W]."""
+    h, w = err.shape
+    wt = torch.exp(-err / (sharpness * err.mean().clamp_min(1e-6)))
+    total = style.new_zeros((style.shape[0], h, w))
+    count = err.new_zeros((h, w))
+    ny, nx = nnf[0].long(), nnf[1].long()
+    for oy in range(-r, r + 1):
+        y0, y1 = max(0, oy), min(h, h + oy)
+        for ox in range(-r, r + 1):
+            x0, x1 = max(0, ox), min(w, w + ox)
+            qy, qx = ny[y0 - oy:y1 - oy, x0 - ox:x1 - ox], nx[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            ww = wt[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            total[:, y0:y1, x0:x1] += ww * style[:, qy + oy, qx + ox]
+            count[y0:y1, x0:x1] += ww
+    return total / count.clamp_min(1e-30)
 
 
 def _key_guides(key_src: torch.Tensor, key_out: torch.Tensor) -> torch.Tensor:
