@@ -28,8 +28,8 @@ def main(argv=None) -> None:
     from fresco.video import make_synthetic_clip, plan_batches
     from fresco.video.render import render
 
-    # batch size 3: one new key per batch after the first (2 keys); keys every 2 frames
-    n_keys = args.batches + 2
+    # batch size 3: 3 keys in the first batch, one new key per batch after, two in the last; keys every 2 frames
+    n_keys = args.batches + 3  # the published plan merges the last single key into the batch before it
     n_frames = 2 * (n_keys - 1) + 1
     assert len(plan_batches(list(range(0, n_frames, 2)), 3)) == args.batches
     tmp = Path(tempfile.mkdtemp(prefix="fresco-wavefront-"))
