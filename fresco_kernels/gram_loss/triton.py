@@ -126,6 +126,8 @@ _TILE_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_C": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_C": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 32, "BLOCK_C": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_C": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_C": 16}, num_warps=2, num_stages=3),
 ]
 # (BLOCK_M, BLOCK_C, num_warps, num_stages) per public precision ("bf16" runs the "ieee" dot on bf16 rows)
 _PRECISION_TILES = {
@@ -134,6 +136,18 @@ _PRECISION_TILES = {
     "ieee": {(64, 16, 8, 4), (32, 32, 4, 3)},
     "tf32x3": {(64, 16, 8, 4), (64, 32, 8, 3)},
 }
+# sm_8x (A100): the sets above less the tiles that spill there (make aot-check, sm_80, Triton 3.6 and 3.8)
+_PRECISION_TILES_SM80 = {
+    "tf32": {(64, 16, 8, 4), (64, 64, 8, 3)},
+    "bf16": {(64, 32, 4, 3), (128, 32, 8, 3)},
+    "ieee": {(32, 16, 4, 3)},
+    "tf32x3": {(32, 16, 4, 3), (32, 16, 2, 3)},
+}
+
+
+def _tile_sets() -> dict:
+    target = triton.runtime.driver.active.get_current_target()
+    return _PRECISION_TILES_SM80 if getattr(target, "arch", 90) < 90 else _PRECISION_TILES
 
 
 def _tile_key(cfg) -> tuple:
@@ -159,7 +173,7 @@ _prune_by_smem = prune_by_shared_memory(_tile_shared_memory)["early_config_prune
 
 def _prune_tiles(candidates, named_args, **kwargs):
     """The precision's spill-free tiles that fit the device's shared memory."""
-    allowed = _PRECISION_TILES[_precision_of(named_args, kwargs)]
+    allowed = _tile_sets()[_precision_of(named_args, kwargs)]
     own = [c for c in candidates if _tile_key(c) in allowed] or candidates[:1]
     return _prune_by_smem(own, named_args, **kwargs)
 
