@@ -53,6 +53,18 @@ def _distance(src_ptr, tgt_ptr, w_ptr, ty, tx, sy, sx, mask, WS, TW, K, P: tl.co
 
 
 @triton.jit
+def _try_candidate(src_ptr, tgt_ptr, w_ptr, occ_ptr, ty, tx, ky, kx, mask, cur, by, bx, best, WS, TW, K, U,
+                   P: tl.constexpr):
+    """Cost of source patch (ky, kx) for each target pixel (distance + U x (occupancy, less one if it is the current
+    match)); the (by, bx, best) of the pixels where it is strictly lower are replaced."""
+    kq = ky * WS + kx
+    c = _distance(src_ptr, tgt_ptr, w_ptr, ty, tx, ky, kx, mask, WS, TW, K, P)
+    c += U * (tl.load(occ_ptr + kq, mask=mask, other=0) - (kq == cur).to(tl.int32))
+    take = mask & (c < best)
+    return tl.where(take, ky, by), tl.where(take, kx, bx), tl.where(take, c, best)
+
+
+@triton.jit
 def _pm_pass_kernel(src_ptr, tgt_ptr, w_ptr, ny_ptr, nx_ptr, occ_ptr, keys_ptr, out_y_ptr, out_x_ptr, cost_ptr,
                     HT, WT, HS, WS, K, U, SEARCH, N_RADII,
                     P: tl.constexpr, EVAL_ONLY: tl.constexpr, BLOCK_P: tl.constexpr):
@@ -74,21 +86,16 @@ def _pm_pass_kernel(src_ptr, tgt_ptr, w_ptr, ny_ptr, nx_ptr, occ_ptr, keys_ptr, 
         by = cy
         bx = cx
         for j in tl.static_range(4):
-            DY: tl.constexpr = 0 if j < 2 else (-1 if j == 2 else 1)
-            DX: tl.constexpr = (-1 if j == 0 else 1) if j < 2 else 0
+            DY = 0 if j < 2 else (-1 if j == 2 else 1)
+            DX = (-1 if j == 0 else 1) if j < 2 else 0
             qy = ty + DY
             qx = tx + DX
             inside = mask & (qy >= 0) & (qy < HT) & (qx >= 0) & (qx < WT)
             q = qy * WT + qx
             ky = tl.minimum(tl.maximum(tl.load(ny_ptr + q, mask=inside, other=R) - DY, R), HS - 1 - R)
             kx = tl.minimum(tl.maximum(tl.load(nx_ptr + q, mask=inside, other=R) - DX, R), WS - 1 - R)
-            kq = ky * WS + kx
-            c = _distance(src_ptr, tgt_ptr, w_ptr, ty, tx, ky, kx, inside, WS, TW, K, P)
-            c += U * (tl.load(occ_ptr + kq, mask=inside, other=0) - (kq == cur).to(tl.int32))
-            take = inside & (c < best)
-            by = tl.where(take, ky, by)
-            bx = tl.where(take, kx, bx)
-            best = tl.where(take, c, best)
+            by, bx, best = _try_candidate(src_ptr, tgt_ptr, w_ptr, occ_ptr, ty, tx, ky, kx, inside, cur, by, bx,
+                                          best, WS, TW, K, U, P)
         for k in range(N_RADII):
             rad = SEARCH >> k
             span = 2 * rad + 1
@@ -98,13 +105,8 @@ def _pm_pass_kernel(src_ptr, tgt_ptr, w_ptr, ny_ptr, nx_ptr, occ_ptr, keys_ptr, 
             kx = bx + ((h >> 16) % span).to(tl.int32) - rad
             ky = tl.minimum(tl.maximum(ky, R), HS - 1 - R)
             kx = tl.minimum(tl.maximum(kx, R), WS - 1 - R)
-            kq = ky * WS + kx
-            c = _distance(src_ptr, tgt_ptr, w_ptr, ty, tx, ky, kx, mask, WS, TW, K, P)
-            c += U * (tl.load(occ_ptr + kq, mask=mask, other=0) - (kq == cur).to(tl.int32))
-            take = mask & (c < best)
-            by = tl.where(take, ky, by)
-            bx = tl.where(take, kx, bx)
-            best = tl.where(take, c, best)
+            by, bx, best = _try_candidate(src_ptr, tgt_ptr, w_ptr, occ_ptr, ty, tx, ky, kx, mask, cur, by, bx,
+                                          best, WS, TW, K, U, P)
         tl.store(out_y_ptr + pix, by, mask=mask)
         tl.store(out_x_ptr + pix, bx, mask=mask)
         tl.store(cost_ptr + pix, best, mask=mask)
