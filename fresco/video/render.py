@@ -23,7 +23,7 @@ import torch
 from fresco_kernels import get_backend
 
 from ..config import RenderConfig
-from ..models.flow import FlowEstimator, get_flow_estimator
+from ..models.flow import FlowEstimator
 from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
 from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
@@ -31,6 +31,7 @@ from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, selec
 from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, foreign, make_folder,
                      refuse_foreign, remove_owned)
 from .propagate import propagate
+from .stylize import flow_estimator
 
 PREVIEW_KEYS = 6
 
@@ -270,19 +271,14 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
                                    Iterator[np.ndarray]]:
     """The non-keyframe stage of `cfg` for any process: (source frames stream, keys, load_key) -> the stylised
     stream of every frame, with cfg's flow estimator (`flow` replaces it), method, backend and device."""
-    device = _device(cfg)
+    device = preflight.check_device(cfg.device)
     if flow is None:
-        flow = get_flow_estimator(cfg.flow_name, device, gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
+        flow = flow_estimator(cfg)
 
     def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
         return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation)
 
     return run
-
-
-def _device(cfg: RenderConfig) -> torch.device:
-    """The torch device cfg.device names ('auto' picks CUDA when present)."""
-    return preflight.check_device(cfg.device)
 
 
 class Runner(Protocol):
@@ -315,8 +311,7 @@ class LocalRunner:
 
     def _flow(self) -> FlowEstimator:
         if self.flow is None:
-            self.flow = get_flow_estimator(self.cfg.flow_name, _device(self.cfg), gmflow_path=self.cfg.gmflow_path,
-                                           raft_path=self.cfg.raft_path)
+            self.flow = flow_estimator(self.cfg)
         return self.flow
 
     def start(self) -> None:

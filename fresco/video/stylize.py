@@ -25,15 +25,22 @@ def pipeline_key(cfg: RenderConfig) -> tuple:
             cfg.annotator_path, cfg.flow_name, cfg.gmflow_path, cfg.raft_path)
 
 
+def flow_estimator(cfg: RenderConfig) -> FlowEstimator:
+    """The flow estimator cfg names (flow / gmflow_path / raft_path) on cfg's device; one serves the batches and the
+    propagation of a render."""
+    from ..models.flow import get_flow_estimator
+    from .preflight import check_device
+    return get_flow_estimator(cfg.flow_name, check_device(cfg.device), gmflow_path=cfg.gmflow_path,
+                              raft_path=cfg.raft_path)
+
+
 def load_pipeline(cfg: RenderConfig, flow: Optional[FlowEstimator] = None, local_files_only: bool = False,
                   log: Optional[Callable[[str], None]] = None):
     """The FrescoPipeline of `cfg`: model, ControlNet, VAE, annotators, device, dtype and flow estimator (`flow`,
     default the one cfg names: flow / gmflow_path / raft_path)."""
-    from ..models.flow import get_flow_estimator
     from ..pipeline import FrescoPipeline
-    from .render import _device
     if flow is None:
-        flow = get_flow_estimator(cfg.flow_name, _device(cfg), gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path)
+        flow = flow_estimator(cfg)
     return FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
                                           else None, device=cfg.device, dtype=cfg.dtype, flow=flow,
                                           vae=cfg.vae, annotator_path=cfg.annotator_path, log=log or _log,
