@@ -44,3 +44,24 @@ def nan_fill_empty(monkeypatch):
 def seed():
     torch.manual_seed(0)
     yield
+
+
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test: bit-identical floats where reductions would split across threads (golden
+    hashes, Ray actors' single thread)."""
+    yield from _single_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op thread for a whole module: tiny-model calls are dominated by OpenMP start-up and spinning on a
+    shared machine, so one thread is faster."""
+    yield from _single_thread()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytest.importorskip("diffusers")
@@ -30,13 +29,7 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture
-def one_thread():
-    """Ray's actors run one intra-op thread; the single-process reference must too for bit-identical floats."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one_thread (conftest): Ray's actors run one intra-op thread; the single-process reference must too
 
 
 def _cfg(clip, out, **kw) -> RenderConfig:

@@ -16,13 +16,7 @@ from fresco.video.stylize import make_stylizer  # noqa: E402
 from fresco.video import synthetic_frame  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny model calls are dominated by OpenMP spinning on a shared machine: one thread is faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # conftest: one thread is faster for tiny models
 
 
 # ---------------------------------------------------------------- prompts

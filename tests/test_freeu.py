@@ -67,13 +67,7 @@ def _published_free_up_forward(block, hi, lo, b1, b2, s1, s2):
     return forward
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny UNet calls are dominated by OpenMP start-up and spinning on a shared machine: one thread is faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # conftest: one thread is faster for tiny models
 
 
 @pytest.fixture(scope="module")

@@ -42,14 +42,9 @@ def _sha(arrays) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: reductions split across threads round differently, and the L1 optimisation amplifies
-    rounding (tests/test_pipeline.py), so the hashes would depend on the core count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one intra-op thread (conftest): reductions split across threads round differently, and the L1 optimisation
+# amplifies rounding (tests/test_pipeline.py), so the hashes would depend on the core count
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(name: str, got: str, want: str) -> None:
