@@ -42,9 +42,10 @@ from benchmarks.kernel_stats import spec_key
 
 # target name -> (capability, opt-in shared memory per block in bytes: A100 163 KiB, H100/H200 227 KiB)
 TARGETS = {"sm_80": (80, 166912), "sm_90": (90, 232448)}
-OP_MODULES = ("flow_warp", "warp_loss", "gram_loss", "trajectory_attention", "correspondence")
+OP_MODULES = ("flow_warp", "warp_loss", "gram_loss", "trajectory_attention", "correspondence", "patch_synthesis")
 # kernels run once per keyframe batch (trajectories) or only by autograd outside the pipeline: spills are reported,
-# not failed. Everything else runs per denoising step or per optimisation iteration.
+# not failed. Everything else runs per denoising step, per optimisation iteration or (patch_synthesis) per
+# propagated frame.
 COLD = {"_correspondence_keys_kernel", "_correspondence_unused_kernel", "_correspondence_map_kernel",
         "_correspondence_chain_kernel"}
 
@@ -137,8 +138,26 @@ def _correspondence_launches() -> List[Tuple[str, Callable[[], Any]]]:
     return out
 
 
+def _patch_synthesis_launches() -> List[Tuple[str, Callable[[], Any]]]:
+    # the patch propagation (fresco.video.patch_propagation.synthesize, PatchParams defaults): the key's style image
+    # [3, 512², uint8], 9 guide channels (colour 3, edge 1, position 2, temporal 3: `_key_guides`), an initial field
+    # from the chained flow, patch 5, levels 4 (512², 256², 128², 64²), em 3 x pm 1 passes, search radius 4, no
+    # uniformity. The launcher runs its level loop, pyramids and field up-sampling on the meta tensors (shapes only;
+    # its occupancy counts, a bincount, are an empty tensor of their shape there) and reaches every launch: the
+    # votes and PatchMatch passes of each level, the final error pass (EVAL_ONLY) and the final vote.
+    from fresco_kernels.patch_synthesis.triton import patch_synthesis_fwd
+    g = 3 + 1 + 2 + 3
+    args = (meta(3, SIZE, SIZE, dtype=torch.uint8), meta(g, SIZE, SIZE, dtype=torch.uint8),
+            meta(g, SIZE, SIZE, dtype=torch.uint8), meta(g, dtype=torch.int32), 1,
+            meta(2, SIZE, SIZE, dtype=torch.int32))
+    # style_weight, init_nnf; then patch_size, levels, em_iters, pm_iters, search_radius, uniformity, seed
+    return [(f"propagation C=3 G={g} {SIZE}² P=5 levels 4 radius 4",
+             lambda: patch_synthesis_fwd(*args, 5, 4, 3, 1, 4, 0, 0))]
+
+
 LAUNCHES = {"flow_warp": _flow_warp_launches, "warp_loss": _warp_loss_launches, "gram_loss": _gram_launches,
-            "trajectory_attention": _attention_launches, "correspondence": _correspondence_launches}
+            "trajectory_attention": _attention_launches, "correspondence": _correspondence_launches,
+            "patch_synthesis": _patch_synthesis_launches}
 
 
 # ---- capture ----
@@ -316,7 +335,8 @@ def compile_all(records: List[Launch], targets: List[str], quick: bool) -> List[
                         continue
                     key = (tname, k.hash)
                     if key in rows:  # the same compiled kernel as an earlier launch (same specialisation)
-                        rows[key].uses.append(row.uses[0])
+                        if row.uses[0] not in rows[key].uses:  # (a launcher may launch it many times)
+                            rows[key].uses.append(row.uses[0])
                         continue
                     if buf.getvalue().strip():
                         logs[k.hash] = buf.getvalue()

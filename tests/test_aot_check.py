@@ -58,5 +58,6 @@ def test_quick_subset_compiles_every_kernel_spill_free_for_sm90(tmp_path):
     data = json.loads(report.read_text())
     kernels = {r["kernel"] for r in data["rows"]}
     assert {"_flow_warp_fwd_kernel", "_flow_warp_bwd_kernel", "_warp_loss_fwd_bwd_kernel", "_gram_loss_fwd_kernel",
-            "_gram_loss_bwd_kernel", "_trajectory_attention_fwd_kernel", "_correspondence_keys_kernel"} <= kernels
+            "_gram_loss_bwd_kernel", "_trajectory_attention_fwd_kernel", "_correspondence_keys_kernel",
+            "_pm_pass_kernel", "_vote_kernel"} <= kernels
     assert all(r["target"] == "sm_90" and r["regs"] and r["status"] in ("ok", "pruned") for r in data["rows"])

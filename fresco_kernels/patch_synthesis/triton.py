@@ -148,6 +148,14 @@ def _padded_interleaved(x: torch.Tensor, r: int) -> torch.Tensor:
     return x[:, ys][:, :, xs].permute(1, 2, 0).contiguous().to(torch.int32).reshape(-1)
 
 
+def _occupancy(ny: torch.Tensor, nx: torch.Tensor, hs: int, ws: int) -> torch.Tensor:
+    """[hs * ws] int32: how many target pixels' patches are centred on each source pixel. On meta tensors (the offline
+    AOT check, `accept_meta_tensors`) only its shape and dtype: a bincount's size depends on the data."""
+    if ny.device.type == "meta":
+        return torch.empty(hs * ws, dtype=torch.int32, device=ny.device)
+    return torch.bincount((ny.long() * ws + nx.long()).reshape(-1), minlength=hs * ws).to(torch.int32)
+
+
 def _vote(style: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
     c, hs, ws = style.shape
     ht, wt = ny.shape
@@ -195,7 +203,7 @@ def patch_synthesis_fwd(style: torch.Tensor, source_guide: torch.Tensor, target_
             tgt = _padded_interleaved(torch.cat([tg[lv], estimate]), r)
             for it in range(pm_iters):
                 pass_id = em * pm_iters + it
-                occ = torch.bincount((ny.long() * ws + nx.long()).reshape(-1), minlength=hs * ws).to(torch.int32)
+                occ = _occupancy(ny, nx, hs, ws)
                 base = lowbias32(torch.tensor(seed & MASK32, dtype=torch.int64))
                 keys = torch.stack([lowbias32(base ^ ((lv << 20) | (pass_id << 8) | k))
                                     for k in range(len(radii))]) if radii else torch.zeros(1, dtype=torch.int64)
