@@ -98,7 +98,9 @@ gpu-check:
 	PYTHONPATH=. $(PY) -m benchmarks.gpu_check --out $(OUT) --budget 440
 
 # issue 13: propagation quality (nearest key / flow blend / patch synthesis) on procedural clips with a deterministic
-# style, intervals 10 and 30 at 128², plus the patch method's time per in-between frame at 512² (CPU)
+# style, intervals 10 and 30 at 128² (the tuning clips, then held-out textures: --seed 2), plus the patch method's time
+# per in-between frame at 512² (CPU)
 bench-propagation: $(STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --timing 512 --out $(OUT)/propagation
+	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --seed 2 --out $(OUT)/propagation-heldout

@@ -154,21 +154,30 @@ def test_histogram_blend_and_poisson():
     assert torch.allclose(histogram_blend(a, b, torch.zeros(16, 20)), b, atol=1e-4)
     mix = histogram_blend(a, b, torch.full((16, 20), 0.5))
     assert mix.std() > 0.95 * 0.5 * (a.std() + b.std())  # a plain average would lose ~30% of the contrast
+    # where the two agree nothing is rescaled: flat colours and edges stay as they are (no halo, no colour shift)
+    flat = torch.zeros(3, 16, 20)
+    flat[:, :, 8:] = 200
+    ramp = torch.linspace(0, 1, 20).expand(16, 20)
+    assert torch.allclose(histogram_blend(flat, flat.clone(), ramp), flat, atol=1e-3)
+    assert torch.allclose(histogram_blend(a, a.clone(), torch.full((16, 20), 0.5)), a, atol=1e-2)
     gx, gy = _grads(a)
     assert torch.allclose(poisson_fuse(a, gx, gy), a, atol=1e-2)  # its own gradients and itself: a fixed point
     shifted = poisson_fuse(a + 40, gx, gy, lam=1e-3)
     assert torch.allclose(shifted, a + 40, atol=1e-2)
-    # the per-pixel choice: a where its error is lower, b elsewhere (away from the 5x5-softened seam)
+    # the per-pixel choice: a where its error is lower, b elsewhere (away from the softened seam; exact when hard)
     from fresco.video.patch_propagation import fuse
     err_a = torch.zeros(16, 20)
     err_a[:, 10:] = 100
     err_b = torch.full((16, 20), 50.0)
     for poisson in (False, True):
-        out = fuse(a, err_a, b, err_b, 0.5, poisson)
+        out = fuse(a, err_a, b, err_b, 0.5, poisson, soften=5)
         assert out.shape == a.shape and torch.isfinite(out).all()
         if not poisson:
             assert torch.allclose(out[:, :, :8], a[:, :, :8], atol=1e-3)
             assert torch.allclose(out[:, :, 13:], b[:, :, 13:], atol=1e-3)
+            assert not torch.allclose(out[:, :, 9:11], torch.cat([a[:, :, 9:10], b[:, :, 10:11]], 2), atol=1e-3)
+    hard = fuse(a, err_a, b, err_b, 0.5, False, soften=1)
+    assert torch.allclose(hard, torch.cat([a[:, :, :10], b[:, :, 10:]], 2), atol=1e-3)
 
 
 def test_weighted_vote_and_colour_error():
@@ -197,6 +206,15 @@ def test_weighted_vote_and_colour_error():
     bad[4, 5] = 1e4
     w = weighted_vote(style, rnd, bad, 1, 0.5)
     assert torch.allclose(w[:, 4, 5], ((ref_total[:, 4, 5] - style[:, rnd[0, 4, 5], rnd[1, 4, 5]]) / 8), atol=1e-3)
+    # pixel-consistent votes: each pixel keeps the votes whose source pixel matches the frame there. With the frame
+    # equal to the source at each patch's own centre, a tiny sigma gives back the frame exactly (each pixel's own
+    # patch proposes it); sigma 0 is the error-weighted vote alone
+    own = style[:, rnd[0], rnd[1]]
+    both = weighted_vote(style, rnd, even, 1, 0.5, style, own, 1e-3)   # the style, then the source's own vote
+    assert both.shape == (6, 9, 10) and torch.allclose(both[:3], own, atol=1e-3)
+    assert torch.allclose(both[3:], own, atol=1e-3)
+    assert not torch.allclose(plain, own, atol=1.0)
+    assert torch.allclose(weighted_vote(style, rnd, even, 1, 0.5, style, own, 0.0)[:3], plain, atol=1e-4)
     frame = style[:, 2:11, 3:13]
     assert torch.equal(colour_error(frame, style, nnf[0], nnf[1], 3), torch.zeros(9, 10))
     e = colour_error(frame, style, rnd[0], rnd[1], 3)
@@ -204,8 +222,8 @@ def test_weighted_vote_and_colour_error():
 
 
 def test_warp_candidate_near_a_key():
-    """A sub-pixel shift one frame from the key: with the warp candidate the output is the key's bilinear warp
-    wherever its colour error is not above the synthesis's, so it is at least as close to the warped key."""
+    """A sub-pixel shift one frame from the key: with the warp candidate the output is the key's bicubic warp
+    wherever that warp's colour error is clearly below the synthesis's, so it is closer to the warped key."""
     from fresco.video.patch_propagation import PatchParams, _key_guides, synthesize
     g = torch.Generator().manual_seed(0)
     key_src = F.avg_pool2d(torch.rand(1, 3, 40, 40, generator=g) * 255, 3, 1, 1)
@@ -216,7 +234,8 @@ def test_warp_candidate_near_a_key():
     frame = sample(key_src, flow)
     truth = sample(key_out, flow)[0]
     guides = _key_guides(key_src, key_out)
-    off, _ = synthesize(frame, flow, key_src, key_out, guides, PatchParams(warp_candidate=False, vote_sharpness=0))
+    off, _ = synthesize(frame, flow, key_src, key_out, guides, PatchParams(warp_candidate=False, vote_sharpness=0,
+                                                                              vote_pixel_sigma=0))
     on, _ = synthesize(frame, flow, key_src, key_out, guides, PatchParams())
     inner = (slice(None), slice(4, -4), slice(4, -4))
     assert (on - truth)[inner].abs().mean() < (off - truth)[inner].abs().mean()

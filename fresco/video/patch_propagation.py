@@ -1,12 +1,13 @@
 """Non-keyframes by guided patch synthesis (Ebsynth-style, "Stylizing Video by Example", Jamriška et al. 2019), the
-`propagation: patch` method: each in-between frame is re-assembled from patches of the stylised keys before and
-after it (`fresco_kernels.patch_synthesis`), guided by the frames' colour and edges, by positions and by the key's
-stylised frame, both carried along optical flow chained frame to frame. Each direction's output is voted with
-weights that fall with each patch's synthesis error (so a few poor patches do not blur the good ones), and per pixel
-the key warped along the chained flow replaces it where the key's source, read along the flow, matches the frame at
-least as well as the synthesis's source patches (near a key the flow is nearly exact). The two directions are chosen
-per pixel by their error and fused with histogram-preserving blending and, optionally, gradient-domain (Poisson)
-fusion. Works on one gap between two keys at a time (memory bounded by the gap, flat in video length)."""
+`propagation: patch` method. Each in-between frame is re-assembled from patches of the stylised keys before and
+after it (`fresco_kernels.patch_synthesis`). The guides are the frames' colour and edges, the positions and the
+key's stylised frame, the last two carried along optical flow chained frame to frame. Each direction's field is
+voted again. Each vote is weighted by its patch's synthesis error and by how well the key's source pixel it
+proposes matches the frame there, so outlines keep the votes of their own side. Per pixel, the key warped along the
+chained flow replaces the vote where the warped source matches the frame clearly better than the synthesis's
+source patches (near a key the flow is nearly exact). The two directions are chosen per pixel by how well each
+rebuilds the frame's colours, and fused with histogram-preserving blending and, optionally, gradient-domain
+(Poisson) fusion. Works on one gap between two keys at a time (memory bounded by the gap, flat in video length)."""
 from __future__ import annotations
 
 import math
@@ -34,8 +35,14 @@ class PatchParams:
     style_weight: int = 1   # EM coherence of the synthesised style
     uniformity: int = 0
     vote_sharpness: float = 0.5  # error-weighted vote: weight exp(-err / (s * mean err)) per patch; 0 = plain vote
+    vote_pixel_sigma: float = 20.0  # and exp(-|key source at the voted pixel - frame|^2 / sigma) per vote; 0 = off
+    vote_edge_weight: float = 0.4   # that pixel check (and the rebuild error) also on the edge guide, this weight
     warp_candidate: bool = True  # per pixel, the key warped along the chained flow where its colour error is lower
     warp_bicubic: bool = True    # that warp bicubic (sharper) rather than bilinear
+    warp_margin: float = 0.7     # take the warp where its patch colour error <= margin x the synthesis's
+    fuse_window: int = 3         # the two keys are chosen per pixel by the colour error of their reconstructed
+                                 # source, box-averaged over this window; 1 = per pixel
+    fuse_soften: int = 1         # that choice softened over this window before the histogram-preserving blend
     poisson: bool = False
     seed: int = 0
 
@@ -98,48 +105,74 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
                                     init_nnf=init, patch_size=p.patch_size, levels=p.levels, em_iters=p.em_iters,
                                     pm_iters=p.pm_iters, search_radius=p.search_radius, uniformity=p.uniformity,
                                     seed=p.seed, backend=backend)
-    if p.vote_sharpness > 0:
-        out = weighted_vote(key_out[0], nnf, err, p.patch_size // 2, p.vote_sharpness)
+    # the vote re-assembles the key's source frame too: how well it matches the frame is the output's error
+    # (colour, then the edge guide scaled by sqrt(vote_edge_weight), for the per-vote pixel check and the rebuild)
+    k = 4 if p.vote_edge_weight > 0 else 3
+    scale = torch.tensor([1.0, 1.0, 1.0, math.sqrt(p.vote_edge_weight)][:k], device=frame.device).view(k, 1, 1)
+    voted = weighted_vote(key_out[0], nnf, err, p.patch_size // 2, p.vote_sharpness, key_guides[:k] * scale,
+                          target[:k] * scale, p.vote_pixel_sigma)
+    out, rebuilt = voted[:3], voted[3:]
+    err = _box(((rebuilt - target[:k] * scale) ** 2).sum(0), p.fuse_window)
     if p.warp_candidate:
         # near a key the chained flow is nearly exact and its (sub-pixel) warp beats any patch re-assembly: take it
-        # per pixel where the key's source, read along the flow, matches the frame over the patch at least as well
-        # as the synthesis's source patches do
-        ny = init[0].clamp(0, h - 1)
-        nx = init[1].clamp(0, w - 1)
-        e_warp = colour_error(frame[0], key_src[0], ny, nx, p.patch_size)
-        e_syn = colour_error(frame[0], key_src[0], nnf[0], nnf[1], p.patch_size)
-        use = e_warp <= e_syn
+        # per pixel where the key's source warped the same way matches the frame over the patch clearly better
+        # than the synthesis's (integer) source patches do
+        src_warp = sample(key_src, to_key, "bicubic" if p.warp_bicubic else "bilinear")[0]
+        d_warp = ((src_warp - frame[0]) ** 2).sum(0)
+        use = _box(d_warp, p.patch_size) <= p.warp_margin * colour_error(frame[0], key_src[0], nnf[0], nnf[1],
+                                                                          p.patch_size)
         warp = sample(key_out, to_key, "bicubic")[0].clamp(0, 255) if p.warp_bicubic else temporal[0]
         out = torch.where(use, warp, out)
-        err = torch.where(use, e_warp * p.w_colour, err)
+        if k == 4:   # the same terms as the rebuild's error
+            d_warp = d_warp + p.vote_edge_weight * ((edge_guide(src_warp[None])[0, 0] - target[3]) ** 2)
+        err = torch.where(use, _box(d_warp, p.fuse_window), err)
     return out, err
+
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[H, W] -> the mean over the k x k window around each pixel (the window clipped at the border)."""
+    return x if k <= 1 else F.avg_pool2d(x[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
 
 
 def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor,
                  patch_size: int) -> torch.Tensor:
     """Per pixel the patch mean of the squared RGB difference (summed over channels) between frame [3, H, W] and
     the key's source read at the field (ny, nx) [H, W] (in-image source pixels): [H, W]."""
-    d = ((key_src[:, ny.long(), nx.long()] - frame) ** 2).sum(0)
-    return F.avg_pool2d(d[None, None], patch_size, 1, patch_size // 2, count_include_pad=False)[0, 0]
+    return _box(((key_src[:, ny.long(), nx.long()] - frame) ** 2).sum(0), patch_size)
 
 
-def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: int, sharpness: float
-                  ) -> torch.Tensor:
+def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: int, sharpness: float,
+                  source: Optional[torch.Tensor] = None, frame: Optional[torch.Tensor] = None,
+                  pixel_sigma: float = 0.0) -> torch.Tensor:
     """Patch voting weighted by each patch's synthesis error: target pixel p averages the style value every covering
-    patch q (centred within r of p) proposes, style[n(q) + p - q], with weight exp(-err(q) / (s * mean err)), so
-    poorly matching patches do not blur the well matching ones. style [C, Hs, Ws], nnf [2, H, W], err [H, W]."""
+    patch q (centred within r of p) proposes, style[n(q) + p - q], with weight exp(-err(q) / (s * mean err)) (s =
+    `sharpness`; 0: equal weights), so poorly matching patches do not blur the well matching ones.
+
+    With `source` (the key's source guides [K, Hs, Ws], e.g. its colours) their vote is appended to the output
+    (channels C..C+K-1), and with `pixel_sigma` > 0 each vote is also weighted by how well the source pixel it
+    proposes matches `frame` (the frame's guides [K, H, W]) at p, exp(-|source[n(q) + p - q] - frame[p]|^2 /
+    pixel_sigma): where patches of two motions overlap (an object's outline), each pixel keeps the votes of its own
+    side instead of a blend of both. style [C, Hs, Ws], nnf [2, H, W], err [H, W]. Returns [C (+K), H, W]."""
     h, w = err.shape
-    wt = torch.exp(-err / (sharpness * err.mean().clamp_min(1e-6)))
-    total = style.new_zeros((style.shape[0], h, w))
+    ws = style.shape[2]
+    both = style if source is None else torch.cat([style, source])
+    flat = both.reshape(both.shape[0], -1)
+    c = style.shape[0]
+    wt = (torch.exp(-err / (sharpness * err.mean().clamp_min(1e-6))) if sharpness > 0 else torch.ones_like(err))
+    total = both.new_zeros((both.shape[0], h, w))
     count = err.new_zeros((h, w))
-    ny, nx = nnf[0].long(), nnf[1].long()
+    at = nnf[0].long() * ws + nnf[1].long()                     # flat source index of each patch centre
     for oy in range(-r, r + 1):
         y0, y1 = max(0, oy), min(h, h + oy)
         for ox in range(-r, r + 1):
             x0, x1 = max(0, ox), min(w, w + ox)
-            qy, qx = ny[y0 - oy:y1 - oy, x0 - ox:x1 - ox], nx[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            idx = at[y0 - oy:y1 - oy, x0 - ox:x1 - ox] + (oy * ws + ox)
+            vals = flat.index_select(1, idx.reshape(-1)).view(-1, y1 - y0, x1 - x0)
             ww = wt[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-            total[:, y0:y1, x0:x1] += ww * style[:, qy + oy, qx + ox]
+            if pixel_sigma > 0:
+                d = vals[c:] - frame[:, y0:y1, x0:x1]
+                ww = ww * torch.exp((d * d).sum(0) * (-1.0 / pixel_sigma))
+            total[:, y0:y1, x0:x1] += ww * vals
             count[y0:y1, x0:x1] += ww
     return total / count.clamp_min(1e-30)
 
@@ -151,15 +184,27 @@ def _key_guides(key_src: torch.Tensor, key_out: torch.Tensor) -> torch.Tensor:
     return torch.cat([key_src, edge_guide(key_src), pos, key_out], 1)[0]
 
 
-def histogram_blend(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Histogram-preserving blend of two images [3, H, W] by alpha [H, W] (weight of a): the blended deviations from
-    each image's mean are rescaled by 1 / sqrt(alpha^2 + (1 - alpha)^2), so a mix keeps the contrast of its inputs
-    instead of washing out (equal to a or b where alpha is 1 or 0)."""
-    mu_a = a.mean(dim=(1, 2), keepdim=True)
-    mu_b = b.mean(dim=(1, 2), keepdim=True)
+def histogram_blend(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Contrast-preserving blend of two images [3, H, W] by alpha [H, W] (weight of a), equal to a or b where
+    alpha is 1 or 0. A plain mix of two different textures loses contrast (wash-out): its variance is
+    alpha^2 var a + (1 - alpha)^2 var b + the covariance, not alpha var a + (1 - alpha) var b. Here the mix's
+    deviations from its local mean (window x window) are rescaled so its local variance is the latter, at most by
+    1 / sqrt(alpha^2 + (1 - alpha)^2) (the histogram-preserving blend of two independent textures) and never below
+    1. Where a and b agree the plain mix already keeps their contrast, so nothing changes: no halo, no shift in
+    flat colours, which rescaling around each image's global mean would cause."""
     beta = 1 - alpha
-    norm = torch.sqrt(alpha * alpha + beta * beta)
-    return alpha * mu_a + beta * mu_b + (alpha * (a - mu_a) + beta * (b - mu_b)) / norm
+    mix = alpha * a + beta * b
+
+    def local(x):
+        return F.avg_pool2d(x[None], window, 1, window // 2, count_include_pad=False)[0]
+
+    mu = local(mix)
+    var_mix = (local(mix * mix) - mu * mu).clamp_min(0)
+    var_want = alpha * (local(a * a) - local(a) ** 2).clamp_min(0) + beta * (local(b * b) - local(b) ** 2).clamp_min(0)
+    limit = 1 / torch.sqrt(alpha * alpha + beta * beta)
+    gain = torch.sqrt(var_want / var_mix.clamp_min(1e-6)).clamp(min=1.0)
+    gain = torch.minimum(gain, limit.expand_as(gain))
+    return mu + (mix - mu) * gain
 
 
 def _dct_matrix(n: int, device) -> torch.Tensor:
@@ -196,12 +241,13 @@ def _grads(x: torch.Tensor) -> tuple:
 
 
 def fuse(a: torch.Tensor, err_a: torch.Tensor, b: torch.Tensor, err_b: torch.Tensor, t: float,
-         poisson: bool) -> torch.Tensor:
-    """Per-pixel choice by synthesis error (the nearer key wins ties), softened over 5x5 and blended with
-    `histogram_blend`; with `poisson` the gradients of the chosen synthesis are re-integrated around it."""
+         poisson: bool, soften: int = 1) -> torch.Tensor:
+    """Per-pixel choice by error (the nearer key wins ties: the errors are weighted by 0.5 + t and 1.5 - t),
+    softened over soften x soften (1: a hard choice) and blended with `histogram_blend`; with `poisson` the
+    gradients of the chosen synthesis are re-integrated around it."""
     choose_a = (err_a * (0.5 + t) <= err_b * (1.5 - t)).float()
-    alpha = F.avg_pool2d(choose_a[None, None], 5, 1, 2, count_include_pad=False)[0, 0]
-    out = histogram_blend(a, b, alpha)
+    # a hard choice (soften 1) is a or b at every pixel, which the blend leaves as they are
+    out = torch.where(choose_a > 0.5, a, b) if soften <= 1 else histogram_blend(a, b, _box(choose_a, soften))
     if poisson:
         ax, ay = _grads(a)
         bx, by = _grads(b)
@@ -240,4 +286,4 @@ def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.
             yield a
             continue
         b, err_b = synthesize(fr, to_b[j], src_b[None], out_b[None], gb, params, backend)
-        yield fuse(a, err_a, b, err_b, (j + 1) / (m + 1), params.poisson)
+        yield fuse(a, err_a, b, err_b, (j + 1) / (m + 1), params.poisson, params.fuse_soften)
