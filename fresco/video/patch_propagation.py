@@ -42,7 +42,7 @@ class PatchParams:
     warp_margin: float = 0.7     # take the warp where its patch colour error <= margin x the synthesis's
     fuse_window: int = 3         # the two keys are chosen per pixel by the colour error of their reconstructed
                                  # source, box-averaged over this window; 1 = per pixel
-    fuse_soften: int = 1         # that choice softened over this window before the histogram-preserving blend
+    fuse_soften: int = 1         # that choice softened over this window, then the histogram-preserving blend (1: hard)
     poisson: bool = False
     seed: int = 0
 
@@ -156,10 +156,11 @@ def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: 
     h, w = err.shape
     ws = style.shape[2]
     both = style if source is None else torch.cat([style, source])
-    flat = both.reshape(both.shape[0], -1)
+    flat = both.reshape(both.shape[0], -1).t().contiguous()      # channels last: one gather reads a whole pixel
     c = style.shape[0]
+    frame_cl = frame.permute(1, 2, 0) if pixel_sigma > 0 else None
     wt = (torch.exp(-err / (sharpness * err.mean().clamp_min(1e-6))) if sharpness > 0 else torch.ones_like(err))
-    total = both.new_zeros((both.shape[0], h, w))
+    total = both.new_zeros((h, w, both.shape[0]))
     count = err.new_zeros((h, w))
     at = nnf[0].long() * ws + nnf[1].long()                     # flat source index of each patch centre
     for oy in range(-r, r + 1):
@@ -167,13 +168,14 @@ def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: 
         for ox in range(-r, r + 1):
             x0, x1 = max(0, ox), min(w, w + ox)
             idx = at[y0 - oy:y1 - oy, x0 - ox:x1 - ox] + (oy * ws + ox)
-            vals = flat.index_select(1, idx.reshape(-1)).view(-1, y1 - y0, x1 - x0)
+            vals = flat.index_select(0, idx.reshape(-1)).view(y1 - y0, x1 - x0, -1)
             ww = wt[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
             if pixel_sigma > 0:
-                d = vals[c:] - frame[:, y0:y1, x0:x1]
-                ww = ww * torch.exp((d * d).sum(0) * (-1.0 / pixel_sigma))
-            total[:, y0:y1, x0:x1] += ww * vals
+                d = vals[..., c:] - frame_cl[y0:y1, x0:x1]
+                ww = ww * torch.exp((d * d).sum(-1) * (-1.0 / pixel_sigma))
+            total[y0:y1, x0:x1] += ww[..., None] * vals
             count[y0:y1, x0:x1] += ww
+    total = total.permute(2, 0, 1)
     return total / count.clamp_min(1e-30)
 
 
