@@ -215,6 +215,11 @@ def test_weighted_vote_and_colour_error():
     assert torch.allclose(both[3:], own, atol=1e-3)
     assert not torch.allclose(plain, own, atol=1.0)
     assert torch.allclose(weighted_vote(style, rnd, even, 1, 0.5, style, own, 0.0)[:3], plain, atol=1e-4)
+    # a frame far from every source pixel (a flash, a region no key saw): still the weighted mean of the votes,
+    # never 0 / 0 (every raw weight exp(-|d|^2 / 20) underflows here)
+    far = torch.full((3, 9, 10), 1e4)
+    dark = weighted_vote(style, rnd, bad, 1, 0.5, style, far, 20.0)
+    assert torch.isfinite(dark).all() and bool((dark[:3] > 0).all()) and dark[:3].max() <= 255
     frame = style[:, 2:11, 3:13]
     assert torch.equal(colour_error(frame, style, nnf[0], nnf[1], 3), torch.zeros(9, 10))
     e = colour_error(frame, style, rnd[0], rnd[1], 3)

@@ -159,9 +159,12 @@ def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: 
     flat = both.reshape(both.shape[0], -1).t().contiguous()      # channels last: one gather reads a whole pixel
     c = style.shape[0]
     frame_cl = frame.permute(1, 2, 0) if pixel_sigma > 0 else None
-    wt = (torch.exp(-err / (sharpness * err.mean().clamp_min(1e-6))) if sharpness > 0 else torch.ones_like(err))
+    # weights in the log domain with a running per-pixel maximum (as a streaming softmax): a pixel whose votes all
+    # match poorly still gets their weighted mean, where exp() of the raw weights would underflow to 0 / 0
+    log_wt = -err / (sharpness * err.mean().clamp_min(1e-6)) if sharpness > 0 else torch.zeros_like(err)
     total = both.new_zeros((h, w, both.shape[0]))
     count = err.new_zeros((h, w))
+    top = torch.full_like(err, -math.inf)
     at = nnf[0].long() * ws + nnf[1].long()                     # flat source index of each patch centre
     for oy in range(-r, r + 1):
         y0, y1 = max(0, oy), min(h, h + oy)
@@ -169,12 +172,16 @@ def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: 
             x0, x1 = max(0, ox), min(w, w + ox)
             idx = at[y0 - oy:y1 - oy, x0 - ox:x1 - ox] + (oy * ws + ox)
             vals = flat.index_select(0, idx.reshape(-1)).view(y1 - y0, x1 - x0, -1)
-            ww = wt[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            lw = log_wt[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
             if pixel_sigma > 0:
                 d = vals[..., c:] - frame_cl[y0:y1, x0:x1]
-                ww = ww * torch.exp((d * d).sum(-1) * (-1.0 / pixel_sigma))
-            total[y0:y1, x0:x1] += ww[..., None] * vals
-            count[y0:y1, x0:x1] += ww
+                lw = lw - (d * d).sum(-1) * (1.0 / pixel_sigma)
+            old = top[y0:y1, x0:x1]
+            new = torch.maximum(old, lw)
+            keep, ww = torch.exp(old - new), torch.exp(lw - new)
+            total[y0:y1, x0:x1] = total[y0:y1, x0:x1] * keep[..., None] + ww[..., None] * vals
+            count[y0:y1, x0:x1] = count[y0:y1, x0:x1] * keep + ww
+            top[y0:y1, x0:x1] = new
     total = total.permute(2, 0, 1)
     return total / count.clamp_min(1e-30)
 
