@@ -29,17 +29,17 @@ class PatchParams:
     pm_iters: int = 1
     search_radius: int = 4
     w_colour: int = 6       # per RGB channel of the source frames
-    w_edge: int = 4         # the frames' edge strength
+    w_edge: int = 32        # the frames' edge strength (heavy: keeps the style's lines on the frame's edges)
     w_position: int = 2     # per coordinate channel, coordinates carried along the chained flow
     w_temporal: int = 2     # per channel of the key's stylised frame carried along the chained flow
     style_weight: int = 1   # EM coherence of the synthesised style
     uniformity: int = 0
     vote_sharpness: float = 0.5  # error-weighted vote: weight exp(-err / (s * mean err)) per patch; 0 = plain vote
     vote_pixel_sigma: float = 20.0  # and exp(-|key source at the voted pixel - frame|^2 / sigma) per vote; 0 = off
-    vote_edge_weight: float = 0.4   # that pixel check (and the rebuild error) also on the edge guide, this weight
+    vote_edge_weight: float = 1.0   # that pixel check (and the rebuild error) also on the edge guide, this weight
     warp_candidate: bool = True  # per pixel, the key warped along the chained flow where its colour error is lower
     warp_bicubic: bool = True    # that warp bicubic (sharper) rather than bilinear
-    warp_margin: float = 0.7     # take the warp where its patch colour error <= margin x the synthesis's
+    warp_margin: float = 0.4     # take the warp where its patch colour error <= margin x the synthesis's
     fuse_window: int = 3         # the two keys are chosen per pixel by the colour error of their reconstructed
                                  # source, box-averaged over this window; 1 = per pixel
     fuse_soften: int = 1         # that choice softened over this window, then the histogram-preserving blend (1: hard)
