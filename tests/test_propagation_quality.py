@@ -15,7 +15,7 @@ def test_clips_are_reproducible_and_move(clip):
     assert np.abs(a[3].astype(int) - a[0].astype(int)).mean() > 5  # real motion between frames
 
 
-def test_seed_changes_textures_not_motion():
+def test_seed_changes_the_textures():
     a, b = pq.make_clip("crossing", 48, n=2), pq.make_clip("crossing", 48, n=2, seed=2)
     assert not np.array_equal(a[0], b[0])
 

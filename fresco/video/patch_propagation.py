@@ -109,19 +109,20 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     # (colour, then the edge guide scaled by sqrt(vote_edge_weight), for the per-vote pixel check and the rebuild)
     k = 4 if p.vote_edge_weight > 0 else 3
     scale = torch.tensor([1.0, 1.0, 1.0, math.sqrt(p.vote_edge_weight)][:k], device=frame.device).view(k, 1, 1)
+    tgt_check = target[:k] * scale
     voted = weighted_vote(key_out[0], nnf, err, p.patch_size // 2, p.vote_sharpness, key_guides[:k] * scale,
-                          target[:k] * scale, p.vote_pixel_sigma)
+                          tgt_check, p.vote_pixel_sigma)
     out, rebuilt = voted[:3], voted[3:]
-    err = _box(((rebuilt - target[:k] * scale) ** 2).sum(0), p.fuse_window)
+    err = _box(((rebuilt - tgt_check) ** 2).sum(0), p.fuse_window)
     if p.warp_candidate:
         # near a key the chained flow is nearly exact and its (sub-pixel) warp beats any patch re-assembly: take it
         # per pixel where the key's source warped the same way matches the frame over the patch clearly better
-        # than the synthesis's (integer) source patches do
-        src_warp = sample(key_src, to_key, "bicubic" if p.warp_bicubic else "bilinear")[0]
+        # than the synthesis's (integer) source patches do. Style and source are warped in one pass.
+        warped = sample(torch.cat([key_out, key_src], 1), to_key, "bicubic" if p.warp_bicubic else "bilinear")[0]
+        warp, src_warp = warped[:3].clamp(0, 255), warped[3:]
         d_warp = ((src_warp - frame[0]) ** 2).sum(0)
         use = _box(d_warp, p.patch_size) <= p.warp_margin * colour_error(frame[0], key_src[0], nnf[0], nnf[1],
                                                                           p.patch_size)
-        warp = sample(key_out, to_key, "bicubic")[0].clamp(0, 255) if p.warp_bicubic else temporal[0]
         out = torch.where(use, warp, out)
         if k == 4:   # the same terms as the rebuild's error
             d_warp = d_warp + p.vote_edge_weight * ((edge_guide(src_warp[None])[0, 0] - target[3]) ** 2)
@@ -130,8 +131,8 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
 
 
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
-    """[H, W] -> the mean over the k x k window around each pixel (the window clipped at the border)."""
-    return x if k <= 1 else F.avg_pool2d(x[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
+    """[H, W] or [C, H, W] -> the mean over the k x k window around each pixel (the window clipped at the border)."""
+    return x if k <= 1 else F.avg_pool2d(x[None], k, 1, k // 2, count_include_pad=False)[0]
 
 
 def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor,
@@ -204,12 +205,12 @@ def histogram_blend(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, windo
     beta = 1 - alpha
     mix = alpha * a + beta * b
 
-    def local(x):
-        return F.avg_pool2d(x[None], window, 1, window // 2, count_include_pad=False)[0]
+    def local_var(x, mean):
+        return (_box(x * x, window) - mean * mean).clamp_min(0)
 
-    mu = local(mix)
-    var_mix = (local(mix * mix) - mu * mu).clamp_min(0)
-    var_want = alpha * (local(a * a) - local(a) ** 2).clamp_min(0) + beta * (local(b * b) - local(b) ** 2).clamp_min(0)
+    mu = _box(mix, window)
+    var_mix = local_var(mix, mu)
+    var_want = alpha * local_var(a, _box(a, window)) + beta * local_var(b, _box(b, window))
     limit = 1 / torch.sqrt(alpha * alpha + beta * beta)
     gain = torch.sqrt(var_want / var_mix.clamp_min(1e-6)).clamp(min=1.0)
     gain = torch.minimum(gain, limit.expand_as(gain))
