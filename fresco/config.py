@@ -8,16 +8,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from .video.outdir import check_output_name
-
 from . import settings as settings_mod
-from .models.flow import FLOW_ESTIMATORS
-from .video.propagate import PROPAGATION_METHODS
-from .models.sd import CONTROL_TYPES, DTYPES as TORCH_DTYPES, PUBLISHED_VAE
-from .pipeline.prompts import parse_extra_prompts, published_pair
+from .constants import CONTROL_TYPES, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS, PUBLISHED_VAE, check_output_name
+from .prompts import parse_extra_prompts, published_pair
 from .settings import FrescoSettings
-
-DTYPES = ("auto",) + tuple(TORCH_DTYPES)
 
 
 @dataclass(init=False)

@@ -15,10 +15,11 @@ import torch
 
 from fresco_kernels import occlusion_from_flows
 
+from ..constants import FLOW_ESTIMATORS
+
 __all__ = ["FlowEstimator", "DISFlow", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS", "batch_flows",
            "flow_pair"]
 
-FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 
 
 class FlowEstimator(Protocol):

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from .. import config as cfgmod
 from ..config import RenderConfig
-from ..pipeline.prompts import format_extra_prompts
+from ..prompts import format_extra_prompts
 
 # Which group each setting is shown in, in order; settings not listed go to "More". Keys with their own widgets
 # (the input, output folder and keyframe intervals) and the published keys that have no effect here are not in

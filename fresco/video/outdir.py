@@ -1,4 +1,4 @@
-"""The renderer's output folder, made safe for the user's files: which output names are allowed, the rule that the
+"""The renderer's output folder, made safe for the user's files (the names it uses there: fresco.constants): the rule that the
 output never lands on or around the input, an exclusive lock per folder (a lock file holding the owner's pid and
 host), and the manifest of files the renderer wrote (kept in the state file). The renderer deletes or replaces
 only files listed in that manifest; anything else in the folder needs `overwrite`, and even then only the paths the
@@ -14,32 +14,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-STATE = "state.json"
-LOCK = ".fresco.lock"
-PREVIEW = "preview.png"
-KEYS = "keys"
-LATENTS = "latents"
-# names the renderer itself uses inside the output folder: `output` may be none of them
-RESERVED = (KEYS, LATENTS, STATE, LOCK, PREVIEW)
-
+from ..constants import LOCK, RESERVED
 
 class OutputLocked(RuntimeError):
     """The output folder is locked by another render that is still running."""
-
-
-def check_output_name(output: str) -> None:
-    """`output` must be one plain name inside the output folder: not '.', '..', empty, a path, hidden or reserved."""
-    accepted = "a plain file name like 'video.mp4' or a folder name like 'frames'"
-    if not isinstance(output, str) or output.strip() == "":
-        raise ValueError(f"output: {accepted}, got {output!r}")
-    if output in (".", "..") or "/" in output or "\\" in output or os.sep in output or Path(output).is_absolute():
-        raise ValueError(f"output: {accepted}, not a path; the folder is set with -o/save_path; got {output!r}")
-    if output.startswith("."):
-        raise ValueError(f"output: {accepted}; names starting with '.' are the renderer's temporary files, "
-                         f"got {output!r}")
-    if output.lower() in (r.lower() for r in RESERVED):
-        raise ValueError(f"output: {output!r} is a name the renderer uses itself in the output folder "
-                         f"({', '.join(RESERVED)}); choose another")
 
 
 def _within(path: Path, folder: Path) -> bool:

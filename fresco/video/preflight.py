@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..constants import TINY_NAMES
+
 GiB = 1024 ** 3
 
 
@@ -57,7 +59,6 @@ def check_model_available(model: str, probe_file: str, key: str) -> bool:
     unreachable). Local folders and the tiny model return False. Raises at once when `model` is a hub id that is
     neither cached nor reachable, instead of waiting on network retries. probe_file: a file every copy of the model
     has (its config), looked up in the cache."""
-    from ..models.sd import TINY_NAMES
     if model in TINY_NAMES or os.path.isdir(model):
         return False
     if "/" not in model or model.count("/") > 1 or model.startswith(("/", ".")):

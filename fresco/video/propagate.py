@@ -13,6 +13,7 @@ import torch
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
+from ..constants import PROPAGATION_METHODS
 from ..models.flow import FlowEstimator, flow_pair
 
 
@@ -53,9 +54,6 @@ def _to_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-PROPAGATION_METHODS = ("patch", "flow")
 
 
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],

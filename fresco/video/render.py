@@ -23,13 +23,13 @@ import torch
 from fresco_kernels import get_backend
 
 from ..config import RenderConfig
+from ..constants import CONTROLNET_IDS, KEYS, LATENTS, PREVIEW, STATE, TINY_NAMES
 from ..models.flow import FlowEstimator
 from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
 from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, foreign, make_folder,
-                     refuse_foreign, remove_owned)
+from .outdir import FolderLock, check_not_input, foreign, make_folder, refuse_foreign, remove_owned
 from .propagate import propagate
 from .stylize import flow_estimator
 
@@ -251,13 +251,11 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
         raise ValueError(f"output: '{out}' is a folder; choose another --output")
     local_only = False
     if default_model:
-        from ..models.sd import CONTROLNET_IDS, TINY_NAMES
         local_only = preflight.check_model_available(cfg.model, "unet/config.json", "sd_path")
         if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
             local_only |= preflight.check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
                                                           "controlnet_type")
     if not cfg.force:
-        from ..models.sd import TINY_NAMES
         on_gpu = device.type == "cuda"
         dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
         model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"

@@ -15,7 +15,7 @@ from ..config import RenderConfig
 from ..models.flow import FlowEstimator
 from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
 from ..pipeline.core import AnchorCallback, AnchorSource
-from ..pipeline.prompts import frame_prompts
+from ..prompts import frame_prompts
 
 
 def pipeline_key(cfg: RenderConfig) -> tuple:
