@@ -57,7 +57,7 @@ class WavefrontWorker:
     def propagate_segment(self, frames: list, keys: Sequence[int], key_images: dict) -> list:
         """The stylised frames of one segment: `frames` from a key to the next segment's first key (exclusive) or
         the video's end; keys relative to the segment's first frame; key_images: key -> stylised key image."""
-        from ..video.render import make_propagation
+        from ..video.runner import make_propagation
         if self._propagate is None:
             self._propagate = make_propagation(self.cfg)
         return list(self._propagate(iter(frames), keys, key_images.__getitem__))

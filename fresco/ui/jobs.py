@@ -18,7 +18,10 @@ import numpy as np
 
 from ..config import RenderConfig
 from ..video import Batch, plan_batches, probe, processing_size, read_frames
-from ..video.render import STATE, BatchStylizer, Cancelled, RenderResult, render, select_keys
+from ..constants import STATE
+from ..video.render import Cancelled, RenderResult, render
+from ..video.runner import BatchStylizer
+from ..video.source import select_keys
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, TypeError)
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
-from ..constants import LOCK, RESERVED
+from ..config import RenderConfig
+from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, STATE
+from .io import VideoInfo, VideoWriter
+from .keyframes import Batch
 
 class OutputLocked(RuntimeError):
     """The output folder is locked by another render that is still running."""
@@ -176,3 +180,81 @@ def remove_owned(root: Path, owned: Iterable[str]) -> None:
     for d in sorted(dirs, key=lambda d: -len(d.parts)):
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
+    """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
+    skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
+            "max_process",
+            "propagation"}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    p = Path(info.path)
+    st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
+        [(p.name, p.stat().st_size, p.stat().st_mtime_ns)]
+    blob = json.dumps({"settings": settings, "input": st, "size": size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _State:
+    """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
+    manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
+    path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
+    The file is first written once the model is loaded and the first batch starts."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = root / STATE
+        self.data: dict = {}
+
+    def load(self) -> Optional[dict]:
+        if not self.path.exists():
+            return None
+        try:
+            with open(self.path) as f:
+                self.data = json.load(f)
+            if not isinstance(self.data, dict) or "fingerprint" not in self.data:
+                raise ValueError("no fingerprint")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "
+                             f"another -o") from None
+        if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours
+            batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
+            self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
+                                        for f in _batch_files(b))
+        return self.data
+
+    def owned(self) -> set:
+        return set(self.data.get("files", []))
+
+    def save(self) -> None:
+        _atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+
+    def claim(self, rels: Sequence[str], overwrite: bool) -> None:
+        """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
+        unless `overwrite`."""
+        if not overwrite:
+            refuse_foreign(foreign(self.root, rels, self.owned()))
+        for rel in rels:
+            if "/" in rel:
+                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        self.data["files"] = sorted(self.owned() | set(rels))
+        self.save()
+
+
+def _output_files(cfg: RenderConfig, n: int) -> list[str]:
+    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES:
+        return [cfg.output, PREVIEW]
+    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
+
+
+def _batch_files(b: Batch) -> list[str]:
+    return [f"{KEYS}/{k:05d}.png" for k in b.frames[b.n_anchors:]] + [f"{LATENTS}/{b.index:04d}.pt"]

@@ -4,9 +4,6 @@ time). The output folder is locked while a render runs, and only files the rende
 file) are ever deleted or replaced without --overwrite (fresco.video.outdir)."""
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
 import sys
 import time
@@ -14,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -23,33 +20,18 @@ import torch
 from fresco_kernels import get_backend
 
 from ..config import RenderConfig
-from ..constants import CONTROLNET_IDS, KEYS, LATENTS, PREVIEW, STATE, TINY_NAMES
+from ..constants import KEYS, LATENTS, PREVIEW
 from ..models.flow import FlowEstimator
-from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
-from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
-from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .outdir import FolderLock, check_not_input, foreign, make_folder, refuse_foreign, remove_owned
-from .propagate import propagate
-from .stylize import flow_estimator
+from .io import VideoInfo, VideoWriter, probe, processing_size
+from .keyframes import Batch, plan_batches
+from .outdir import (FolderLock, _atomic_write_bytes, _batch_files, _fingerprint, _output_files, _State, foreign,
+                     make_folder, refuse_foreign, remove_owned)
+from .preflight import _preflight
+from .runner import BatchStylizer, LocalRunner, Runner
+from .source import _batch_frames, _read, select_keys
 
 PREVIEW_KEYS = 6
-
-
-class BatchStylizer(Protocol):
-    """Renders one batch of keyframes (the one-batch FRESCO pipeline behind a narrow interface).
-
-    frames: [N, H, W, 3] uint8 RGB at the processing size, in batch order. anchor_latents: None for the first
-    batch, else the latents [2, C, h, w] that frames 0 and 1 of this batch (the anchors) must hold at the start of
-    each run step j: a sequence (one per run step) or a callable j -> tensor that may block until step j's anchors
-    exist (so a distributed renderer can hand them from batch k-1 to batch k step by step). on_anchor_record(j,
-    latents): called at the start of each run step j (after the anchors were restored) with the [2, C, h, w]
-    latents of frames 0 and N-1, which become the next batch's anchors. frame_indices: the video frame index of
-    each batch frame (per-keyframe prompts). Returns the stylised frames [N, H, W, 3] uint8."""
-
-    def __call__(self, frames: np.ndarray, anchor_latents: Optional[AnchorSource] = None,
-                 on_anchor_record: Optional[AnchorCallback] = None,
-                 frame_indices: Optional[Sequence[int]] = None) -> np.ndarray: ...
 
 
 class Interrupted(Exception):
@@ -82,15 +64,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _save_png(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
@@ -105,131 +78,6 @@ def _load_png(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
-    """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
-    skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
-            "max_process",
-            "propagation"}
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
-    p = Path(info.path)
-    st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
-        [(p.name, p.stat().st_size, p.stat().st_mtime_ns)]
-    blob = json.dumps({"settings": settings, "input": st, "size": size}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class _State:
-    """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
-    manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
-    path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
-    The file is first written once the model is loaded and the first batch starts."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.path = root / STATE
-        self.data: dict = {}
-
-    def load(self) -> Optional[dict]:
-        if not self.path.exists():
-            return None
-        try:
-            with open(self.path) as f:
-                self.data = json.load(f)
-            if not isinstance(self.data, dict) or "fingerprint" not in self.data:
-                raise ValueError("no fingerprint")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "
-                             f"another -o") from None
-        if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours
-            batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
-            self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
-                                        for f in _batch_files(b))
-        return self.data
-
-    def owned(self) -> set:
-        return set(self.data.get("files", []))
-
-    def save(self) -> None:
-        _atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
-
-    def claim(self, rels: Sequence[str], overwrite: bool) -> None:
-        """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
-        unless `overwrite`."""
-        if not overwrite:
-            refuse_foreign(foreign(self.root, rels, self.owned()))
-        for rel in rels:
-            if "/" in rel:
-                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-        self.data["files"] = sorted(self.owned() | set(rels))
-        self.save()
-
-
-def _output_files(cfg: RenderConfig, n: int) -> list[str]:
-    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES:
-        return [cfg.output, PREVIEW]
-    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
-
-
-def _batch_files(b: Batch) -> list[str]:
-    return [f"{KEYS}/{k:05d}.png" for k in b.frames[b.n_anchors:]] + [f"{LATENTS}/{b.index:04d}.pt"]
-
-
-def _read(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]):
-    """The input's (time, frame) pairs at the processing size, with the published resize filter rule
-    (fresco.video), only the first cfg.max_frames when set."""
-    frames = read_timed_frames(info.path, size, None if cfg.frame_size() else cfg.short_side)
-    return frames if cfg.max_frames is None else itertools.islice(frames, cfg.max_frames)
-
-
-def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
-                ) -> tuple[list[int], int, Optional[Fraction]]:
-    """(keyframes, exact frame count, true average rate) from one streamed decode at the processing size. The
-    rate is None unless the stream's timestamps stray from i / header fps by more than half a frame (a variable
-    frame rate); then it is (n - 1) / (last time - first time)."""
-    step = 1 / Fraction(info.fps)
-    last = [Fraction(0), False]
-
-    def frames():
-        for i, (t, img) in enumerate(_read(cfg, info, size)):
-            if t is not None:
-                last[0] = t
-                last[1] = last[1] or abs(t - i * step) > step / 2
-            yield img
-
-    if cfg.mininterv == cfg.maxinterv:
-        n = sum(1 for _ in frames())
-        keys = fixed_keyframes(n, cfg.mininterv) if n else []
-    else:
-        errors = frame_errors(frames())
-        n = len(errors)
-        keys = select_keyframes(errors, cfg.mininterv, cfg.maxinterv) if errors else []
-    rate = Fraction(n - 1) / last[0] if last[1] and last[0] > 0 else None
-    return keys, n, rate
-
-
-def _batch_frames(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
-    """Yield (batch, [N, H, W, 3] frames) for `batches` from one streamed decode, holding only the current batch's
-    frames plus key 0 and the previous batch's last key (the anchors)."""
-    todo = list(batches)
-    if not todo:
-        return
-    keep: dict[int, np.ndarray] = {}
-    need_anchor = {0} | {b.frames[1] for b in todo if b.n_anchors}
-    cur = 0
-    for i, (_, img) in enumerate(_read(cfg, info, size)):
-        b = todo[cur]
-        if i in b.frames or i in need_anchor:
-            keep[i] = img
-        if i == b.frames[-1]:
-            yield b, np.stack([keep[k] for k in b.frames])
-            cur += 1
-            if cur == len(todo):
-                return
-            keep = {k: v for k, v in keep.items() if k in {0} | set(todo[cur].frames)}
-    raise ValueError(f"input: the video ended before keyframe {todo[cur].frames[-1]} (decoded fewer frames "
-                     f"than on the first pass)")
-
-
 def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> None:
     """Input keyframes on the top row, their stylised versions below."""
     def row(imgs):
@@ -237,99 +85,6 @@ def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], h
                              interpolation=cv2.INTER_AREA) for im in imgs]
         return np.concatenate(scaled, axis=1)
     _save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))
-
-
-def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
-               default_model: bool) -> bool:
-    """The checks before anything is written or loaded: the output is not the input, the model can be had
-    (when the default stylizer will load one), the memory fits (unless cfg.force). Returns whether the model
-    must be loaded from the local cache only."""
-    root = Path(cfg.save_path)
-    check_not_input(info.path, root, cfg.output)
-    out = root / cfg.output
-    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES and out.is_dir():
-        raise ValueError(f"output: '{out}' is a folder; choose another --output")
-    local_only = False
-    if default_model:
-        local_only = preflight.check_model_available(cfg.model, "unet/config.json", "sd_path")
-        if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
-            local_only |= preflight.check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
-                                                          "controlnet_type")
-    if not cfg.force:
-        on_gpu = device.type == "cuda"
-        dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
-        model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"
-        est = preflight.estimate_memory(size, cfg.batch_size, model, dtype_bytes, on_gpu, cfg.use_controlnet)
-        preflight.check_memory(est, device, size)
-    return local_only
-
-
-def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
-                     ) -> Callable[[Iterable[np.ndarray], Sequence[int], Callable[[int], np.ndarray]],
-                                   Iterator[np.ndarray]]:
-    """The non-keyframe stage of `cfg` for any process: (source frames stream, keys, load_key) -> the stylised
-    stream of every frame, with cfg's flow estimator (`flow` replaces it), method, backend and device."""
-    device = preflight.check_device(cfg.device)
-    if flow is None:
-        flow = flow_estimator(cfg)
-
-    def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
-        return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation)
-
-    return run
-
-
-class Runner(Protocol):
-    """Where a render's work runs. `start()`: load what the batches need (before the state file is written).
-    `run_batches(batches, load_anchors, finish, n)`: run the stream of (batch, frames) in order; batch k's anchors
-    are batch k-1's per-step record (`load_anchors(k-1)` reads a finished one from disk); call `finish(batch,
-    images, record)` for each finished batch (any order). `propagate(frames, keys, load_key)`: the stylised stream
-    of every frame. `LocalRunner` runs both in this process; fresco.distributed.wavefront.WavefrontRunner on Ray
-    actors."""
-
-    def start(self) -> None: ...
-
-    def run_batches(self, batches: Iterable[tuple[Batch, np.ndarray]], load_anchors: Callable[[int], list],
-                    finish: Callable[[Batch, np.ndarray, list], None], n_batches: int) -> None: ...
-
-    def propagate(self, frames: Iterable[np.ndarray], keys: Sequence[int],
-                  load_key: Callable[[int], np.ndarray]) -> Iterator[np.ndarray]: ...
-
-
-class LocalRunner:
-    """Batches one after the other in this process through `stylizer` (built by `make_stylizer(cfg)`, default
-    fresco.video.stylize.make_stylizer), then propagation in this process. One flow estimator (`flow`, default the
-    one cfg names) serves the default stylizer's batches and the propagation."""
-
-    def __init__(self, cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
-                 make_stylizer: Optional[Callable[[RenderConfig], BatchStylizer]] = None,
-                 flow: Optional[FlowEstimator] = None, progress: bool = True, local_files_only: bool = False):
-        self.cfg, self.stylizer, self.make_stylizer = cfg, stylizer, make_stylizer
-        self.flow, self.progress, self.local_files_only = flow, progress, local_files_only
-
-    def _flow(self) -> FlowEstimator:
-        if self.flow is None:
-            self.flow = flow_estimator(self.cfg)
-        return self.flow
-
-    def start(self) -> None:
-        if self.stylizer is None and self.make_stylizer is not None:
-            self.stylizer = self.make_stylizer(self.cfg)
-        elif self.stylizer is None:
-            from .stylize import make_stylizer
-            self.stylizer = make_stylizer(self.cfg, progress=self.progress, local_files_only=self.local_files_only,
-                                          flow=self._flow())
-
-    def run_batches(self, batches, load_anchors, finish, n_batches: int) -> None:
-        self.start()
-        for b, frames in batches:
-            record: list[torch.Tensor] = []
-            images = self.stylizer(frames, load_anchors(b.index - 1) if b.n_anchors else None,
-                                   lambda j, latents: record.append(latents.detach().cpu()), frame_indices=b.frames)
-            finish(b, images, record)
-
-    def propagate(self, frames, keys, load_key):
-        return make_propagation(self.cfg, self._flow())(frames, keys, load_key)
 
 
 def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
