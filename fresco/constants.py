@@ -8,6 +8,7 @@ from pathlib import Path
 
 # non-keyframes: guided patch synthesis from both keys (Ebsynth-style) or a flow-warp blend of the two keys
 PROPAGATION_METHODS = ("patch", "flow")
+DEFAULT_PROPAGATION = "patch"  # the better one on benchmarks/propagation_quality.py (benchmarks/RESULTS.md)
 # optical flow estimators (fresco.models.flow)
 FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..config import RenderConfig
+from ..config import RenderConfig, fingerprint_keys
 from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, STATE
 from .io import VideoInfo, VideoWriter
 from .keyframes import Batch
@@ -193,10 +193,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
-    skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
-            "max_process",
-            "propagation"}
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    keys = set(fingerprint_keys())
+    settings = {k: v for k, v in cfg.to_dict().items() if k in keys}
     p = Path(info.path)
     st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
         [(p.name, p.stat().st_size, p.stat().st_mtime_ns)]

@@ -37,13 +37,15 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
                      ) -> Callable[[Iterable[np.ndarray], Sequence[int], Callable[[int], np.ndarray]],
                                    Iterator[np.ndarray]]:
     """The non-keyframe stage of `cfg` for any process: (source frames stream, keys, load_key) -> the stylised
-    stream of every frame, with cfg's flow estimator (`flow` replaces it), method, backend and device."""
+    stream of every frame, with cfg's flow estimator (`flow` replaces it), method (and its `patch` knobs), backend and
+    device."""
     device = preflight.check_device(cfg.device)
     if flow is None:
         flow = flow_estimator(cfg)
 
     def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
-        return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation)
+        return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation,
+                         patch_params=cfg.patch)
 
     return run
 
