@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from pathlib import Path
 
+import torch
+
+import fresco_kernels as fk
+
+from . import __version__
 from . import config as cfgmod
 from .distributed.cli import add_parser as add_render_many
-from .distributed.cli import add_ray_flags
+from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
+from .models.test_models import write_test_models
+from .ui import launch
+
 
 def _knob_flags(p: argparse.ArgumentParser) -> None:
     """One flag per render knob (fresco.config.all_knobs: RenderConfig's own, FrescoSettings, PatchParams), from its
@@ -69,12 +78,6 @@ def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
 
 
 def _info() -> int:
-    import platform
-
-    import torch
-
-    import fresco_kernels as fk
-    from . import __version__
     try:
         import triton
         triton_v = triton.__version__
@@ -136,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
-            from .ui import launch
             try:
                 launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
                        share=args.share, out_root=args.out)
@@ -147,23 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             return _info()
         if args.command == "make-clip":
-            from .video import make_synthetic_clip
+            from .video import make_synthetic_clip  # OpenCV loads only for the commands that need it
             print(make_synthetic_clip(args.path, args.frames, _clip_size(args.size), args.fps, audio=args.audio))
             return 0
         if args.command == "make-test-models":
-            from .models.test_models import write_test_models
             for name in write_test_models(args.dir):
                 print(name)
             print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
             return 0
         if args.command == "render-many":
-            from .distributed.cli import run_many
             return run_many(args)
-        from .video.render import Interrupted, render
+        from .video.render import Interrupted, render  # (OpenCV, the renderer: a light start for the others)
         cfg = _build_config(args)
         try:
             if args.ray is not None:
-                from .distributed.cli import render_on_ray
                 result = render_on_ray(cfg, args)
             else:
                 result = render(cfg, progress=not args.quiet)

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fresco_kernels import get_backend
 
@@ -148,7 +149,6 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
                    stop_after: Optional[int], progress: bool, progress_note: dict, keyframes_only: bool = False,
                    on_batch=None, on_frame=None, should_stop=None) -> Optional[RenderResult]:
     """render() once the output folder is locked; `progress_note` tracks finished/total batches for Ctrl-C."""
-    from tqdm.auto import tqdm
 
     timings = {"keyframes_s": 0.0, "diffusion_s": 0.0, "propagation_s": 0.0}
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
 from .keyframes import Batch
 from .propagate import propagate
-from .stylize import flow_estimator
+from .stylize import flow_estimator, make_stylizer
 
 
 class BatchStylizer(Protocol):
@@ -87,7 +87,6 @@ class LocalRunner:
         if self.stylizer is None and self.make_stylizer is not None:
             self.stylizer = self.make_stylizer(self.cfg)
         elif self.stylizer is None:
-            from .stylize import make_stylizer
             self.stylizer = make_stylizer(self.cfg, progress=self.progress, local_files_only=self.local_files_only,
                                           flow=self._flow())
 
