@@ -48,9 +48,9 @@ def test_a_render_knob_is_one_field(monkeypatch, tmp_path, capsys):
     clip = tmp_path / "v.mp4"
     clip.write_bytes(b"x")
     info = types.SimpleNamespace(path=str(clip))
-    fp = outdir._fingerprint(cfg, info, (64, 64))
-    assert outdir._fingerprint(cfg.replace(grain_label=False), info, (64, 64)) == fp
-    assert outdir._fingerprint(cfg.replace(grain=0.5), info, (64, 64)) != fp
+    fp = outdir.fingerprint(cfg, info, (64, 64))
+    assert outdir.fingerprint(cfg.replace(grain_label=False), info, (64, 64)) == fp
+    assert outdir.fingerprint(cfg.replace(grain=0.5), info, (64, 64)) != fp
     # the options table
     assert "| `grain` | `--grain` | float | `0.0` | in [0, 1]; finite | yes | Frames |" in \
         options_table.options_markdown()

@@ -1,8 +1,9 @@
-"""The renderer's output folder, made safe for the user's files (the names it uses there: fresco.constants): the rule that the
-output never lands on or around the input, an exclusive lock per folder (a lock file holding the owner's pid and
-host), and the manifest of files the renderer wrote (kept in the state file). The renderer deletes or replaces
-only files listed in that manifest; anything else in the folder needs `overwrite`, and even then only the paths the
-renderer writes are replaced, never the user's other files."""
+"""The renderer's output folder, made safe for the user's files (the names it uses there: fresco.constants): the
+rule that the output never lands on or around the input, an exclusive lock per folder (a lock file holding the
+owner's pid and host), the state file with the manifest of files the renderer wrote, and the fingerprint of the
+settings and input that decide the keyframes. The renderer deletes or replaces only files listed in that manifest;
+anything else in the folder needs `overwrite`, and even then only the paths the renderer writes are replaced, never
+the user's other files."""
 from __future__ import annotations
 
 import errno
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
-from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, STATE
-from .io import VideoInfo, VideoWriter
+from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, STATE, VIDEO_SUFFIXES
+from .io import VideoInfo
 from .keyframes import Batch
+
 
 class OutputLocked(RuntimeError):
     """The output folder is locked by another render that is still running."""
@@ -182,7 +184,7 @@ def remove_owned(root: Path, owned: Iterable[str]) -> None:
             d.rmdir()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -191,7 +193,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
+def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
     keys = set(fingerprint_keys())
     settings = {k: v for k, v in cfg.to_dict().items() if k in keys}
@@ -202,7 +204,7 @@ def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class _State:
+class State:
     """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
     manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
     path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
@@ -227,14 +229,14 @@ class _State:
         if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours
             batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
             self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
-                                        for f in _batch_files(b))
+                                        for f in batch_files(b))
         return self.data
 
     def owned(self) -> set:
         return set(self.data.get("files", []))
 
     def save(self) -> None:
-        _atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+        atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
 
     def claim(self, rels: Sequence[str], overwrite: bool) -> None:
         """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
@@ -248,11 +250,11 @@ class _State:
         self.save()
 
 
-def _output_files(cfg: RenderConfig, n: int) -> list[str]:
-    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES:
+def output_files(cfg: RenderConfig, n: int) -> list[str]:
+    if Path(cfg.output).suffix.lower() in VIDEO_SUFFIXES:
         return [cfg.output, PREVIEW]
     return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
 
 
-def _batch_files(b: Batch) -> list[str]:
+def batch_files(b: Batch) -> list[str]:
     return [f"{KEYS}/{k:05d}.png" for k in b.frames[b.n_anchors:]] + [f"{LATENTS}/{b.index:04d}.pt"]

@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 import torch
 
 from ..config import RenderConfig
-from ..constants import CONTROLNET_IDS, TINY_NAMES
-from .io import VideoInfo, VideoWriter
+from ..constants import CONTROLNET_IDS, TINY_NAMES, VIDEO_SUFFIXES
+from .io import VideoInfo
 from .outdir import check_not_input
 
 GiB = 1024 ** 3
@@ -180,7 +180,7 @@ def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int
                              f"or --batch-size, or --force to try anyway")
 
 
-def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
+def check_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
                default_model: bool) -> bool:
     """The checks before anything is written or loaded: the output is not the input, the model can be had
     (when the default stylizer will load one), the memory fits (unless cfg.force). Returns whether the model
@@ -188,7 +188,7 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
     root = Path(cfg.save_path)
     check_not_input(info.path, root, cfg.output)
     out = root / cfg.output
-    if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES and out.is_dir():
+    if Path(cfg.output).suffix.lower() in VIDEO_SUFFIXES and out.is_dir():
         raise ValueError(f"output: '{out}' is a folder; choose another --output")
     local_only = False
     if default_model:
