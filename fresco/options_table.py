@@ -52,8 +52,8 @@ def options_markdown() -> str:
     for _, section, f, hint in all_knobs():
         if section != title:
             title = section
-            out += [f"\n## {title}\n", "| key | flag | type | default | accepted | fingerprint | UI group | what it does |",
-                    "|---|---|---|---|---|---|---|---|"]
+            out += [f"\n## {title}\n", "| key | flag | type | default | accepted | fingerprint | UI group | what it "
+                                        "does |", "|---|---|---|---|---|---|---|---|"]
         meta = f.metadata
         key = yaml_key(f) + "".join(f" / {a}" for a in alias.get(f.name, []))
         flags = [cli_flag(f), *meta["flag_aliases"]] if meta["cli"] else []

@@ -71,7 +71,8 @@ class PatchParams:
     warp_margin: float = _p(0.4, "take the warp where its patch colour error <= margin x the synthesis's",
                             range=(0, 10), key="patch_warp_margin")
     fuse_window: int = _p(3, "the two keys are chosen per pixel by the colour error of their rebuilt source, "
-                             "box-averaged over this window (1: per pixel)", choices=ODD_WINDOWS, key="patch_fuse_window")
+                             "box-averaged over this window (1: per pixel)", choices=ODD_WINDOWS,
+                         key="patch_fuse_window")
     fuse_soften: int = _p(1, "that choice softened over this window, then the histogram-preserving blend (1: hard)",
                           choices=ODD_WINDOWS,
                           key="patch_fuse_soften")

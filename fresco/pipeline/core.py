@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from fresco_kernels import get_backend
 
 from ..models.flow import FlowEstimator, batch_flows, get_flow_estimator
-from ..models.sd import (CONTROL_TYPES, TINY, Components, load_components, make_scheduler, resolve_device, resolve_dtype,
-                         tiny_components)
+from ..models.sd import (CONTROL_TYPES, TINY, Components, load_components, make_scheduler, resolve_device,
+                         resolve_dtype, tiny_components)
 from ..settings import FrescoSettings
 from .attention import FrescoController, install_processors, restore_processors
 from .control import control_maps
