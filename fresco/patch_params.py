@@ -7,8 +7,9 @@ Why each default (benchmarks/propagation_quality.py, 61-frame 128² procedural c
 the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that chose a value is named with it):
 - `em_iters` 3, `pm_iters` 1, `search_radius` 4 differ from the op's defaults (2, 2, 8) because the op's defaults are
   for a field that starts at random, and here every field starts at the chained optical flow (`init_nnf`), so the
-  search only refines an answer that is already close. Spending one pass per round on a short search (radius 4, 2,
-  1) and a third voting round instead is cheaper per frame and no worse on these clips (RESULTS.md, "em/pm/radius").
+  search only refines an answer that is already close: the op's (2, 2, 8) scored within 0.04 dB of these at 2.4x
+  the time per frame (RESULTS.md, "em/pm/radius"); the third round gives a little more sharpness at interval 10
+  (0.938 against 0.929 for em 2, the row "em 2, pm 1, radius 4").
 - the guide weights `w_edge` 32 (with `vote_edge_weight` 1.0 and `warp_margin` 0.4): the row "edge guide ×32, vote
   edge weight 1.0, margin 0.4 (default, c672884)"; ×8 / ×12 / ×20 gave less sharpness at interval 10.
 - `vote_pixel_sigma` 20 and the 3x3 `fuse_window`: the row "σ = 20, keys chosen by the rebuilt source's 3x3 error";
@@ -16,8 +17,9 @@ the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that cho
 - `warp_candidate` on, bicubic: the row "the same without the warp candidate" (worst frame −2.1 dB without it).
 - `fuse_soften` 1 and `poisson` off: the rows "default + fuse_soften=3" and "default + poisson=True" trade sharpness,
   the binding target, for PSNR.
-- `w_colour` 6, `w_position` 2, `w_temporal` 2, `style_weight` 1, `patch_size` 5, `levels` 4, `vote_sharpness` 0.5
-  and `uniformity` 0 are the first patch propagation's values (b1e4600), kept by every later row."""
+- `w_colour` 6, `w_position` 2, `w_temporal` 2, `style_weight` 1, `patch_size` 5, `levels` 4 and `uniformity` 0
+  are the first patch propagation's values (b1e4600, with pm 1 and radius 4), and `vote_sharpness` 0.5 that of the
+  error-weighted vote (d2a5932); no benchmark row tuned them since: every row above keeps them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
