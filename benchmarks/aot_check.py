@@ -38,7 +38,7 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
-from benchmarks.kernel_stats import spec_key
+from benchmarks.kernel_spec import spec_key
 
 # target name -> (capability, opt-in shared memory per block in bytes: A100 163 KiB, H100/H200 227 KiB)
 TARGETS = {"sm_80": (80, 166912), "sm_90": (90, 232448)}
@@ -284,7 +284,7 @@ class Row:
     smem: Optional[int] = None
     smem_limit: int = 0
     message: str = ""
-    spec: str = ""  # benchmarks.kernel_stats.spec_key: matches the kernel a GPU run launches
+    spec: str = ""  # benchmarks.kernel_spec.spec_key: matches the kernel a GPU run launches
 
 
 def _config_str(cfg) -> str:

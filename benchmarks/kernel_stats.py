@@ -11,15 +11,7 @@ import os
 import sys
 from typing import Any, Dict, List
 
-
-def spec_key(kernel: Any) -> str:
-    """A compiled kernel's name, argument types, constexprs, specialisation attributes, warps and stages: equal for
-    the same launch on any machine with the same Triton (unlike the JIT's cache key, which holds library paths)."""
-    src, md = kernel.src, kernel.metadata
-    sig = ",".join(f"{k}:{v}" for k, v in src.signature.items())
-    const = ",".join(f"{k}={v}" for k, v in sorted((str(k), str(v)) for k, v in src.constants.items()))
-    attrs = ",".join(f"{k}={v}" for k, v in sorted((str(k), str(v)) for k, v in src.attrs.items()))
-    return f"{src.name}|{sig}|{const}|{attrs}|w{md.num_warps}s{md.num_stages}"
+from benchmarks.kernel_spec import spec_key
 
 
 def _jit(obj: Any) -> Any:

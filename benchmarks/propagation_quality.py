@@ -168,10 +168,11 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
     return list(propagate(iter(frames), keys, lambda k: styled[k], DISFlow(), method=method, **opts))
 
 
-def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0
-             ) -> List[dict]:
+def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
+             patch_params=None) -> List[dict]:
     """Rows (one per method) of one clip of n frames with keys every `interval` frames (the last frame included);
-    seed: of the clip's textures (0: the clips the defaults were tuned on; others: held-out clips, same motions)."""
+    seed: of the clip's textures (0: the clips the defaults were tuned on; others: held-out clips, same motions);
+    patch_params: the patch method's `PatchParams` (None: the defaults)."""
     frames = make_clip(clip, size, n, seed=seed)
     target = [stylize(f) for f in frames]
     keys = list(range(0, len(frames), interval))
@@ -180,7 +181,7 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
     rows, per_frame = [], {}
     for m in methods:
         t0 = time.perf_counter()
-        out = run_method(m, frames, keys, styled)
+        out = run_method(m, frames, keys, styled, **({"patch_params": patch_params} if m == "patch" else {}))
         secs = (time.perf_counter() - t0) / len(between)
         p = [psnr(out[i], target[i]) for i in between]
         sharp = np.mean([grad_energy(out[i]) for i in between]) / np.mean([grad_energy(target[i]) for i in between])
@@ -238,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timing", type=int, default=0, help="also time the patch method at this size (e.g. 512)")
     ap.add_argument("--timing-only", action="store_true", help="only the timing row (needs --timing)")
     ap.add_argument("--device", default="cpu", help="device of the timing row (cuda: the Triton kernels)")
+    ap.add_argument("--patch", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="PatchParams fields of the patch method, e.g. em_iters=2 pm_iters=2 search_radius=8")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     if args.size < 32:
@@ -246,10 +249,16 @@ def main(argv=None) -> int:
         ap.error(f"--timing must be a size >= 64 (or 0: no timing row), got {args.timing}")
     if args.timing_only and not args.timing:
         ap.error("--timing-only needs --timing SIZE")
+    from fresco.patch_params import PatchParams
+    try:
+        params = PatchParams(**{k: (v.lower() == "true") if v.lower() in ("true", "false") else float(v) if "." in v
+                                else int(v) for k, v in (item.split("=", 1) for item in args.patch)})
+    except (ValueError, TypeError) as e:
+        ap.error(f"--patch: {e}")
     rows = []
     for clip in ([] if args.timing_only else args.clips):
         for interval in args.intervals:
-            rows += evaluate(clip, args.size, interval, args.methods, seed=args.seed)
+            rows += evaluate(clip, args.size, interval, args.methods, seed=args.seed, patch_params=params)
             print(markdown([r for r in rows if r["clip"] == clip and r["interval"] == interval]), flush=True)
     md = markdown(rows)
     summary = []

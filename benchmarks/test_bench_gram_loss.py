@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import fresco_kernels as fk
+from fresco.settings import FrescoSettings
 from benchmarks.harness import DEVICE, ON_GPU, PROVIDERS, decoder_shapes, modes, provider_fn, run_bench
 from fresco_kernels.gram_loss import gram_loss_from_gram, gram_matrix
 
@@ -87,8 +88,10 @@ def test_optimize_features(benchmark, shape, provider, reduction):
                      fwd_occ=(torch.rand(N, 1, h, w, device=DEVICE) > 0.8).float(),
                      bwd_occ=(torch.rand(N, 1, h, w, device=DEVICE) > 0.8).float())
     weight = 100.0 if reduction == "l1" else 50.0
+    settings = FrescoSettings()  # the published lr and AdaIN epsilon
     run_bench(benchmark, lambda: fk.optimize_features(feat, ref=ref, **flows, iters=ITERS, reduction=reduction,
-                                                      spatial_weight=weight, backend=provider),
+                                                      spatial_weight=weight, lr=settings.opt_lr,
+                                                      adain_eps=settings.adain_eps, backend=provider),
               op=f"optimize_features-{reduction}" + ("" if flows else "-spatial-only"), provider=provider,
               mode=f"{ITERS} iters", shape="x".join(map(str, shape)),
               flops=None if gram_flops(shape, "fwd+bwd", reduction) is None else ITERS * gram_flops(shape, "fwd+bwd", reduction),

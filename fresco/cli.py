@@ -5,35 +5,50 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from pathlib import Path
 
+import torch
+
+import fresco_kernels as fk
+
+from . import __version__
 from . import config as cfgmod
-from . import settings as settings_mod
-
-# render flags that set RenderConfig's own keys (the FRESCO knobs' flags are derived from FrescoSettings)
-RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
-               "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "propagation", "crf",
-               "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path",
-               "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames")
+from .distributed.cli import add_parser as add_render_many
+from .distributed.cli import add_ray_flags, render_on_ray, run_many
+from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
+from .models.test_models import write_test_models
+from .ui import launch
 
 
-def _settings_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per FrescoSettings field (its metadata: flag, help, type, choices); booleans get --x/--no-x."""
-    group = p.add_argument_group("FRESCO settings", "defaults: fresco.settings.FrescoSettings (YAML: the same keys)")
-    for f in settings_mod.settings_fields():
+def _knob_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per render knob (fresco.config.all_knobs: RenderConfig's own, FrescoSettings, PatchParams), from its
+    metadata: flag and aliases, help, type, choices; booleans get --x/--no-x (or their own no_flag)."""
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for kw, title, f, hint in cfgmod.all_knobs():
         meta = f.metadata
         if not meta["cli"]:
             continue
-        kind = meta["type"] or type(f.default)
-        default = "" if f.default is None else f" (default {f.default!r})"
-        kw = dict(dest=f.name, default=None, help=meta["help"] + default)
-        if kind is bool:
-            group.add_argument(settings_mod.cli_flag(f), action=argparse.BooleanOptionalAction, **kw)
+        if title not in sections:
+            sections[title] = p.add_argument_group(title, "YAML: the same keys; fresco.config / fresco.settings / "
+                                                          "fresco.patch_params declare them (docs/options.md)")
+        group = sections[title]
+        default = default_of(f)
+        note = "" if default in (None, {}) else f" (default {default!r})"
+        if yaml_key(f) != cli_flag(f)[2:].replace("-", "_"):
+            note += f" [YAML: {yaml_key(f)}]"
+        flags = (cli_flag(f),) + meta["flag_aliases"]
+        if value_type(f, hint) is bool:
+            if no_flag(f) == "--no-" + cli_flag(f)[2:]:
+                group.add_argument(*flags, dest=kw, default=None, action=argparse.BooleanOptionalAction,
+                                   help=meta["help"] + note)
+            else:
+                group.add_argument(*flags, dest=kw, action="store_const", const=True, help=meta["help"] + note)
+                group.add_argument(no_flag(f), dest=kw, action="store_const", const=False)
             continue
-        if isinstance(f.default, tuple) or f.name == "bg_smoothing_steps":
-            kw["nargs"] = "+"
-        group.add_argument(settings_mod.cli_flag(f), type=kind, choices=meta["choices"], **kw)
+        group.add_argument(*flags, dest=kw, default=None, type=value_type(f, hint), choices=meta["choices"],
+                           nargs="+" if is_sequence(hint) else None, help=meta["help"] + note)
 
 
 def _render_parser(sub) -> None:
@@ -41,65 +56,16 @@ def _render_parser(sub) -> None:
                        description="Render VIDEO in the style of --prompt with FRESCO. Flags override --config.")
     p.add_argument("video", nargs="?", help="input video file or folder of images (YAML: file_path)")
     p.add_argument("--config", help="YAML file with the published keys (file_path, save_path, prompt, sd_path, "
-                                    "mininterv, ...) and ours; see fresco.config.RenderConfig")
-    p.add_argument("--prompt")
-    p.add_argument("--negative-prompt", dest="negative_prompt")
-    p.add_argument("-o", "--out", dest="save_path", help="output folder (YAML: save_path; default out/<video name>)")
-    p.add_argument("--output", help="output name inside the folder: a .mp4 (default video.mp4) or a folder name "
-                                    "for PNG frames")
-    p.add_argument("--model", dest="sd_path", help="diffusers SD1.5 id or local path, or 'tiny-random' (offline)")
-    p.add_argument("--controlnet", dest="controlnet_type", choices=cfgmod.CONTROL_TYPES)
-    p.add_argument("--no-controlnet", dest="use_controlnet", action="store_const", const=False)
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="keyframes per batch N (default 8)")
-    p.add_argument("--s-min", "--mininterv", dest="mininterv", type=int, help="min keyframe gap (10)")
-    p.add_argument("--s-max", "--maxinterv", dest="maxinterv", type=int, help="max keyframe gap (30)")
+                                    "mininterv, ...) and ours; see docs/options.md")
     p.add_argument("--interval", type=int, help="fixed keyframe interval (sets s_min = s_max)")
-    p.add_argument("--size", help="processing size WxH (multiples of 64); default: short side --short-side")
-    p.add_argument("--short-side", dest="short_side", type=int, help="short side before rounding to 64 (512)")
-    p.add_argument("--fps", type=float, help="frame rate for a folder of images (default 30)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=cfgmod.DTYPES)
-    p.add_argument("--flow", choices=cfgmod.FLOW_ESTIMATORS, help="optical flow of the batches and the propagation "
-                                                                     "(default: gmflow when --gmflow-path is given, "
-                                                                     "else dis: OpenCV DIS)")
-    p.add_argument("--gmflow-path", dest="gmflow_path", help="GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth)")
-    p.add_argument("--raft-path", dest="raft_path", help="torchvision RAFT-large weights (default: torch hub cache)")
-    p.add_argument("--saliency", dest="use_salinecy", action="store_const", const=True,
-                   help="background smoothing from EGNet saliency (YAML: use_salinecy; needs --sod-path)")
-    p.add_argument("--no-saliency", dest="use_salinecy", action="store_const", const=False)
-    p.add_argument("--sod-path", dest="sod_path", help="EGNet checkpoint for --saliency")
-    p.add_argument("--propagation", choices=cfgmod.PROPAGATION_METHODS,
-                   help="non-keyframes: patch (default; guided patch synthesis from both keys, Ebsynth-style) or "
-                        "flow (flow-warp blend of the two keys)")
-    p.add_argument("--crf", type=int, help="H.264 quality (18)")
-    p.add_argument("--no-resume", dest="resume", action="store_const", const=False,
-                   help="start over even when the output folder holds finished batches")
-    p.add_argument("--overwrite", action="store_const", const=True,
-                   help="replace a render of other settings in the output folder, and files at the paths the "
-                        "render writes that it did not write itself (the folder's other files are kept)")
-    p.add_argument("--strict", action="store_const", const=True,
-                   help="refuse a damaged input (fewer frames decode than its header promises) instead of warning")
-    p.add_argument("--force", action="store_const", const=True,
-                   help="render even when the memory estimate exceeds the free host/GPU memory")
-    p.add_argument("--vae", help="VAE id or folder (default the published stabilityai/sd-vae-ft-mse when available "
-                                 "locally, else the model's own); 'own': the model's own")
-    p.add_argument("--annotator-path", dest="annotator_path",
-                   help="folder with the lllyasviel/Annotators weights for HED/depth (default: Hugging Face cache)")
-    p.add_argument("--added-prompt", dest="added_prompt",
-                   help="appended to the prompt (default: the published one for the model)")
-    p.add_argument("--extra-prompts", dest="extra_prompts",
-                   help="per-keyframe additions 'FRAME:TEXT;FRAME:TEXT' (YAML: a mapping frame -> text)")
-    p.add_argument("--max-frames", dest="max_frames", type=int, help="only the first N frames of the input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    from .distributed.cli import add_ray_flags
     add_ray_flags(p)
-    _settings_flags(p)
+    _knob_flags(p)
 
 
 def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
     base = cfgmod.from_mapping(cfgmod.load_yaml(args.config), args.config) if args.config else cfgmod.RenderConfig()
-    keys = RENDER_KEYS + tuple(f.name for f in settings_mod.settings_fields() if f.metadata["cli"])
-    overrides = {k: getattr(args, k) for k in keys}
+    overrides = {kw: getattr(args, kw) for kw, _, f, _ in cfgmod.all_knobs() if f.metadata["cli"]}
     overrides["file_path"] = args.video
     if args.interval is not None:
         if args.mininterv is not None or args.maxinterv is not None:
@@ -112,12 +78,6 @@ def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
 
 
 def _info() -> int:
-    import platform
-
-    import torch
-
-    import fresco_kernels as fk
-    from . import __version__
     try:
         import triton
         triton_v = triton.__version__
@@ -145,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fresco", description="FRESCO zero-shot video-to-video translation")
     sub = parser.add_subparsers(dest="command", required=True)
     _render_parser(sub)
-    from .distributed.cli import add_parser as add_render_many
     add_render_many(sub)
     sub.add_parser("info", help="print versions and which implementation serves each op")
     clip = sub.add_parser("make-clip", help="write a synthetic test clip (moving shapes on a texture)")
@@ -180,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
-            from .ui import launch
             try:
                 launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
                        share=args.share, out_root=args.out)
@@ -191,23 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             return _info()
         if args.command == "make-clip":
-            from .video import make_synthetic_clip
+            from .video import make_synthetic_clip  # OpenCV loads only for the commands that need it
             print(make_synthetic_clip(args.path, args.frames, _clip_size(args.size), args.fps, audio=args.audio))
             return 0
         if args.command == "make-test-models":
-            from .models.test_models import write_test_models
             for name in write_test_models(args.dir):
                 print(name)
             print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
             return 0
         if args.command == "render-many":
-            from .distributed.cli import run_many
             return run_many(args)
-        from .video.render import Interrupted, render
+        from .video.render import Interrupted, render  # (OpenCV, the renderer: a light start for the others)
         cfg = _build_config(args)
         try:
             if args.ray is not None:
-                from .distributed.cli import render_on_ray
                 result = render_on_ray(cfg, args)
             else:
                 result = render(cfg, progress=not args.quiet)

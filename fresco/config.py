@@ -1,6 +1,9 @@
 """Render settings: every key of the published YAML configs plus ours, loaded from YAML and overridden by CLI flags;
-unknown keys and bad values are errors that name the key. The FRESCO knobs are one `FrescoSettings` (fresco.settings)
-held by the config: its fields' YAML keys are derived from that class, not listed here."""
+unknown keys and bad values are errors that name the key. Each of RenderConfig's own keys is one `knob()` field
+(fresco.knobs: flag, help, type, choices, range, UI group, fingerprint), and the render holds two settings groups
+declared the same way: the FRESCO knobs (`FrescoSettings`, fresco.settings) and the patch propagation's
+(`PatchParams`, fresco.patch_params). The YAML keys, the `fresco render` flags, the web UI's widgets, the fingerprint's
+key set and docs/options.md are derived from those fields, not listed anywhere else."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,93 +11,118 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from .video.outdir import check_output_name
-
+from . import patch_params
 from . import settings as settings_mod
-from .models.flow import FLOW_ESTIMATORS
-from .video.propagate import PROPAGATION_METHODS
-from .models.sd import CONTROL_TYPES, DTYPES as TORCH_DTYPES, PUBLISHED_VAE
-from .pipeline.prompts import parse_extra_prompts, published_pair
+from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS,
+                        PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name)
+from .knobs import Range, check_value, is_knob, knob, value_type, yaml_key
+from .patch_params import PatchParams
+from .prompts import parse_extra_prompts, published_pair
 from .settings import FrescoSettings
-
-DTYPES = ("auto",) + tuple(TORCH_DTYPES)
 
 
 @dataclass(init=False)
 class RenderConfig:
     """One render. Published keys keep their names (file_path, save_path, sd_path, mininterv, ...). The FRESCO knobs
     (published num_inference_steps, num_warmup_steps, end_opt_step, seed, cond_scale, use_freeu and ours) live in
-    `settings`; they may be passed as keywords (`RenderConfig(prompt=..., seed=3)`) and read as attributes
-    (`cfg.seed`), both routed to `cfg.settings`."""
+    `settings`, the patch propagation's in `patch`; they may be passed as keywords (`RenderConfig(prompt=..., seed=3,
+    patch_em_iters=2)`: FRESCO knobs by name, patch knobs by YAML key) and read as attributes (`cfg.seed`,
+    `cfg.patch_em_iters`), both routed to the group."""
     # --- published keys ---
-    file_path: Optional[str] = None
-    save_path: Optional[str] = None
-    prompt: Optional[str] = None
-    sd_path: str = "runwayml/stable-diffusion-v1-5"
-    mininterv: int = 10
-    maxinterv: int = 30
-    use_controlnet: bool = True
-    controlnet_type: str = "canny"
-    batch_size: int = 8
-    gmflow_path: Optional[str] = None  # GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth): flow 'gmflow'
-    sod_path: Optional[str] = None  # EGNet checkpoint for the background mask
-    use_salinecy: bool = False  # (sic, the published spelling) saliency -> background smoothing
+    file_path: Optional[str] = knob(None, "input video file or folder of images", cli=False,  # the CLI's VIDEO
+                                    key_aliases=("input",))
+    save_path: Optional[str] = knob(None, "output folder (default out/<video name>)", flag="--out",
+                                    flag_aliases=("-o",), key_aliases=("output_dir",), fingerprint=False)
+    prompt: Optional[str] = knob(None, "the prompt", group="Prompt")
+    sd_path: str = knob("runwayml/stable-diffusion-v1-5", "diffusers SD1.5 id or local path, or 'tiny-random' "
+                        "(offline)", flag="--model", key_aliases=("model",), group="Model")
+    mininterv: int = knob(10, "min keyframe gap s_min", flag="--s-min", flag_aliases=("--mininterv",),
+                          key_aliases=("s_min",), range=(1, None))
+    maxinterv: int = knob(30, "max keyframe gap s_max", flag="--s-max", flag_aliases=("--maxinterv",),
+                          key_aliases=("s_max",), range=(1, None))
+    use_controlnet: bool = knob(True, "condition on a ControlNet", no_flag="--no-controlnet", group="Model")
+    controlnet_type: str = knob("canny", "the ControlNet's condition", flag="--controlnet", choices=CONTROL_TYPES,
+                                group="Model")
+    batch_size: int = knob(8, "keyframes per batch N (2 anchors + new keyframes)", range=(3, None),
+                           group="Schedule")
+    gmflow_path: Optional[str] = knob(None, "GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth): flow 'gmflow'")
+    sod_path: Optional[str] = knob(None, "EGNet checkpoint for the background mask (--saliency)")
+    use_salinecy: bool = knob(False, "background smoothing from EGNet saliency (YAML: use_salinecy, the published "
+                                     "spelling; needs --sod-path)", flag="--saliency")
     # published keys of tools this package replaces: accepted so the shipped configs load, reported as unused
-    run_ebsynth: bool = False
-    max_process: int = 4
+    run_ebsynth: bool = knob(False, "the published Ebsynth switch (no effect: see `propagation`)", cli=False,
+                             fingerprint=False)
+    max_process: int = knob(4, "the published Ebsynth process count (no effect)", cli=False, fingerprint=False)
     # --- the published script's and web UI's settings (defaults: the published values) ---
-    # None: the published pair for sd_path (fresco.pipeline.prompts: the "RAW photo" pair for realistic models)
-    added_prompt: Optional[str] = None
-    negative_prompt: Optional[str] = None
-    # {frame index: text appended to that keyframe's prompt} (the published extra_prompts)
-    # (or the CLI's 'FRAME:TEXT;FRAME:TEXT'; validate() turns it into the mapping)
-    extra_prompts: Optional[Union[dict, str]] = field(default_factory=dict)
-    # a separate VAE (id or folder); the published one is used when available locally; "own": the model's own
-    vae: str = PUBLISHED_VAE
-    # a folder with the annotator weights (lllyasviel/Annotators files); None: the Hugging Face cache
-    annotator_path: Optional[str] = None
-    # only the first max_frames frames of the input (web UI: "Number of frames"); None: all
-    max_frames: Optional[int] = None
+    added_prompt: Optional[str] = knob(None, "appended to the prompt (default: the published one for the model)")
+    negative_prompt: Optional[str] = knob(None, "the negative prompt (default: the published one for the model)",
+                                          group="Prompt")
+    extra_prompts: Optional[Union[dict, str]] = knob({}, "per-keyframe additions to the prompt: a mapping frame -> "
+                                                         "text (CLI: 'FRAME:TEXT;FRAME:TEXT')")
+    vae: str = knob(PUBLISHED_VAE, "VAE id or folder (default the published one when available locally, else the "
+                                   "model's own); 'own': the model's own")
+    annotator_path: Optional[str] = knob(None, "folder with the lllyasviel/Annotators weights for HED/depth "
+                                               "(default: the Hugging Face cache)")
+    max_frames: Optional[int] = knob(None, "only the first N frames of the input", range=(2, None))
     # --- ours ---
-    size: Optional[str] = None
-    short_side: int = 512
-    fps: Optional[float] = None
-    flow: Optional[str] = None  # dis | raft | gmflow; default: gmflow when gmflow_path is set (as published), else dis
-    raft_path: Optional[str] = None  # torchvision RAFT-large weights (default: the torch hub cache)
-    propagation: str = "patch"  # non-keyframes: patch (guided patch synthesis) or flow (flow-warp blend)
-    device: str = "auto"
-    dtype: str = "auto"
-    output: str = "video.mp4"
-    crf: int = 18
-    resume: bool = True
-    overwrite: bool = False
-    strict: bool = False
-    force: bool = False
+    size: Optional[str] = knob(None, "processing size WxH (multiples of 64); default: from --short-side",
+                               group="Frames")
+    short_side: int = knob(512, "short side before rounding to 64", range=(64, None), group="Frames")
+    fps: Optional[float] = knob(None, "frame rate for a folder of images (default 30)", range=Range(0, 1000, True),
+                                group="Frames")
+    flow: Optional[str] = knob(None, "optical flow of the batches and the propagation (default: gmflow when "
+                                     "--gmflow-path is given, else dis: OpenCV DIS)", choices=FLOW_ESTIMATORS,
+                               group="Run")
+    raft_path: Optional[str] = knob(None, "torchvision RAFT-large weights (default: the torch hub cache)")
+    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: patch (guided patch synthesis from both keys, "
+                                                 "Ebsynth-style) or flow (flow-warp blend of the two keys)",
+                            choices=PROPAGATION_METHODS, group=patch_params.GROUP, fingerprint=False)
+    device: str = knob("auto", "auto, cpu, cuda, cuda:1, ...", group="Run", fingerprint=False)
+    dtype: str = knob("auto", "weights' dtype (auto: float16 on CUDA, else float32)", choices=DTYPES, group="Model")
+    output: str = knob("video.mp4", "output name inside the folder: a .mp4/.mov/.mkv or a folder name for PNG "
+                                    "frames", group="Output", fingerprint=False)
+    crf: int = knob(18, "H.264 quality (0: lossless, 51: worst)", range=(0, 51), group="Output", fingerprint=False)
+    resume: bool = knob(True, "resume from the finished batches in the output folder (--no-resume: start over)",
+                        group="Output", fingerprint=False)
+    overwrite: bool = knob(False, "replace a render of other settings in the output folder, and files at the paths "
+                                  "the render writes that it did not write itself (the folder's other files are "
+                                  "kept)", group="Output", fingerprint=False)
+    strict: bool = knob(False, "refuse a damaged input (fewer frames decode than its header promises) instead of "
+                               "warning", fingerprint=False)
+    force: bool = knob(False, "render even when the memory estimate exceeds the free host/GPU memory",
+                       fingerprint=False)
     extra: dict = field(default_factory=dict, repr=False)
     settings: FrescoSettings = field(default_factory=FrescoSettings)
+    patch: PatchParams = field(default_factory=PatchParams)
 
-    def __init__(self, settings: Optional[FrescoSettings] = None, **keys: Any):
-        own = {f.name: f for f in fields(self) if f.name != "settings"}
-        knobs = {f.name for f in settings_mod.settings_fields()}
-        bad = [k for k in keys if k not in own and k not in knobs]
+    def __init__(self, settings: Optional[FrescoSettings] = None, patch: Optional[PatchParams] = None,
+                 **keys: Any):
+        own = {f.name: f for f in fields(self) if f.name not in GROUPS}
+        grouped = group_fields()
+        bad = [k for k in keys if k not in own and k not in grouped]
         if bad:
             raise TypeError(f"RenderConfig: unknown key {bad[0]!r}")
         for name, f in own.items():
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             setattr(self, name, keys[name] if name in keys else default)
         base = settings if settings is not None else settings_mod.FrescoSettings()
-        self.settings = base.replace(**{k: v for k, v in keys.items() if k in knobs})
+        self.settings = base.replace(**{grouped[k][1].name: v for k, v in keys.items()
+                                        if k in grouped and grouped[k][0] == "settings"})
+        changes = {grouped[k][1].name: v for k, v in keys.items() if k in grouped and grouped[k][0] == "patch"}
+        self.patch = dataclasses.replace(patch if patch is not None else PatchParams(), **changes)
 
     def __getattr__(self, name: str) -> Any:
-        # only called for names that are not attributes: the FRESCO knobs, read through to the settings
-        if name != "settings" and "settings" in self.__dict__ and name in {f.name for f in fields(self.settings)}:
-            return getattr(self.settings, name)
+        # only called for names that are not attributes: the knobs of the groups, read through to the group
+        if name not in GROUPS and all(g in self.__dict__ for g in GROUPS):
+            group, f = group_fields().get(name, (None, None))
+            if group is not None:
+                return getattr(getattr(self, group), f.name)
         raise AttributeError(f"'RenderConfig' object has no attribute {name!r}")
 
     def replace(self, **changes: Any) -> "RenderConfig":
-        """A copy with `changes` (own keys or FRESCO knobs) applied."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
-        return RenderConfig(settings=self.settings, **{**own, **changes})
+        """A copy with `changes` (own keys or the groups' knobs) applied."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in GROUPS}
+        return RenderConfig(settings=self.settings, patch=self.patch, **{**own, **changes})
 
     # keys replaced by our own machinery, with what happens instead
     UNUSED = {
@@ -137,20 +165,18 @@ class RenderConfig:
             if not cond:
                 raise ValueError(f"{key}: {msg}, got {getattr(self, key)!r}")
 
-        for key in _own_keys():  # the FRESCO knobs are checked by FrescoSettings itself
-            check_type(key, getattr(self, key))
+        for f in own_fields():  # the groups' knobs are checked by their own classes
+            check_type(f.name, getattr(self, f.name))
+        need(self.max_frames is None or (isinstance(self.max_frames, int) and not isinstance(self.max_frames, bool)
+                                         and self.max_frames >= 2), "max_frames", "an integer >= 2 (or unset)")
+        for f in own_fields():
+            check_value(f.name, f, getattr(self, f.name))  # range, finiteness, choices (the field's metadata)
 
         need(bool(self.file_path), "file_path", "the input video (or folder of images) is required")
         need(bool(self.save_path), "save_path", "the output folder is required")
         need(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", "a non-empty prompt is required")
-        need(self.mininterv >= 1, "mininterv", "must be >= 1")
-        need(self.maxinterv >= 1, "maxinterv", "must be >= 1")
         if self.mininterv > self.maxinterv:
             raise ValueError(f"mininterv/maxinterv: s_min ({self.mininterv}) must be <= s_max ({self.maxinterv})")
-        need(self.batch_size >= 3, "batch_size", "must be >= 3 (2 anchors + 1 new keyframe)")
-        need(self.short_side >= 64, "short_side", "must be >= 64")
-        need(self.controlnet_type in CONTROL_TYPES, "controlnet_type", f"one of {CONTROL_TYPES}")
-        need(self.flow is None or self.flow in FLOW_ESTIMATORS, "flow", f"one of {FLOW_ESTIMATORS}")
         need(self.flow_name != "gmflow" or bool(self.gmflow_path), "gmflow_path",
              "flow 'gmflow' needs the GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth)")
         need(not self.use_salinecy or bool(self.sod_path), "sod_path",
@@ -159,14 +185,9 @@ class RenderConfig:
                           ("sod_path", self.use_salinecy)):
             need(not used or getattr(self, key) is None or Path(getattr(self, key)).is_file(), key,
                  f"no such checkpoint file (a relative path is read from the working directory, {Path.cwd()})")
-        need(self.propagation in PROPAGATION_METHODS, "propagation", f"one of {PROPAGATION_METHODS}")
-        need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
-        need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
         check_output_name(self.output)
-        need(self.output.lower().endswith((".mp4", ".mov", ".mkv")) or "." not in Path(self.output).name,
+        need(self.output.lower().endswith(VIDEO_SUFFIXES) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
-        need(self.max_frames is None or (isinstance(self.max_frames, int) and not isinstance(self.max_frames, bool)
-                                         and self.max_frames >= 2), "max_frames", "an integer >= 2 (or unset)")
         for key in ("added_prompt", "negative_prompt", "annotator_path"):
             need(getattr(self, key) is None or isinstance(getattr(self, key), str), key, "must be a string")
         need(isinstance(self.vae, str) and self.vae != "", "vae", "a VAE id or folder, or 'own'")
@@ -187,22 +208,61 @@ class RenderConfig:
         return notes
 
     def to_dict(self) -> dict:
-        """Every key and its value, the FRESCO knobs flattened in (as in the YAML)."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "settings")}
-        return {**own, **self.settings.to_dict()}
+        """Every key and its value, the groups' knobs flattened in (as in the YAML)."""
+        own = {f.name: getattr(self, f.name) for f in own_fields()}
+        return {**own, **self.settings.to_dict(), **self.patch.to_dict()}
+
+
+# RenderConfig's settings groups (attributes holding a dataclass of knobs)
+GROUPS = ("settings", "patch")
+
+
+def knob_classes() -> tuple[tuple[type, str], ...]:
+    """The classes whose knob fields make a render's settings, with their section titles; looked up at call time,
+    so that a subclass installed in a class's place (a test's new knob) is seen by every front end."""
+    return ((RenderConfig, "render"), (settings_mod.FrescoSettings, "FRESCO settings"),
+            (PatchParams, "patch propagation"))
+
+
+def group_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Keyword -> (group attribute, field) of the knobs RenderConfig holds in its groups: the FrescoSettings fields
+    by name (the current class, looked up at call time), the PatchParams fields by their YAML key (patch_...)."""
+    out = {f.name: ("settings", f) for f in settings_mod.settings_fields()}
+    out.update({yaml_key(f): ("patch", f) for f in fields(PatchParams)})
+    return out
+
+
+def own_fields(cls: type = None) -> list[dataclasses.Field]:
+    """RenderConfig's own knob fields (not the groups, not `extra`)."""
+    return [f for f in fields(cls or RenderConfig) if is_knob(f)]
+
+
+def all_knobs() -> list[tuple[str, str, dataclasses.Field, Any]]:
+    """(keyword, group title, field, type hint) of every render knob, in the order of the CLI's --help, the web UI
+    and docs/options.md: RenderConfig's own, then FrescoSettings's (the current class), then PatchParams's. The
+    keyword is what RenderConfig(**...) and `merge` take: the field name, a PatchParams knob's YAML key."""
+    out = []
+    for cls, title in knob_classes():
+        hints = get_type_hints(cls)
+        out += [(yaml_key(f) if cls is PatchParams else f.name, title, f, hints[f.name])
+                for f in fields(cls) if is_knob(f)]
+    return out
 
 
 def _settings_keys() -> dict[str, str]:
     """YAML key -> FrescoSettings field name."""
-    return {settings_mod.yaml_key(f): f.name for f in settings_mod.settings_fields()}
-
-
-def _own_keys() -> list[str]:
-    return [f.name for f in fields(RenderConfig) if f.name not in ("extra", "settings")]
+    return {yaml_key(f): f.name for f in settings_mod.settings_fields()}
 
 
 def known_keys() -> list[str]:
-    return _own_keys() + list(_settings_keys())
+    return [f.name for f in own_fields()] + list(_settings_keys()) + [yaml_key(f) for f in fields(PatchParams)]
+
+
+def fingerprint_keys() -> list[str]:
+    """The keys whose values decide the keyframes (metadata fingerprint=True): a render of other values of these
+    does not resume an output folder."""
+    fs = own_fields() + settings_mod.settings_fields() + list(fields(PatchParams))
+    return [yaml_key(f) for f in fs if f.metadata.get("fingerprint", True)]
 
 
 _NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
@@ -230,15 +290,16 @@ def check_type(key: str, value: Any) -> None:
         raise ValueError(f"{key}: expected {what}, got {value!r}")
 
 
-# our names for published keys (the YAML may use either)
-ALIASES = {"model": "sd_path", "input": "file_path", "output_dir": "save_path", "s_min": "mininterv",
-           "s_max": "maxinterv"}
+def aliases() -> dict[str, str]:
+    """Other YAML keys accepted for RenderConfig's own keys (metadata key_aliases: our names for published keys,
+    e.g. model -> sd_path): alias -> key."""
+    return {a: f.name for f in own_fields() for a in f.metadata["key_aliases"]}
 
 
 def _coerce(key: str, value: Any) -> Any:
-    knob = {f.name: f for f in settings_mod.settings_fields()}.get(key)
-    is_bool = (knob.metadata["type"] or type(knob.default)) is bool if knob is not None else \
-        isinstance(getattr(RenderConfig(), key), bool)
+    grouped = group_fields()
+    f = grouped[key][1] if key in grouped else next(f for f in own_fields() if f.name == key)
+    is_bool = value_type(f, get_type_hints(RenderConfig).get(key) if key not in grouped else None) is bool
     if is_bool and isinstance(value, str):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -254,14 +315,16 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
         raise ValueError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
     known = set(known_keys())
     to_field = _settings_keys()
+    alias = aliases()
+    grouped = group_fields()
     values = {}
     for key, value in data.items():
-        name = ALIASES.get(key, key)
+        name = alias.get(key, key)
         if name not in known:
-            raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known | set(ALIASES)))}")
+            raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known | set(alias)))}")
         name = to_field.get(name, name)
         values[name] = _coerce(name, value)
-        if name not in to_field.values():
+        if name not in grouped:  # the groups check their own knobs
             check_type(name, values[name])
     return RenderConfig(**values)
 
@@ -284,9 +347,8 @@ def load_yaml(path: str | Path) -> dict:
 
 def merge(base: RenderConfig, overrides: dict) -> RenderConfig:
     """base with every non-None override applied (CLI flags over the YAML)."""
-    own = {f.name for f in fields(RenderConfig)} - {"extra", "settings"}
-    knobs = {f.name for f in settings_mod.settings_fields()}
-    bad = [k for k in overrides if k not in own and k not in knobs]
+    own = {f.name for f in own_fields()}
+    bad = [k for k in overrides if k not in own and k not in group_fields()]
     if bad:
         raise ValueError(f"overrides: unknown keys {bad}")
     return base.replace(**{k: _coerce(k, v) for k, v in overrides.items() if v is not None})

@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 
 from fresco import cli, config as cfgmod  # noqa: E402
 from fresco.video.keyframes import plan_batches  # noqa: E402
-from fresco.pipeline.prompts import (ADDED_PROMPT, NEGATIVE_PROMPT, REALISTIC_ADDED_PROMPT,  # noqa: E402
+from fresco.prompts import (ADDED_PROMPT, NEGATIVE_PROMPT, REALISTIC_ADDED_PROMPT,  # noqa: E402
                             REALISTIC_NEGATIVE_PROMPT, frame_prompts, parse_extra_prompts, published_pair)
 from fresco.video.stylize import make_stylizer  # noqa: E402
 from fresco.video import synthetic_frame  # noqa: E402

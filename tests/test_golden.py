@@ -61,7 +61,7 @@ def test_golden_render(tmp_path):
                        device="cpu", propagation="flow")  # the bytes recorded at a84f3b0 are the flow blend's
     result = render(cfg, progress=False)
     assert len(result.batches) == 2
-    from fresco.video.render import _load_png
+    from fresco.video.pngs import load_png as _load_png
     keys = [_load_png(result.keys_dir / f"{k:05d}.png") for k in result.keys]
     frames = list(read_frames(result.video))
     assert len(frames) == 24

@@ -4,6 +4,7 @@ L1 on the Gram matrix drives many entries of D to 0, where sign(D) is decided by
 are ±lr wherever a gradient component is tiny: in fp32 a 1-ulp change of the input moves some features of the
 *reference* by up to ~0.15 after 20 iterations (measured). So: in fp64 fused and reference must agree to 1e-9 (the
 same algorithm), in fp32 to the reference's own rounding spread (mean relative difference, final loss)."""
+import functools
 import os
 import subprocess
 import sys
@@ -14,9 +15,17 @@ import torch
 
 import fresco_kernels as fk
 from fresco_kernels.gram_loss import gram_loss_reference
-from fresco_kernels.optimize import adain, optimize_features
+from fresco.settings import FrescoSettings
+from fresco_kernels.optimize import adain
+from fresco_kernels.optimize import optimize_features as optimize_op
 
 from _utils import max_err
+
+# the op takes the optimisation's knobs explicitly; these tests use the published values, FrescoSettings's defaults
+_S = FrescoSettings()
+PUBLISHED = dict(iters=_S.opt_iters, lr=_S.opt_lr, spatial_weight=_S.spatial_weight, reduction=_S.loss_reduction,
+                 adain_eps=_S.adain_eps)
+optimize_features = functools.partial(optimize_op, **PUBLISHED)
 
 HAS_WARP_LOSS = hasattr(fk, "warp_consistency_loss")
 needs_warp_loss = pytest.mark.skipif(not HAS_WARP_LOSS, reason="fresco_kernels.warp_consistency_loss not built yet")
@@ -124,6 +133,16 @@ def test_temporal_only_is_the_published_loop():
     assert max_err(got, expected) < 1e-4
 
 
+def test_the_knobs_are_explicit():
+    """No second set of defaults in the op: each of the optimisation's knobs must be given."""
+    feat, ref, _ = make_case(flows=False)
+    for name in PUBLISHED:
+        with pytest.raises(TypeError, match=name):
+            optimize_op(feat, ref=ref, **{k: v for k, v in PUBLISHED.items() if k != name})
+    with pytest.raises(ValueError, match="lr must be finite"):
+        optimize_features(feat, ref=ref, lr=float("inf"))
+
+
 def test_nothing_to_optimise_returns_input():
     feat, ref, flows = make_case()
     assert optimize_features(feat) is feat
@@ -185,14 +204,15 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     ref = fk.normalize_features(torch.randn(2, 16, 64, 64))
     # first calls import and initialise lazily (optimizer machinery, ~80 MiB resident): not what is measured
     small = torch.randn(2, 16, 4, 4)
+    kw = dict(lr=0.2, spatial_weight=100.0, reduction="l1", adain_eps=1.0)
     for backend in sys.argv[1:]:
-        optimize_features(small, ref=fk.normalize_features(small), iters=1, backend=backend)
+        optimize_features(small, ref=fk.normalize_features(small), iters=1, backend=backend, **kw)
     out = []
     for backend in sys.argv[1:]:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = status("VmRSS:")
-        optimize_features(feat, ref=ref, iters=2, backend=backend)
+        optimize_features(feat, ref=ref, iters=2, backend=backend, **kw)
         out.append(status("VmHWM:") - base)
     print(*out)
 """)

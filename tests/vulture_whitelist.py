@@ -34,7 +34,7 @@ get_current_target
 spec
 # benchmarks/kernel_stats.py: a pytest hook (the module is loaded with `pytest -p benchmarks.kernel_stats`)
 pytest_sessionfinish
-# fresco/video/render.py: the Runner protocol, named in render()'s annotations (LocalRunner, WavefrontRunner)
+# fresco/video/runner.py: the Runner protocol, named in render()'s annotations (LocalRunner, WavefrontRunner)
 Runner
 # fresco/distributed: actor methods called by name through ActorPool.submit(key, "method", ...)
 run_batch

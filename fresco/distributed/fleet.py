@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from tqdm.auto import tqdm
+
 from .. import config as cfgmod
 from ..config import RenderConfig
+from ..video.render import render
+from ..video.stylize import load_pipeline, make_stylizer, pipeline_key
+from .cluster import actor_resources, connect, max_actors
+from .pool import ActorPool
 
 # errors that say the job itself is wrong (input, settings): never retried
 JOB_ERRORS = (ValueError, FileNotFoundError, TypeError)
@@ -137,7 +143,6 @@ class RenderWorker:
         return os.getpid()
 
     def _pipe(self, cfg: RenderConfig):
-        from ..video.stylize import load_pipeline, pipeline_key
         key = pipeline_key(cfg)
         if key not in self._pipes:
             self._pipes[key] = load_pipeline(cfg)
@@ -145,8 +150,6 @@ class RenderWorker:
 
     def render_job(self, name: str, cfg: RenderConfig, events=None) -> dict:
         """Run one job; progress events ({"job", "kind", ...}) go to the `events` queue when given."""
-        from ..video.render import render
-        from ..video.stylize import make_stylizer
 
         def emit(kind: str, **kw) -> None:
             if events is not None:
@@ -171,7 +174,6 @@ class RenderWorker:
 
 
 def _render_sequential(jobs: Sequence[Job], progress: bool, on_event) -> list[JobResult]:
-    from ..video.render import render
     results = []
     for job in jobs:
         t = time.perf_counter()
@@ -202,11 +204,8 @@ def render_many(jobs: Sequence[Job], *, ray: bool = True, address: Optional[str]
         raise ValueError("jobs: nothing to render")
     if not ray:
         return _render_sequential(jobs, progress, on_event)
-    from .cluster import actor_resources, connect, max_actors
-    from .pool import ActorPool
     r = connect(address)
     from ray.util.queue import Empty, Queue
-    from tqdm.auto import tqdm
 
     names = [j.name for j in jobs]
     started = [0.0] * len(jobs)

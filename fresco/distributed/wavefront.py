@@ -15,6 +15,12 @@ import numpy as np
 
 from ..config import RenderConfig
 from ..video.keyframes import Batch
+from ..video.render import render
+from ..video.runner import make_propagation
+from ..video.stylize import make_stylizer
+from .anchors import AnchorBoard
+from .cluster import actor_resources, connect
+from .pool import ActorPool
 
 # in-between frames of how many key gaps one propagation task takes
 GAPS_PER_TASK = 2
@@ -38,7 +44,6 @@ class WavefrontWorker:
         the board and returns (images, record, this actor's pid)."""
         import ray
 
-        from ..video.stylize import make_stylizer
         if self._stylizer is None:
             self._stylizer = make_stylizer(self.cfg)
         source = anchors
@@ -57,7 +62,6 @@ class WavefrontWorker:
     def propagate_segment(self, frames: list, keys: Sequence[int], key_images: dict) -> list:
         """The stylised frames of one segment: `frames` from a key to the next segment's first key (exclusive) or
         the video's end; keys relative to the segment's first frame; key_images: key -> stylised key image."""
-        from ..video.render import make_propagation
         if self._propagate is None:
             self._propagate = make_propagation(self.cfg)
         return list(self._propagate(iter(frames), keys, key_images.__getitem__))
@@ -81,9 +85,6 @@ class WavefrontRunner:
 
     def _start(self, n: int):
         if self._pool is None:
-            from .anchors import AnchorBoard
-            from .cluster import actor_resources, connect
-            from .pool import ActorPool
             self._ray = connect(self.address)
             worker = self._ray.remote(**actor_resources(self._ray))(WavefrontWorker)
             self._pool = ActorPool(self._ray, worker, max(1, min(self.num_actors, n)), (self.cfg,),
@@ -192,7 +193,6 @@ def render_wavefront(cfg: RenderConfig, num_actors: int = 2, address: Optional[s
                      max_retries: int = 2, on_event: Optional[Callable[[dict], None]] = None):
     """`fresco render` of one video with its keyframe batches and propagation spread over `num_actors` Ray actors;
     the same folder, files and resume as `fresco.video.render.render`. Returns its RenderResult."""
-    from ..video.render import render
     runner = WavefrontRunner(cfg, num_actors, address, max_retries, on_event=on_event)
     try:
         return render(cfg, runner=runner, progress=progress)

@@ -15,10 +15,12 @@ import torch
 
 from fresco_kernels import occlusion_from_flows
 
+from ..constants import FLOW_ESTIMATORS
+from .gmflow import GMFlowEstimator
+
 __all__ = ["FlowEstimator", "DISFlow", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS", "batch_flows",
            "flow_pair"]
 
-FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 
 
 class FlowEstimator(Protocol):
@@ -98,7 +100,6 @@ def get_flow_estimator(flow: Union[str, FlowEstimator, None], device: Union[str,
         if not gmflow_path:
             raise ValueError("gmflow_path: flow='gmflow' needs the GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth), "
                              "got none")
-        from .gmflow import GMFlowEstimator
         return GMFlowEstimator(gmflow_path, device)
     if callable(flow) and not isinstance(flow, str):
         return flow

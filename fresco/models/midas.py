@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .annotators import annotator_file
+
 __all__ = ["MIDAS_FILE", "MidasConfig", "DPTDepth", "DepthDetector", "load_midas", "midas_state_dict",
            "TINY_MIDAS"]
 
@@ -436,7 +438,6 @@ class DepthDetector:
     @classmethod
     def from_pretrained(cls, annotator_path: Optional[str] = None, device: Union[str, torch.device] = "cpu"
                         ) -> "DepthDetector":
-        from .annotators import annotator_file
         return cls(load_midas(annotator_file(MIDAS_FILE, annotator_path), device), device)
 
     @torch.no_grad()

@@ -9,21 +9,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-# ControlNet v1.0 for SD1.5 per control type (the published choice)
-CONTROLNET_IDS = {
-    "canny": "lllyasviel/sd-controlnet-canny",
-    "hed": "lllyasviel/sd-controlnet-hed",
-    "depth": "lllyasviel/sd-controlnet-depth",
-}
-CONTROL_TYPES = tuple(CONTROLNET_IDS)
-# the names that select the tiny random-weight model in from_pretrained / the CLI
-TINY = "tiny"
-TINY_NAMES = (TINY, "tiny-random")
-
-# the VAE the published code always loads in place of the model's own
-PUBLISHED_VAE = "stabilityai/sd-vae-ft-mse"
-# `vae` values that select the model's own VAE
-OWN_VAE = ("own", "model", "none")
+from ..constants import CONTROL_TYPES, CONTROLNET_IDS, OWN_VAE, PUBLISHED_VAE, TINY, TINY_NAMES, TORCH_DTYPE_NAMES
 
 # SD1.5's scheduler: 1000 training steps, scaled-linear betas, leading spacing with steps_offset 1 (t = 951 ... 1
 # at 20 steps); used for the tiny in-code model only: a loaded model's DDPM scheduler is built from its own
@@ -49,7 +35,7 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return torch.device(device)
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in TORCH_DTYPE_NAMES}
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:

@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from . import egnet, gmflow
 from .annotators import ANNOTATORS_REPO, HED_FILE, hed_state_dict
 from .midas import MIDAS_FILE, midas_state_dict
 from .sd import CONTROLNET_IDS, PUBLISHED_VAE, SD15_SCHEDULER, tiny_components
@@ -95,7 +96,6 @@ def write_annotators(hf_home: Union[str, Path]) -> Path:
 def write_support_models(root: Union[str, Path]) -> list[Path]:
     """root/model/gmflow_sintel-0c07dcb3.pth and root/model/epoch_resnet.pth (`SUPPORT_FILES`): the published
     configs' gmflow_path and sod_path resolve to them when the render runs with root as its working directory."""
-    from . import egnet, gmflow
     root = Path(root)
     return [Path(gmflow.write_random_checkpoint(root / SUPPORT_FILES["gmflow"], seed=_seed("gmflow"))),
             Path(egnet.write_random_checkpoint(root / SUPPORT_FILES["sod"], seed=_seed("egnet"),

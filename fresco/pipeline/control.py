@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..models.annotators import HEDDetector
+from ..models.midas import DepthDetector
 from ..models.sd import CONTROL_TYPES
 
 
@@ -21,13 +23,11 @@ def canny(frames: np.ndarray, low: int = 50, high: int = 100) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _hed(annotator_path: Optional[str], device: str):
-    from ..models.annotators import HEDDetector
     return HEDDetector.from_pretrained(annotator_path, device=device)
 
 
 @lru_cache(maxsize=4)
 def _depth(annotator_path: Optional[str], device: str):
-    from ..models.midas import DepthDetector
     return DepthDetector.from_pretrained(annotator_path, device=device)
 
 

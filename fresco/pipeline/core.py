@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from fresco_kernels import get_backend
 
 from ..models.flow import FlowEstimator, batch_flows, get_flow_estimator
-from ..models.sd import CONTROL_TYPES, TINY, Components, load_components, resolve_device, resolve_dtype, tiny_components
+from ..models.sd import (CONTROL_TYPES, TINY, Components, load_components, make_scheduler, resolve_device,
+                         resolve_dtype, tiny_components)
 from ..settings import FrescoSettings
 from .attention import FrescoController, install_processors, restore_processors
 from .control import control_maps
@@ -188,7 +189,6 @@ class FrescoPipeline:
         """From loaded diffusers modules (e.g. those of a StableDiffusionControlNetPipeline). The scheduler is
         replaced by SD1.5's DDPM scheduler when not given. text_encoder/tokenizer may be None when prompts are
         passed as embeddings."""
-        from ..models.sd import make_scheduler
         dev = torch.device(device) if device is not None else next(unet.parameters()).device
         dt = dtype if dtype is not None else next(unet.parameters()).dtype
         from diffusers import DDPMScheduler

@@ -1,7 +1,8 @@
 """The settings form of the web UI, derived from the render settings dataclass: one `FieldSpec` per setting (its
-widget kind, choices, group), and the conversions between the form's values, `RenderConfig` and the published YAML.
-No Gradio here, so the mapping is unit-tested without a browser; a setting added to the dataclass appears in the
-form (in the "More" group unless `GROUPS` places it) without UI edits."""
+widget kind, choices, group, all from the field's knob metadata, fresco.knobs), and the conversions between the
+form's values, `RenderConfig` and the published YAML. No Gradio here, so the mapping is unit-tested without a
+browser; a setting added to the dataclass appears in the form (in its metadata's group, else "More") without UI
+edits."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,33 +13,17 @@ from typing import Any, Optional
 
 from .. import config as cfgmod
 from ..config import RenderConfig
-from ..pipeline.prompts import format_extra_prompts
+from ..patch_params import PatchParams
+from ..prompts import format_extra_prompts
 
-# Which group each setting is shown in, in order; settings not listed go to "More". Keys with their own widgets
-# (the input, output folder and keyframe intervals) and the published keys that have no effect here are not in
-# the settings panel; a loaded YAML's values for them are kept and saved back.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "Prompt": ("prompt", "negative_prompt", "guidance_scale"),
-    "Model": ("sd_path", "use_controlnet", "controlnet_type", "cond_scale", "dtype"),
-    "FRESCO constraints": ("cross_frame_attention", "spatial_attention", "spatial_attention_steps",
-                           "temporal_attention", "temporal_attention_until", "feature_optimization",
-                           "temporal_loss", "spatial_loss", "background_smoothing"),
-    "Schedule": ("num_inference_steps", "num_warmup_steps", "strength", "end_opt_step", "bg_smoothing_steps",
-                 "repeat_noise", "batch_size"),
-    "Optimisation": ("opt_iters", "opt_lr", "spatial_weight", "loss_reduction", "adain_eps", "opt_layers"),
-    "FreeU": ("use_freeu",),
-    "Run": ("seed", "backend", "device", "flow", "vae_chunk"),
-    "Frames": ("size", "short_side", "fps"),
-    "Output": ("output", "crf", "resume", "overwrite"),
-}
+# The groups of the settings panel in page order (a field's group is its knob metadata `group`; settings without
+# one go to "More"). Keys with their own widgets (the input, output folder and keyframe intervals) and the published
+# keys that have no effect here are not in the settings panel; a loaded YAML's values for them are kept and saved
+# back.
+GROUP_ORDER = ("Prompt", "Model", "FRESCO constraints", "Schedule", "Optimisation", "FreeU", "Run", "Frames",
+               "Output", "Propagation", "More")
 OWN_WIDGETS = ("file_path", "save_path", "mininterv", "maxinterv")
 NOT_SETTINGS = ("extra",)
-# choices of RenderConfig's own keys (the FRESCO knobs carry theirs in their field metadata)
-CHOICES: dict[str, tuple[str, ...]] = {
-    "controlnet_type": cfgmod.CONTROL_TYPES,
-    "dtype": cfgmod.DTYPES,
-    "flow": cfgmod.FLOW_ESTIMATORS,
-}
 LABELS = {"sd_path": "model (diffusers id, local folder or tiny-random)", "cond_scale": "ControlNet scale",
           "use_controlnet": "ControlNet", "controlnet_type": "ControlNet type", "use_freeu": "FreeU",
           "num_inference_steps": "steps", "num_warmup_steps": "SDEdit warm-up steps",
@@ -76,40 +61,42 @@ def _kind(tp: Any, meta_type: Any = None) -> tuple[str, bool]:
     return "text", True
 
 
-def _specs(cls: type, where: dict[str, str], skip: set[str]) -> list[FieldSpec]:
-    """FieldSpecs of a dataclass's fields, recursing into a dataclass-typed field (RenderConfig's FRESCO knobs)."""
+def _specs(cls: type, skip: set[str], by_key: bool = False) -> list[FieldSpec]:
+    """FieldSpecs of a dataclass's fields, recursing into a dataclass-typed field (RenderConfig's settings groups);
+    by_key: name the specs by their YAML key (the keyword RenderConfig takes for PatchParams's knobs)."""
     hints = typing.get_type_hints(cls)
     out: list[FieldSpec] = []
     for f in fields(cls):
         if f.name in skip:
             continue
         if dataclasses.is_dataclass(hints[f.name]):
-            out += _specs(hints[f.name], where, skip)
+            out += _specs(hints[f.name], skip, by_key=hints[f.name] is PatchParams)
             continue
         meta = f.metadata or {}
         if meta.get("cli") is False:  # a knob the renderer cannot use (no flag either); kept through YAML
             continue
         kind, optional = _kind(hints[f.name], meta.get("type"))
-        choices = tuple(meta.get("choices") or CHOICES.get(f.name, ()))
+        choices = tuple(meta.get("choices") or ())
         if choices:
             kind = "choice"
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        out.append(FieldSpec(f.name, meta.get("key") or f.name, LABELS.get(f.name, f.name.replace("_", " ")),
-                             kind, default, where.get(f.name, "More"), choices, optional or default is None,
+        key = meta.get("key") or f.name
+        name = key if by_key else f.name
+        group = meta.get("group") or "More"
+        out.append(FieldSpec(name, key, LABELS.get(name, name.replace("_", " ")), kind, default,
+                             group if group in GROUP_ORDER else "More", choices, optional or default is None,
                              meta.get("help", "")))
     return out
 
 
-def settings_fields(cls: type = RenderConfig) -> list[FieldSpec]:
-    """The form's fields in group order: every setting except OWN_WIDGETS and the published keys that have no
-    effect (`cls.UNUSED`); the FRESCO knobs of a held settings dataclass are included with their help and
-    choices, except those without a render flag (metadata cli=False), which the renderer does not use."""
-    where = {name: g for g, names in GROUPS.items() for name in names}
+def settings_fields(cls: Optional[type] = None) -> list[FieldSpec]:
+    """The form's fields in group order (within a group, declaration order): every setting except OWN_WIDGETS and
+    the published keys that have no effect (`cls.UNUSED`); the knobs of the held settings groups are included with
+    their help and choices, except those without a render flag (metadata cli=False), which the renderer does not
+    use."""
+    cls = cls or cfgmod.RenderConfig  # looked up at call time, like the CLI and the YAML loader
     skip = set(OWN_WIDGETS) | set(NOT_SETTINGS) | set(getattr(cls, "UNUSED", {}))
-    listed = [name for names in GROUPS.values() for name in names]
-    order = list(GROUPS) + ["More"]
-    return sorted(_specs(cls, where, skip),
-                  key=lambda s: (order.index(s.group), listed.index(s.name) if s.name in where else 0))
+    return sorted(_specs(cls, skip), key=lambda s: GROUP_ORDER.index(s.group))
 
 
 def _value(spec: FieldSpec, v: Any) -> Any:
@@ -171,7 +158,7 @@ def hidden_values(cfg: RenderConfig) -> dict[str, Any]:
     """The keys of `cfg` with no widget in the settings panel that differ from the defaults (kept across a
     load/save of the YAML)."""
     shown = {s.key for s in settings_fields()} | set(OWN_WIDGETS)
-    default = RenderConfig().to_dict()
+    default = cfgmod.RenderConfig().to_dict()
     return {k: v for k, v in cfg.to_dict().items() if k not in shown and v != default[k]}
 
 

@@ -17,8 +17,13 @@ import cv2
 import numpy as np
 
 from ..config import RenderConfig
+from ..pipeline import FrescoPipeline
+from ..constants import STATE
 from ..video import Batch, plan_batches, probe, processing_size, read_frames
-from ..video.render import STATE, BatchStylizer, Cancelled, RenderResult, render, select_keys
+from ..video.render import Cancelled, RenderResult, render
+from ..video.runner import BatchStylizer
+from ..video.source import select_keys
+from ..video.stylize import make_stylizer
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, TypeError)
 
@@ -139,7 +144,6 @@ class PipelineCache:
         key = (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.flow)
         with self.lock:
             if key != self.key:
-                from ..pipeline import FrescoPipeline
                 self.pipe = None
                 self.pipe = FrescoPipeline.from_pretrained(cfg.model, controlnet_type=key[1], device=cfg.device,
                                                            dtype=cfg.dtype, flow=cfg.flow)
@@ -153,7 +157,6 @@ StylizerFactory = Callable[[RenderConfig, Callable[[int, int], None]], BatchStyl
 def pipeline_stylizer(cache: PipelineCache) -> StylizerFactory:
     """The default stylizer factory: the cached pipeline behind fresco.stylize.make_stylizer, reporting steps."""
     def factory(cfg: RenderConfig, on_step: Callable[[int, int], None]) -> BatchStylizer:
-        from ..video.stylize import make_stylizer
         return make_stylizer(cfg, pipe=cache.get(cfg), on_step=on_step)
     return factory
 

@@ -14,6 +14,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..constants import VIDEO_SUFFIXES
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FOLDER_FPS = Fraction(30)
 
@@ -210,7 +212,7 @@ class VideoWriter:
     time_base: the video's time base when frames are written with their own times (`write(img, t)`, e.g. a
     variable-frame-rate source's timestamps); default 1/fps, frame i at i/fps."""
 
-    VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+    VIDEO_SUFFIXES = VIDEO_SUFFIXES
 
     def __init__(self, path: str | os.PathLike, fps: Fraction | float, size: tuple[int, int],
                  audio_from: str | None = None, crf: int = 18, time_base: Fraction | None = None):

@@ -1,45 +1,29 @@
-"""The renderer's output folder, made safe for the user's files: which output names are allowed, the rule that the
-output never lands on or around the input, an exclusive lock per folder (a lock file holding the owner's pid and
-host), and the manifest of files the renderer wrote (kept in the state file). The renderer deletes or replaces
-only files listed in that manifest; anything else in the folder needs `overwrite`, and even then only the paths the
-renderer writes are replaced, never the user's other files."""
+"""The renderer's output folder, made safe for the user's files (the names it uses there: fresco.constants): the
+rule that the output never lands on or around the input, an exclusive lock per folder (a lock file holding the
+owner's pid and host), the state file with the manifest of files the renderer wrote, and the fingerprint of the
+settings and input that decide the keyframes. The renderer deletes or replaces only files listed in that manifest;
+anything else in the folder needs `overwrite`, and even then only the paths the renderer writes are replaced, never
+the user's other files."""
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
-STATE = "state.json"
-LOCK = ".fresco.lock"
-PREVIEW = "preview.png"
-KEYS = "keys"
-LATENTS = "latents"
-# names the renderer itself uses inside the output folder: `output` may be none of them
-RESERVED = (KEYS, LATENTS, STATE, LOCK, PREVIEW)
+from ..config import RenderConfig, fingerprint_keys
+from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, STATE, VIDEO_SUFFIXES
+from .io import VideoInfo
+from .keyframes import Batch
 
 
 class OutputLocked(RuntimeError):
     """The output folder is locked by another render that is still running."""
-
-
-def check_output_name(output: str) -> None:
-    """`output` must be one plain name inside the output folder: not '.', '..', empty, a path, hidden or reserved."""
-    accepted = "a plain file name like 'video.mp4' or a folder name like 'frames'"
-    if not isinstance(output, str) or output.strip() == "":
-        raise ValueError(f"output: {accepted}, got {output!r}")
-    if output in (".", "..") or "/" in output or "\\" in output or os.sep in output or Path(output).is_absolute():
-        raise ValueError(f"output: {accepted}, not a path; the folder is set with -o/save_path; got {output!r}")
-    if output.startswith("."):
-        raise ValueError(f"output: {accepted}; names starting with '.' are the renderer's temporary files, "
-                         f"got {output!r}")
-    if output.lower() in (r.lower() for r in RESERVED):
-        raise ValueError(f"output: {output!r} is a name the renderer uses itself in the output folder "
-                         f"({', '.join(RESERVED)}); choose another")
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -198,3 +182,79 @@ def remove_owned(root: Path, owned: Iterable[str]) -> None:
     for d in sorted(dirs, key=lambda d: -len(d.parts)):
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
+    """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
+    keys = set(fingerprint_keys())
+    settings = {k: v for k, v in cfg.to_dict().items() if k in keys}
+    p = Path(info.path)
+    st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
+        [(p.name, p.stat().st_size, p.stat().st_mtime_ns)]
+    blob = json.dumps({"settings": settings, "input": st, "size": size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class State:
+    """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
+    manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
+    path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
+    The file is first written once the model is loaded and the first batch starts."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = root / STATE
+        self.data: dict = {}
+
+    def load(self) -> Optional[dict]:
+        if not self.path.exists():
+            return None
+        try:
+            with open(self.path) as f:
+                self.data = json.load(f)
+            if not isinstance(self.data, dict) or "fingerprint" not in self.data:
+                raise ValueError("no fingerprint")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "
+                             f"another -o") from None
+        if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours
+            batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
+            self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
+                                        for f in batch_files(b))
+        return self.data
+
+    def owned(self) -> set:
+        return set(self.data.get("files", []))
+
+    def save(self) -> None:
+        atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+
+    def claim(self, rels: Sequence[str], overwrite: bool) -> None:
+        """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
+        unless `overwrite`."""
+        if not overwrite:
+            refuse_foreign(foreign(self.root, rels, self.owned()))
+        for rel in rels:
+            if "/" in rel:
+                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        self.data["files"] = sorted(self.owned() | set(rels))
+        self.save()
+
+
+def output_files(cfg: RenderConfig, n: int) -> list[str]:
+    if Path(cfg.output).suffix.lower() in VIDEO_SUFFIXES:
+        return [cfg.output, PREVIEW]
+    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
+
+
+def batch_files(b: Batch) -> list[str]:
+    return [f"{KEYS}/{k:05d}.png" for k in b.frames[b.n_anchors:]] + [f"{LATENTS}/{b.index:04d}.pt"]

@@ -11,7 +11,6 @@ rebuilds the frame's colours, and fused with histogram-preserving blending and, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
@@ -19,32 +18,7 @@ import torch.nn.functional as F
 
 from fresco_kernels import patch_synthesis
 
-
-@dataclass(frozen=True)
-class PatchParams:
-    """Knobs of the patch propagation (integer guide weights of the op's squared patch distance)."""
-    patch_size: int = 5
-    levels: int = 4
-    em_iters: int = 3
-    pm_iters: int = 1
-    search_radius: int = 4
-    w_colour: int = 6       # per RGB channel of the source frames
-    w_edge: int = 32        # the frames' edge strength (heavy: keeps the style's lines on the frame's edges)
-    w_position: int = 2     # per coordinate channel, coordinates carried along the chained flow
-    w_temporal: int = 2     # per channel of the key's stylised frame carried along the chained flow
-    style_weight: int = 1   # EM coherence of the synthesised style
-    uniformity: int = 0
-    vote_sharpness: float = 0.5  # error-weighted vote: weight exp(-err / (s * mean err)) per patch; 0 = plain vote
-    vote_pixel_sigma: float = 20.0  # and exp(-|key source at the voted pixel - frame|^2 / sigma) per vote; 0 = off
-    vote_edge_weight: float = 1.0   # that pixel check (and the rebuild error) also on the edge guide, this weight
-    warp_candidate: bool = True  # per pixel, the key warped along the chained flow where its colour error is lower
-    warp_bicubic: bool = True    # that warp bicubic (sharper) rather than bilinear
-    warp_margin: float = 0.4     # take the warp where its patch colour error <= margin x the synthesis's
-    fuse_window: int = 3         # the two keys are chosen per pixel by the colour error of their reconstructed
-                                 # source, box-averaged over this window; 1 = per pixel
-    fuse_soften: int = 1         # that choice softened over this window, then the histogram-preserving blend (1: hard)
-    poisson: bool = False
-    seed: int = 0
+from ..patch_params import PatchParams
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,16 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
 import torch
+
+from ..config import RenderConfig
+from ..constants import CONTROLNET_IDS, TINY_NAMES, VIDEO_SUFFIXES
+from .io import VideoInfo
+from .outdir import check_not_input
 
 GiB = 1024 ** 3
 
@@ -57,7 +63,6 @@ def check_model_available(model: str, probe_file: str, key: str) -> bool:
     unreachable). Local folders and the tiny model return False. Raises at once when `model` is a hub id that is
     neither cached nor reachable, instead of waiting on network retries. probe_file: a file every copy of the model
     has (its config), looked up in the cache."""
-    from ..models.sd import TINY_NAMES
     if model in TINY_NAMES or os.path.isdir(model):
         return False
     if "/" not in model or model.count("/") > 1 or model.startswith(("/", ".")):
@@ -173,3 +178,28 @@ def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int
             raise ValueError(f"size: {size[0]}x{size[1]} needs about {est.device / GiB:.1f} GiB on {device} "
                              f"({est.describe()}) but {free / GiB:.1f} GiB is free; use a smaller --size/--short-side "
                              f"or --batch-size, or --force to try anyway")
+
+
+def check_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
+               default_model: bool) -> bool:
+    """The checks before anything is written or loaded: the output is not the input, the model can be had
+    (when the default stylizer will load one), the memory fits (unless cfg.force). Returns whether the model
+    must be loaded from the local cache only."""
+    root = Path(cfg.save_path)
+    check_not_input(info.path, root, cfg.output)
+    out = root / cfg.output
+    if Path(cfg.output).suffix.lower() in VIDEO_SUFFIXES and out.is_dir():
+        raise ValueError(f"output: '{out}' is a folder; choose another --output")
+    local_only = False
+    if default_model:
+        local_only = check_model_available(cfg.model, "unet/config.json", "sd_path")
+        if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
+            local_only |= check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
+                                                          "controlnet_type")
+    if not cfg.force:
+        on_gpu = device.type == "cuda"
+        dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
+        model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"
+        est = estimate_memory(size, cfg.batch_size, model, dtype_bytes, on_gpu, cfg.use_controlnet)
+        check_memory(est, device, size)
+    return local_only

@@ -13,7 +13,10 @@ import torch
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
+from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
 from ..models.flow import FlowEstimator, flow_pair
+from ..patch_params import PatchParams
+from .patch_propagation import patch_gap
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
@@ -55,12 +58,10 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-PROPAGATION_METHODS = ("patch", "flow")
-
-
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
               flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8,
-              backend: Optional[str] = None, method: str = "patch", patch_params=None) -> Iterator[np.ndarray]:
+              backend: Optional[str] = None, method: str = DEFAULT_PROPAGATION,
+              patch_params: Optional[PatchParams] = None) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
@@ -83,7 +84,6 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     def flush(b: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
         span = (b - a) if b is not None else None
         if method == "patch":
-            from .patch_propagation import PatchParams, patch_gap
             with torch.no_grad():
                 xs = [_to_tensor(f, device) for f in pending]
                 for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend):

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from ..config import RenderConfig
-from ..models.flow import FlowEstimator
+from ..models.flow import FlowEstimator, get_flow_estimator
 from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
+from ..pipeline import FrescoPipeline
 from ..pipeline.core import AnchorCallback, AnchorSource
-from ..pipeline.prompts import frame_prompts
+from ..prompts import frame_prompts
+from .preflight import check_device
 
 
 def pipeline_key(cfg: RenderConfig) -> tuple:
@@ -28,8 +30,6 @@ def pipeline_key(cfg: RenderConfig) -> tuple:
 def flow_estimator(cfg: RenderConfig) -> FlowEstimator:
     """The flow estimator cfg names (flow / gmflow_path / raft_path) on cfg's device; one serves the batches and the
     propagation of a render."""
-    from ..models.flow import get_flow_estimator
-    from .preflight import check_device
     return get_flow_estimator(cfg.flow_name, check_device(cfg.device), gmflow_path=cfg.gmflow_path,
                               raft_path=cfg.raft_path)
 
@@ -38,7 +38,6 @@ def load_pipeline(cfg: RenderConfig, flow: Optional[FlowEstimator] = None, local
                   log: Optional[Callable[[str], None]] = None):
     """The FrescoPipeline of `cfg`: model, ControlNet, VAE, annotators, device, dtype and flow estimator (`flow`,
     default the one cfg names: flow / gmflow_path / raft_path)."""
-    from ..pipeline import FrescoPipeline
     if flow is None:
         flow = flow_estimator(cfg)
     return FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet

@@ -3,6 +3,7 @@ under the temporal warp loss + the spatial Gram loss, then AdaIN back to the inp
 both backends, so the pipeline and the benchmarks call the same thing."""
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional
 
@@ -33,13 +34,13 @@ def optimize_features(
     bwd_occ: Optional[torch.Tensor] = None,
     ref: Optional[torch.Tensor] = None,
     *,
-    iters: int = 20,
-    lr: float = 0.2,
+    iters: int,
+    lr: float,
+    spatial_weight: float,
+    reduction: str,
+    adain_eps: float,
     temporal: bool = True,
-    spatial_weight: float = 100.0,
-    reduction: str = "l1",
     cfg_chunks: int = 2,
-    adain_eps: float = 1.0,
     precision: str = DEFAULT_PRECISION,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
@@ -58,11 +59,12 @@ def optimize_features(
             i -> i+1 and i+1 -> i, wrap pair last; all four of flows/occlusions are given together or not at all.
         fwd_occ, bwd_occ: [N, 1, h, w] occlusion masks (1 = occluded) at the feature size.
         ref: [B, hw, C] normalised reference features (`normalize_features` of the reference pass), or None.
-        iters: Adam iterations (20). lr: Adam learning rate (0.2; the paper: 0.4).
-        temporal: use the temporal loss when flows are given. spatial_weight: Gram loss weight (100; 0 disables).
-        reduction: "l1" (the published code) or "l2" (the paper, whose weight is 50).
-        cfg_chunks: how many CFG chunks share the flows (2). adain_eps: the style-variance epsilon (1.0 reproduces
-            the published results; 1e-5 is the textbook value).
+        iters, lr, spatial_weight, reduction, adain_eps: the optimisation's knobs, given explicitly (the caller's
+            settings: fresco.settings.FrescoSettings opt_iters, opt_lr, spatial_weight, loss_reduction, adain_eps
+            hold the published values and say why). iters: Adam iterations. lr: Adam learning rate.
+            spatial_weight: Gram loss weight (0 disables). reduction: "l1" (the published code) or "l2" (the paper).
+            adain_eps: the style-variance epsilon of the AdaIN.
+        temporal: use the temporal loss when flows are given. cfg_chunks: how many CFG chunks share the flows (2).
         precision: the fused Gram tile precision on CUDA (see gram_loss.PRECISIONS). backend: "fused" | "reference".
     Returns:
         [B, C, h, w] in feat's dtype.
@@ -77,6 +79,9 @@ def optimize_features(
     _check_number("lr", lr, 0, True)
     _check_number("spatial_weight", spatial_weight, 0, False)
     _check_number("adain_eps", adain_eps, 0, False)
+    for name, v in (("lr", lr), ("spatial_weight", spatial_weight), ("adain_eps", adain_eps)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if precision not in PRECISIONS:

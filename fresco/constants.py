@@ -1,0 +1,58 @@
+"""Names and enumerations the config, the CLI, the web UI and the stages share: the accepted values of the choice
+keys, the model ids they select, and the rules for names inside the output folder. Pure Python with no third-party
+import, so that `fresco.config` validates a render's keys without importing a stage (torch, OpenCV, diffusers)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# non-keyframes: guided patch synthesis from both keys (Ebsynth-style) or a flow-warp blend of the two keys
+PROPAGATION_METHODS = ("patch", "flow")
+DEFAULT_PROPAGATION = "patch"  # the better one on benchmarks/propagation_quality.py (benchmarks/RESULTS.md)
+# optical flow estimators (fresco.models.flow)
+FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
+
+# ControlNet v1.0 for SD1.5 per control type (the published choice)
+CONTROLNET_IDS = {
+    "canny": "lllyasviel/sd-controlnet-canny",
+    "hed": "lllyasviel/sd-controlnet-hed",
+    "depth": "lllyasviel/sd-controlnet-depth",
+}
+CONTROL_TYPES = tuple(CONTROLNET_IDS)
+# the names that select the tiny random-weight model in from_pretrained / the CLI
+TINY = "tiny"
+TINY_NAMES = (TINY, "tiny-random")
+# the VAE the published code always loads in place of the model's own
+PUBLISHED_VAE = "stabilityai/sd-vae-ft-mse"
+# `vae` values that select the model's own VAE
+OWN_VAE = ("own", "model", "none")
+
+# torch dtypes by name (fresco.models.sd maps them); the `dtype` key also accepts "auto"
+TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto",) + TORCH_DTYPE_NAMES
+
+# --- the output folder ---
+STATE = "state.json"
+LOCK = ".fresco.lock"
+PREVIEW = "preview.png"
+KEYS = "keys"
+LATENTS = "latents"
+# names the renderer itself uses inside the output folder: `output` may be none of them
+RESERVED = (KEYS, LATENTS, STATE, LOCK, PREVIEW)
+# an `output` with one of these suffixes is a video file; a name without a suffix is a folder of PNG frames
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+
+
+def check_output_name(output: str) -> None:
+    """`output` must be one plain name inside the output folder: not '.', '..', empty, a path, hidden or reserved."""
+    accepted = "a plain file name like 'video.mp4' or a folder name like 'frames'"
+    if not isinstance(output, str) or output.strip() == "":
+        raise ValueError(f"output: {accepted}, got {output!r}")
+    if output in (".", "..") or "/" in output or "\\" in output or os.sep in output or Path(output).is_absolute():
+        raise ValueError(f"output: {accepted}, not a path; the folder is set with -o/save_path; got {output!r}")
+    if output.startswith("."):
+        raise ValueError(f"output: {accepted}; names starting with '.' are the renderer's temporary files, "
+                         f"got {output!r}")
+    if output.lower() in (r.lower() for r in RESERVED):
+        raise ValueError(f"output: {output!r} is a name the renderer uses itself in the output folder "
+                         f"({', '.join(RESERVED)}); choose another")

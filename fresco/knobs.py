@@ -1,0 +1,136 @@
+"""One declaration per knob: `knob()` makes a dataclass field whose metadata says how users set it (CLI flag, YAML
+key, help, value type, choices, accepted range, UI group, whether it enters a render's fingerprint), and the helpers
+that read that metadata back. `FrescoSettings` (fresco.settings), `PatchParams` (fresco.patch_params) and
+`RenderConfig`'s own keys (fresco.config) are declared with it; the `fresco render` flags, the YAML keys and their
+checks, the web UI's widgets, the fingerprint's key set and the options table in docs/options.md are all derived
+from it. Pure Python, no third-party import."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import typing
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+
+@dataclass(frozen=True)
+class Range:
+    """The accepted values of a numeric knob: lo <= v <= hi (None: unbounded); lo itself excluded when lo_open."""
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        return self.hi is None or v <= self.hi
+
+    def __str__(self) -> str:
+        """'>= 1', '> 0', 'in [0, 51]', 'in (0, 1]'."""
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.lo is None:
+            return f"<= {_num(self.hi)}"
+        return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if v == int(v) else f"{v:g}"
+
+
+def knob(default: Any, help: str, *, flag: Optional[str] = None, key: Optional[str] = None,
+         type: Optional[type] = None, choices: Optional[Sequence] = None, cli: bool = True,
+         range: Union[Range, tuple, None] = None, group: Optional[str] = None, fingerprint: bool = True,
+         flag_aliases: Sequence[str] = (), no_flag: Optional[str] = None, key_aliases: Sequence[str] = ()) -> Any:
+    """A dataclass field whose metadata says how users set it.
+
+    help: one line for `fresco render --help`, the web UI and docs/options.md; flag: the CLI flag (default
+    `--<name-with-dashes>`; a boolean also gets `no_flag`, default `--no-<flag>`); flag_aliases: more spellings of
+    the flag; key: the YAML key (default the field name); key_aliases: more YAML keys accepted for it; type: the
+    value type when the default is None or a sequence (then each item's type); choices: the accepted values;
+    range: the accepted interval of a number (a `Range`, or (lo, hi) inclusive with None for unbounded); every
+    float knob must also be finite; group: the web UI's group (default "More"); fingerprint: False when the value
+    does not change a render's keyframes (output names, the device, the propagation, ...), so a render of another
+    value resumes the same folder; cli: False keeps the knob out of the CLI and the web UI (still a YAML key and a
+    keyword). A mutable default (dict) becomes a default factory; a list becomes a tuple."""
+    if isinstance(range, tuple):
+        range = Range(*range)
+    meta = dict(help=help, flag=flag, key=key, type=type, choices=tuple(choices) if choices else None, cli=cli,
+                range=range, group=group, fingerprint=fingerprint, flag_aliases=tuple(flag_aliases),
+                no_flag=no_flag, key_aliases=tuple(key_aliases))
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def is_knob(f: dataclasses.Field) -> bool:
+    """Whether `f` was declared with `knob()`."""
+    return "help" in f.metadata
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def yaml_key(f: dataclasses.Field) -> str:
+    """The YAML key of a knob."""
+    return f.metadata.get("key") or f.name
+
+
+def cli_flag(f: dataclasses.Field) -> str:
+    """The CLI flag of a knob."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def no_flag(f: dataclasses.Field) -> str:
+    """The flag that sets a boolean knob to False."""
+    return f.metadata.get("no_flag") or "--no-" + cli_flag(f)[2:]
+
+
+def value_type(f: dataclasses.Field, hint: Any = None) -> type:
+    """The scalar type of a knob's values: metadata `type`, else from the annotation `hint` (Optional[X] -> X,
+    tuple[X, ...] -> X; a union of several types -> str, the CLI's text form), else the default's type."""
+    if f.metadata.get("type") is not None:
+        return f.metadata["type"]
+    if hint is not None:
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is Union \
+            else [hint]
+        if len(args) == 1:
+            base = typing.get_origin(args[0]) or args[0]
+            if base in (tuple, list):
+                items = [a for a in typing.get_args(args[0]) if a is not Ellipsis]
+                return items[0] if items else int
+            if base in (bool, int, float, str, dict):
+                return base
+        return str
+    return bool if isinstance(f.default, bool) else (type(f.default) if f.default is not None else str)
+
+
+def is_sequence(hint: Any) -> bool:
+    """Whether a knob's annotation is a tuple/list of values (Optional or not): a list in YAML, nargs='+' on the
+    CLI, comma-separated in the web UI."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is Union else [hint]
+    return len(args) == 1 and (typing.get_origin(args[0]) or args[0]) in (tuple, list)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_value(key: str, f: dataclasses.Field, v: Any) -> None:
+    """The checks every front end gets from the metadata: a float knob's value is finite, a number is within its
+    range, a value is one of the choices. Raises ValueError naming `key` and what is accepted."""
+    if v is None or not _is_number(v) and f.metadata.get("choices") is None:
+        return
+    r: Optional[Range] = f.metadata.get("range")
+    if _is_number(v):
+        if not math.isfinite(v):
+            raise ValueError(f"{key}: must be a finite number{f' {r}' if r else ''}, got {v!r}")
+        if r is not None and v not in r:
+            raise ValueError(f"{key}: must be {r}, got {v!r}")
+    choices = f.metadata.get("choices")
+    if choices is not None and v not in choices:
+        raise ValueError(f"{key}: one of {choices}, got {v!r}")

@@ -1,0 +1,98 @@
+"""PatchParams: the knobs of the `propagation: patch` method (fresco.video.patch_propagation), one settings group
+that a render holds (`RenderConfig.patch`) and that the CLI (`--patch-...`), the YAML (`patch_...` keys) and the web
+UI ("Propagation") reach through the field metadata (fresco.knobs). None of them enters a render's fingerprint: the
+propagation runs after the keyframes, so a render that changes them resumes from the stylised keys.
+
+Why each default (benchmarks/propagation_quality.py, 61-frame 128² procedural clips, keys every 10 and 30 frames;
+the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that chose a value is named with it):
+- `em_iters` 3, `pm_iters` 1, `search_radius` 4 differ from the op's defaults (2, 2, 8) because the op's defaults are
+  for a field that starts at random, and here every field starts at the chained optical flow (`init_nnf`), so the
+  search only refines an answer that is already close: the op's (2, 2, 8) scored within 0.04 dB of these at 2.4x
+  the time per frame (RESULTS.md, "em/pm/radius"); the third round gives a little more sharpness at interval 10
+  (0.938 against 0.929 for em 2, the row "em 2, pm 1, radius 4").
+- the guide weights `w_edge` 32 (with `vote_edge_weight` 1.0 and `warp_margin` 0.4): the row "edge guide ×32, vote
+  edge weight 1.0, margin 0.4 (default, c672884)"; ×8 / ×12 / ×20 gave less sharpness at interval 10.
+- `vote_pixel_sigma` 20 and the 3x3 `fuse_window`: the row "σ = 20, keys chosen by the rebuilt source's 3x3 error";
+  σ = 30 / 50 were the rows above it.
+- `warp_candidate` on, bicubic: the row "the same without the warp candidate" (worst frame −2.1 dB without it).
+- `fuse_soften` 1 and `poisson` off: the rows "default + fuse_soften=3" and "default + poisson=True" trade sharpness,
+  the binding target, for PSNR.
+- `w_colour` 6, `w_position` 2, `w_temporal` 2, `style_weight` 1, `patch_size` 5, `levels` 4 and `uniformity` 0
+  are the first patch propagation's values (b1e4600, with pm 1 and radius 4), and `vote_sharpness` 0.5 that of the
+  error-weighted vote (d2a5932); no benchmark row tuned them since: every row above keeps them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .knobs import check_value, knob, yaml_key
+
+GROUP = "Propagation"
+MAX_WEIGHT = 128  # fresco_kernels.patch_synthesis.MAX_WEIGHT: integer guide weights up to this
+ODD_WINDOWS = tuple(range(1, 16, 2))  # box windows centred on the pixel
+
+
+def _p(default: Any, help: str, key: str, **kw) -> Any:
+    """A PatchParams knob: YAML key `key` (patch_...), the flag of that key, web UI group "Propagation", no effect on
+    the keyframes (not in the fingerprint)."""
+    return knob(default, help, key=key, flag="--" + key.replace("_", "-"), group=GROUP, fingerprint=False, **kw)
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    """Knobs of the patch propagation (integer guide weights of the op's squared patch distance); validated on
+    construction (a bad value raises an error naming its YAML key)."""
+    patch_size: int = _p(5, "patch side of the patch synthesis (3, 5, 7 or 9)", choices=(3, 5, 7, 9),
+                         key="patch_size")
+    levels: int = _p(4, "pyramid levels at most", range=(1, 12), key="patch_levels")
+    em_iters: int = _p(3, "voting rounds per level", range=(1, 64), key="patch_em_iters")
+    pm_iters: int = _p(1, "PatchMatch passes per voting round", range=(1, 64), key="patch_pm_iters")
+    search_radius: int = _p(4, "first random-search radius of a pass (halved down to 1)", range=(0, 1 << 14),
+                            key="patch_search_radius")
+    w_colour: int = _p(6, "guide weight per RGB channel of the source frames", range=(0, MAX_WEIGHT),
+                       key="patch_w_colour")
+    w_edge: int = _p(32, "guide weight of the frames' edge strength (keeps the style's lines on the frame's edges)",
+                     range=(0, MAX_WEIGHT), key="patch_w_edge")
+    w_position: int = _p(2, "guide weight per coordinate channel, carried along the chained flow",
+                         range=(0, MAX_WEIGHT), key="patch_w_position")
+    w_temporal: int = _p(2, "guide weight per channel of the key's stylised frame carried along the chained flow",
+                         range=(0, MAX_WEIGHT), key="patch_w_temporal")
+    style_weight: int = _p(1, "EM coherence weight of the synthesised style", range=(0, MAX_WEIGHT),
+                           key="patch_style_weight")
+    uniformity: int = _p(0, "penalty per other target patch already using a source patch (0: off)",
+                         range=(0, 2048), key="patch_uniformity")
+    vote_sharpness: float = _p(0.5, "error-weighted vote: weight exp(-err / (s * mean err)) per patch; 0: plain "
+                                    "vote", range=(0, 100), key="patch_vote_sharpness")
+    vote_pixel_sigma: float = _p(20.0, "and exp(-|key source at the voted pixel - frame|^2 / sigma) per vote; 0: "
+                                       "off", range=(0, 1e6), key="patch_vote_pixel_sigma")
+    vote_edge_weight: float = _p(1.0, "that pixel check (and the rebuild error) also on the edge guide, this weight",
+                                 range=(0, 1e3), key="patch_vote_edge_weight")
+    warp_candidate: bool = _p(True, "per pixel, the key warped along the chained flow where its colour error is "
+                                    "lower", key="patch_warp_candidate")
+    warp_bicubic: bool = _p(True, "that warp bicubic (sharper) rather than bilinear", key="patch_warp_bicubic")
+    warp_margin: float = _p(0.4, "take the warp where its patch colour error <= margin x the synthesis's",
+                            range=(0, 10), key="patch_warp_margin")
+    fuse_window: int = _p(3, "the two keys are chosen per pixel by the colour error of their rebuilt source, "
+                             "box-averaged over this window (1: per pixel)", choices=ODD_WINDOWS,
+                         key="patch_fuse_window")
+    fuse_soften: int = _p(1, "that choice softened over this window, then the histogram-preserving blend (1: hard)",
+                          choices=ODD_WINDOWS,
+                          key="patch_fuse_soften")
+    poisson: bool = _p(False, "gradient-domain (Poisson) fusion of the two directions", key="patch_poisson")
+    seed: int = _p(0, "seed of the PatchMatch random search", range=(0, 2**32 - 1), key="patch_seed")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kind = type(f.default)
+            ok = isinstance(v, bool) if kind is bool else \
+                isinstance(v, int) and not isinstance(v, bool) if kind is int else \
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not ok:
+                what = {bool: "a boolean", int: "an integer", float: "a number"}[kind]
+                raise TypeError(f"{yaml_key(f)}: expected {what}, got {v!r}")
+            check_value(yaml_key(f), f, v)
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML key -> value."""
+        return {yaml_key(f): getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,35 @@
+"""The PNG files of a render: keyframes written atomically and read back (RGB uint8), and the preview sheet (input
+keyframes above, their stylised versions below)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .outdir import atomic_write_bytes
+
+
+def save_png(path: Path, img: np.ndarray) -> None:
+    """Write the RGB uint8 image `img` as a PNG at `path`, atomically (a reader never sees half a file)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def load_png(path: Path) -> np.ndarray:
+    """The RGB uint8 image of a keyframe PNG; a missing or unreadable one is an error that says how to recover."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"keyframe '{path}' is missing or unreadable; re-run with --overwrite")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def save_preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> None:
+    """Input keyframes on the top row, their stylised versions below."""
+    def row(imgs):
+        scaled = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
+                             interpolation=cv2.INTER_AREA) for im in imgs]
+        return np.concatenate(scaled, axis=1)
+    save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))

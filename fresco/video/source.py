@@ -1,0 +1,89 @@
+"""The input of a render, streamed: its frames at the processing size, the keyframe selection from one decode, and
+the frames of each batch from another (holding only one batch and its anchors)."""
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..config import RenderConfig
+from .io import VideoInfo, read_timed_frames
+from .keyframes import Batch, fixed_keyframes, frame_errors, select_keyframes
+
+
+def read_input(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]):
+    """The input's (time, frame) pairs at the processing size, with the published resize filter rule
+    (fresco.video), only the first cfg.max_frames when set."""
+    frames = read_timed_frames(info.path, size, None if cfg.frame_size() else cfg.short_side)
+    return frames if cfg.max_frames is None else itertools.islice(frames, cfg.max_frames)
+
+
+def select_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
+                ) -> tuple[list[int], int, Optional[Fraction]]:
+    """(keyframes, exact frame count, true average rate) from one streamed decode at the processing size. The
+    rate is None unless the stream's timestamps stray from i / header fps by more than half a frame (a variable
+    frame rate); then it is (n - 1) / (last time - first time)."""
+    step = 1 / Fraction(info.fps)
+    last = [Fraction(0), False]
+
+    def frames():
+        for i, (t, img) in enumerate(read_input(cfg, info, size)):
+            if t is not None:
+                last[0] = t
+                last[1] = last[1] or abs(t - i * step) > step / 2
+            yield img
+
+    if cfg.mininterv == cfg.maxinterv:
+        n = sum(1 for _ in frames())
+        keys = fixed_keyframes(n, cfg.mininterv) if n else []
+    else:
+        errors = frame_errors(frames())
+        n = len(errors)
+        keys = select_keyframes(errors, cfg.mininterv, cfg.maxinterv) if errors else []
+    rate = Fraction(n - 1) / last[0] if last[1] and last[0] > 0 else None
+    return keys, n, rate
+
+
+def batch_frames(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], batches: Sequence[Batch]):
+    """Yield (batch, [N, H, W, 3] frames) for `batches` from one streamed decode, holding only the current batch's
+    frames plus key 0 and the previous batch's last key (the anchors)."""
+    todo = list(batches)
+    if not todo:
+        return
+    keep: dict[int, np.ndarray] = {}
+    need_anchor = {0} | {b.frames[1] for b in todo if b.n_anchors}
+    cur = 0
+    for i, (_, img) in enumerate(read_input(cfg, info, size)):
+        b = todo[cur]
+        if i in b.frames or i in need_anchor:
+            keep[i] = img
+        if i == b.frames[-1]:
+            yield b, np.stack([keep[k] for k in b.frames])
+            cur += 1
+            if cur == len(todo):
+                return
+            keep = {k: v for k, v in keep.items() if k in {0} | set(todo[cur].frames)}
+    raise ValueError(f"input: the video ended before keyframe {todo[cur].frames[-1]} (decoded fewer frames "
+                     f"than on the first pass)")
+
+
+def plan_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
+              ) -> tuple[list[int], int, Optional[Fraction], list[str]]:
+    """`select_keys` for a new render, with the input's problems: fewer than 2 frames is an error, a frame count
+    short of the header's a warning (an error with cfg.strict), a variable frame rate a warning. Returns (keys,
+    frame count, the true average rate or None, warnings)."""
+    keys, n, vfr_rate = select_keys(cfg, info, size)
+    if n < 2:
+        raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
+    warnings = []
+    if not info.is_folder and n != info.n_frames:
+        msg = f"input: the header of '{cfg.file_path}' promises {info.n_frames} frames but {n} decode"
+        if cfg.strict:
+            raise ValueError(f"{msg} (a truncated or damaged file); --strict refuses it")
+        warnings.append(f"{msg} (a truncated or damaged file?); rendering the {n} that decode")
+    if vfr_rate is not None:
+        warnings.append(f"input: variable frame rate (header {float(info.fps):.3g} fps, average "
+                        f"{float(vfr_rate):.3g} fps); the output keeps the source's timestamps")
+    return keys, n, vfr_rate, warnings
