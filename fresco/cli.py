@@ -1,6 +1,6 @@
 """The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
 `fresco make-clip` (a synthetic test clip), `fresco make-test-models DIR` (offline stand-ins in the Hugging Face
-cache layout), `fresco ui` (the web UI)."""
+cache layout), `fresco score INPUT OUTPUT` (fresco.score), `fresco ui` (the web UI)."""
 from __future__ import annotations
 
 import argparse
@@ -157,11 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("make-test-models", help="write random-weight stand-ins for every model the published "
                                                  "configs name, in the Hugging Face cache layout",
                         description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED, MiDaS "
-                                    "depth) under DIR/hub, and the configs' ./model/gmflow_sintel-0c07dcb3.pth and "
-                                    "./model/epoch_resnet.pth under DIR/model; then, in DIR, HF_HOME=DIR "
+                                    "depth, CLIP) under DIR/hub, and the configs' ./model/gmflow_sintel-0c07dcb3.pth "
+                                    "and ./model/epoch_resnet.pth under DIR/model; then, in DIR, HF_HOME=DIR "
                                     "HF_HUB_OFFLINE=1 fresco render --config ... runs a published config offline "
                                     "(file_path/save_path absolute or relative to DIR). The outputs are noise.")
     tm.add_argument("dir", help="the HF_HOME folder to write into (and the working directory for the render)")
+    from .score_cli import add_parser as add_score
+    add_score(sub)
     ui = sub.add_parser("ui", help="serve the web UI (Gradio; needs the [ui] extra)",
                         description="Serve the FRESCO web UI on 127.0.0.1 unless --listen or --share is given.")
     ui.add_argument("--model", help="default model in the page: diffusers SD1.5 id or path, or 'tiny-random' "
@@ -200,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(name)
             print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
             return 0
+        if args.command == "score":
+            from .score_cli import run as run_score
+            return run_score(args)
         if args.command == "render-many":
             from .distributed.cli import run_many
             return run_many(args)
