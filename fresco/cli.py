@@ -15,7 +15,7 @@ from . import settings as settings_mod
 RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
                "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "propagation", "crf",
                "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path",
-               "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames")
+               "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames", "score")
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
@@ -90,6 +90,9 @@ def _render_parser(sub) -> None:
     p.add_argument("--extra-prompts", dest="extra_prompts",
                    help="per-keyframe additions 'FRAME:TEXT;FRAME:TEXT' (YAML: a mapping frame -> text)")
     p.add_argument("--max-frames", dest="max_frames", type=int, help="only the first N frames of the input")
+    p.add_argument("--score", action="store_const", const=True,
+                   help="score the finished render against the input (fresco score: warp error, flicker, CLIP when "
+                        "cached) into score.json and score.png in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     from .distributed.cli import add_ray_flags
     add_ray_flags(p)
@@ -228,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"video:     {result.video}")
     print(f"keyframes: {result.keys_dir}  ({len(result.keys)} keys in {len(result.batches)} batch(es))")
     print(f"preview:   {result.preview}")
+    if cfg.score:
+        print(f"score:     {result.video.parent / 'score.json'}")
     for w in result.warnings:
         print(f"warning:   {w}")
     return 0

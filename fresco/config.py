@@ -70,6 +70,8 @@ class RenderConfig:
     overwrite: bool = False
     strict: bool = False
     force: bool = False
+    # score the finished render against its input (fresco.score) into score.json / score.png in the output folder
+    score: bool = False
     extra: dict = field(default_factory=dict, repr=False)
     settings: FrescoSettings = field(default_factory=FrescoSettings)
 

@@ -28,14 +28,14 @@ from fresco_kernels import flow_warp, occlusion_from_flows
 
 from .models.flow import FlowEstimator, flow_pair, get_flow_estimator
 
-__all__ = ["ScoreResult", "score_frames", "score_videos", "load_clip", "write_plot", "write_strip", "render_keys",
-           "DEFAULT_CLIP", "STATIC_THRESHOLD", "SCORE_JSON", "SCORE_PLOT"]
+__all__ = ["ScoreResult", "score_frames", "score_videos", "score_config", "score_render", "load_clip", "write_plot",
+           "write_strip", "render_keys", "DEFAULT_CLIP", "STATIC_THRESHOLD", "SCORE_FILES"]
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 # input pixels whose mean RGB change between two frames is at most this (RGB in [0, 1]) count as static (codec noise)
 STATIC_THRESHOLD = 3 / 255
-# what `fresco render --score` writes into the output folder
-SCORE_JSON, SCORE_PLOT = "score.json", "score.png"
+# what `fresco render --score` writes into the output folder (JSON, plot)
+SCORE_FILES = ("score.json", "score.png")
 # the state file a render leaves beside its output; larger files are not read
 STATE_FILE, STATE_MAX_BYTES = "state.json", 16 << 20
 CLIP_BATCH = 16
@@ -453,6 +453,33 @@ def score_videos(input: Union[str, os.PathLike], output: Union[str, os.PathLike]
     return result
 
 
+def score_config(cfg, video: Union[str, os.PathLike], *, n_frames: Optional[int] = None,
+                 json_path: Optional[Path] = None, plot: Optional[Path] = None, overwrite: bool = False
+                 ) -> ScoreResult:
+    """`score_videos` of a render's `video` against its input with its settings (a fresco.config.RenderConfig):
+    the input resized to the video's size by the render's rule, the first `n_frames` (default cfg.max_frames), its
+    flow estimator and device, CLIP-T for its prompt when DEFAULT_CLIP is cached."""
+    return score_videos(cfg.file_path, video, prompt=cfg.prompt, json_path=json_path, plot=plot, resize=True,
+                        max_frames=n_frames or cfg.max_frames, overwrite=overwrite,
+                        short_side=None if cfg.frame_size() else cfg.short_side, flow=cfg.flow_name,
+                        gmflow_path=cfg.gmflow_path, raft_path=cfg.raft_path, device=cfg.device)
+
+
+def score_render(cfg, video: Path, n_frames: int, timings: dict) -> ScoreResult:
+    """`fresco render --score`: `score_config` of the finished render into SCORE_FILES beside the video (the render
+    has claimed them in its manifest); logs the figures and adds timings["score_s"]."""
+    import sys
+    import time
+    t = time.perf_counter()
+    root = Path(video).parent
+    result = score_config(cfg, video, n_frames=n_frames, json_path=root / SCORE_FILES[0],
+                          plot=root / SCORE_FILES[1], overwrite=True)
+    for line in result.summary():
+        print(f"fresco: score: {line}", file=sys.stderr, flush=True)
+    timings["score_s"] = time.perf_counter() - t
+    return result
+
+
 def write_plot(result: ScoreResult, path: Union[str, os.PathLike]) -> None:
     """A PNG of the warp error per frame (output and the input's floor), keyframes as vertical lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -468,7 +495,7 @@ def write_plot(result: ScoreResult, path: Union[str, os.PathLike]) -> None:
     for j, k in enumerate(result.keyframes or []):
         ax.axvline(k, color="0.6", linewidth=0.7, zorder=0, label="keyframe" if j == 0 else None)
     ax.set_xlabel("frame (pair: frame - 1 -> frame)")
-    ax.set_ylabel("warp error (MSE, RGB 0..1)")
+    ax.set_ylabel("warp error (MSE, RGB in [0, 1])")
     ax.set_xlim(0, max(1, result.n_frames - 1))
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize=8)
@@ -481,15 +508,21 @@ def write_strip(kept: dict, path: Union[str, os.PathLike], height: int = 160) ->
     """A PNG of input frames (top row) and output frames (bottom row) at the kept frame numbers, labelled."""
     import cv2
 
+    def label(img: np.ndarray, text: str, y: int) -> None:
+        for colour, thick in (((255, 255, 255), 2), ((0, 0, 0), 1)):
+            cv2.putText(img, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, thick, cv2.LINE_AA)
+
     cells = []
-    for i in sorted(kept):
+    for n, i in enumerate(sorted(kept)):
         col = []
         for img in kept[i]:
             w = max(1, round(img.shape[1] * height / img.shape[0]))
             col.append(cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA))
         col = np.concatenate(col, axis=0)
-        cv2.putText(col, str(i), (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2, cv2.LINE_AA)
-        cv2.putText(col, str(i), (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        label(col, f"frame {i}", 16)
+        if n == 0:
+            label(col, "input", height - 6)
+            label(col, "output", 2 * height - 6)
         cells.append(col)
     if not cells:
         raise ValueError("strip: no frames kept")

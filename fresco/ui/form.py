@@ -29,7 +29,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "FreeU": ("use_freeu",),
     "Run": ("seed", "backend", "device", "flow", "vae_chunk"),
     "Frames": ("size", "short_side", "fps"),
-    "Output": ("output", "crf", "resume", "overwrite"),
+    "Output": ("output", "crf", "resume", "overwrite", "score"),
 }
 OWN_WIDGETS = ("file_path", "save_path", "mininterv", "maxinterv")
 NOT_SETTINGS = ("extra",)

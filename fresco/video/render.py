@@ -32,6 +32,7 @@ from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input,
                      refuse_foreign, remove_owned)
 from .propagate import propagate
 from .stylize import flow_estimator
+from ..score import SCORE_FILES, score_render
 
 PREVIEW_KEYS = 6
 
@@ -107,7 +108,7 @@ def _load_png(path: Path) -> np.ndarray:
 
 def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
-    skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
+    skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth", "score",
             "max_process",
             "propagation"}
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
@@ -165,9 +166,10 @@ class _State:
 
 
 def _output_files(cfg: RenderConfig, n: int) -> list[str]:
+    scores = list(SCORE_FILES) if cfg.score else []
     if Path(cfg.output).suffix.lower() in VideoWriter.VIDEO_SUFFIXES:
-        return [cfg.output, PREVIEW]
-    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
+        return [cfg.output, PREVIEW] + scores
+    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW] + scores
 
 
 def _batch_files(b: Batch) -> list[str]:
@@ -537,6 +539,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
     _preview(preview, sources, outputs)
     state.data["complete"] = True
     state.save()
+    if cfg.score:
+        score_render(cfg, out_path, n, timings)
     timings["total_s"] = time.perf_counter() - t0
     return RenderResult(out_path, root / KEYS, preview, keys, batches, n, float(fps), size, timings,
                         list(state.data.get("warnings", [])))
