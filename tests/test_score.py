@@ -148,3 +148,21 @@ def test_bad_input_exit_2(tmp_path, capsys):
         assert err.count("\n") == 1 and re.search(msg, err), err
     assert main(["score", str(a), str(bigger), "--no-clip", "--resize"]) == 0
     assert "frames: 6 at 128x64" in capsys.readouterr().out
+
+
+def test_render_score_lands_in_the_output_folder(tmp_path):
+    """render --score: score.json / score.png beside the video, at the processing size, keyframes from the state,
+    both files in the render's manifest; a foreign score.json is refused before the render starts."""
+    from test_render import StandInStylizer, _cfg
+    from fresco.video.render import render
+    clip = make_synthetic_clip(tmp_path / "c.mp4", 12, SIZE)
+    res = render(_cfg(clip, tmp_path / "o", score=True), stylizer=StandInStylizer(), progress=False)
+    d = json.loads((tmp_path / "o" / "score.json").read_text())
+    assert (d["n_frames"], d["size"], d["keyframes"], d["flow"]) == (12, [64, 64], res.keys, "dis")
+    assert d["clip"] is None and d["clip_skipped"] and "score_s" in res.timings
+    assert {"score.json", "score.png"} <= set(json.loads((tmp_path / "o" / "state.json").read_text())["files"])
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "score.json").write_text("mine")
+    with pytest.raises(ValueError, match="score.json"):
+        render(_cfg(clip, tmp_path / "p", score=True), stylizer=StandInStylizer(), progress=False)
+    assert (tmp_path / "p" / "score.json").read_text() == "mine"
