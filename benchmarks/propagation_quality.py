@@ -5,8 +5,10 @@ methods see only the keyframes' S(frame) and are scored on every in-between fram
     python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch]
                                              [--seed 0] [--timing 512] [--out DIR]
 
-Reports per clip, interval and method: mean PSNR (dB), sharpness (gradient energy / the target's), the worst
-frame's PSNR margin against the flow blend, and seconds per in-between frame.
+Reports per clip, interval and method: mean PSNR (dB), sharpness (gradient energy / the target's), temporal
+stability (fresco.score's warp error of the whole clip along the input's DIS flow, as a multiple of the input's
+own floor; the per-frame target's in the row "target"), the worst frame's PSNR margin against the flow blend, and
+seconds per in-between frame.
 """
 from __future__ import annotations
 
@@ -179,6 +181,9 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
     styled = {k: target[k] for k in keys}
     between = [i for i in range(len(frames)) if i not in set(keys)]
     rows, per_frame = [], {}
+    base = {"clip": clip, "size": size, "interval": interval}
+    rows.append({**base, "method": "target", "psnr": 99.0, "sharpness": 1.0, "s_per_frame": 0.0,
+                 **warp_stability(frames, target)})
     for m in methods:
         t0 = time.perf_counter()
         out = run_method(m, frames, keys, styled, **({"patch_params": patch_params} if m == "patch" else {}))
@@ -186,12 +191,20 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
         p = [psnr(out[i], target[i]) for i in between]
         sharp = np.mean([grad_energy(out[i]) for i in between]) / np.mean([grad_energy(target[i]) for i in between])
         per_frame[m] = p
-        rows.append({"clip": clip, "size": size, "interval": interval, "method": m, "psnr": float(np.mean(p)),
-                     "sharpness": float(sharp), "s_per_frame": secs})
+        rows.append({**base, "method": m, "psnr": float(np.mean(p)), "sharpness": float(sharp), "s_per_frame": secs,
+                     **warp_stability(frames, out)})
     if "flow" in per_frame:
-        for r in rows:
+        for r in rows[1:]:
             r["worst_vs_flow_db"] = float(np.min(np.array(per_frame[r["method"]]) - np.array(per_frame["flow"])))
     return rows
+
+
+def warp_stability(frames: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> dict:
+    """fresco.score on the clip: the output's mean warp error (Pixel-MSE, RGB 0..1) along the input's DIS flow and
+    that as a multiple of the input's own (1.0: as stable as the input)."""
+    from fresco.score import score_frames
+    r = score_frames(frames, out, flow="dis")
+    return {"warp_error": r.warp_error_mean, "warp_x_floor": r.warp_error_mean / r.warp_error_floor_mean}
 
 
 def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
@@ -220,11 +233,12 @@ def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
 
 
 def markdown(rows: List[dict]) -> str:
-    lines = ["| clip | size | interval | method | PSNR dB | sharpness | worst frame vs flow dB | s/frame |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| clip | size | interval | method | PSNR dB | sharpness | warp error x input | worst frame vs flow dB "
+             "| s/frame |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['clip']} | {r['size']} | {r['interval']} | {r['method']} | {r['psnr']:.2f} | "
-                     f"{r['sharpness']:.3f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} | {r['s_per_frame']:.3f} |")
+                     f"{r['sharpness']:.3f} | {r['warp_x_floor']:.2f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} "
+                     f"| {r['s_per_frame']:.3f} |")
     return "\n".join(lines)
 
 
@@ -263,10 +277,11 @@ def main(argv=None) -> int:
     md = markdown(rows)
     summary = []
     for interval in (args.intervals if rows else []):
-        for m in args.methods:
+        for m in ["target", *args.methods]:
             sel = [r for r in rows if r["interval"] == interval and r["method"] == m]
             summary.append(f"interval {interval} {m}: mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
-                           f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, worst frame vs flow "
+                           f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, warp error "
+                           f"x{np.mean([r['warp_x_floor'] for r in sel]):.2f} the input's, worst frame vs flow "
                            f"{min(r.get('worst_vs_flow_db', float('nan')) for r in sel):+.2f} dB")
     timing = time_patch(args.timing, device=args.device) if args.timing else None
     print("\n" + md + "\n\n" + "\n".join(summary))

@@ -1,6 +1,6 @@
 """The `fresco` command: `fresco render VIDEO --prompt ...` (flags override `--config file.yaml`), `fresco info`,
 `fresco make-clip` (a synthetic test clip), `fresco make-test-models DIR` (offline stand-ins in the Hugging Face
-cache layout), `fresco ui` (the web UI)."""
+cache layout), `fresco score INPUT OUTPUT` (fresco.score), `fresco ui` (the web UI)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,8 @@ from .distributed.cli import add_parser as add_render_many
 from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
 from .models.test_models import write_test_models
+from .score_cli import add_parser as add_score
+from .score_cli import run as run_score
 from .ui import launch
 
 
@@ -116,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("make-test-models", help="write random-weight stand-ins for every model the published "
                                                  "configs name, in the Hugging Face cache layout",
                         description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED, MiDaS "
-                                    "depth) under DIR/hub, and the configs' ./model/gmflow_sintel-0c07dcb3.pth and "
-                                    "./model/epoch_resnet.pth under DIR/model; then, in DIR, HF_HOME=DIR "
+                                    "depth, CLIP) under DIR/hub, and the configs' ./model/gmflow_sintel-0c07dcb3.pth "
+                                    "and ./model/epoch_resnet.pth under DIR/model; then, in DIR, HF_HOME=DIR "
                                     "HF_HUB_OFFLINE=1 fresco render --config ... runs a published config offline "
                                     "(file_path/save_path absolute or relative to DIR). The outputs are noise.")
     tm.add_argument("dir", help="the HF_HOME folder to write into (and the working directory for the render)")
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "this machine")
     ui.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     ui.add_argument("--out", default="out", help="folder under which each input's output folder is made (out)")
+    add_score(sub)
     return parser
 
 
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(name)
             print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
             return 0
+        if args.command == "score":
+            return run_score(args)
         if args.command == "render-many":
             return run_many(args)
         from .video.render import Interrupted, render  # (OpenCV, the renderer: a light start for the others)
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"video:     {result.video}")
     print(f"keyframes: {result.keys_dir}  ({len(result.keys)} keys in {len(result.batches)} batch(es))")
     print(f"preview:   {result.preview}")
+    if cfg.score:
+        print(f"score:     {result.video.parent / 'score.json'}")
     for w in result.warnings:
         print(f"warning:   {w}")
     return 0

@@ -91,6 +91,9 @@ class RenderConfig:
                                "warning", fingerprint=False)
     force: bool = knob(False, "render even when the memory estimate exceeds the free host/GPU memory",
                        fingerprint=False)
+    score: bool = knob(False, "score the finished render against the input (fresco score: warp error, flicker, "
+                              "CLIP when cached) into score.json and score.png in the output folder", group="Output",
+                       fingerprint=False)
     extra: dict = field(default_factory=dict, repr=False)
     settings: FrescoSettings = field(default_factory=FrescoSettings)
     patch: PatchParams = field(default_factory=PatchParams)

@@ -27,6 +27,9 @@ PUBLISHED_VAE = "stabilityai/sd-vae-ft-mse"
 # `vae` values that select the model's own VAE
 OWN_VAE = ("own", "model", "none")
 
+# the CLIP model of `fresco score` (Tem-Con, Fram-Acc, CLIP-T), from the local Hugging Face cache
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
 # torch dtypes by name (fresco.models.sd maps them); the `dtype` key also accepts "auto"
 TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
 DTYPES = ("auto",) + TORCH_DTYPE_NAMES
@@ -37,6 +40,8 @@ LOCK = ".fresco.lock"
 PREVIEW = "preview.png"
 KEYS = "keys"
 LATENTS = "latents"
+# what `fresco render --score` writes into the output folder (fresco.score)
+SCORE_FILES = ("score.json", "score.png")
 # names the renderer itself uses inside the output folder: `output` may be none of them
 RESERVED = (KEYS, LATENTS, STATE, LOCK, PREVIEW)
 # an `output` with one of these suffixes is a video file; a name without a suffix is a folder of PNG frames

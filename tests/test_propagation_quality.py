@@ -50,7 +50,9 @@ def test_evaluate_rows_small():
     rows = pq.evaluate("pan_thin", 48, 4, ["nearest", "flow", "patch"], n=9)
     by = {r["method"]: r for r in rows}
     assert by["flow"]["worst_vs_flow_db"] == 0 and by["nearest"]["psnr"] < 60
-    assert set(by["nearest"]) >= {"psnr", "sharpness", "s_per_frame", "worst_vs_flow_db"}
+    assert set(by["nearest"]) >= {"psnr", "sharpness", "s_per_frame", "worst_vs_flow_db", "warp_x_floor"}
+    # temporal stability (fresco.score): nearest-key holds jump at every switch of key, the flow blend is smooth
+    assert by["flow"]["warp_x_floor"] < by["nearest"]["warp_x_floor"] and by["target"]["warp_x_floor"] > 0
 
 
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"]])

@@ -141,6 +141,14 @@ def test_steps_2_and_3_report_progress_and_outputs(clip, tmp_path):
     assert probe(o["video"]).n_frames == 16 and o["preview"].endswith("preview.png")
     assert sorted(zipfile.ZipFile(o["keys_zip"]).namelist()) == [f"{k:05d}.png" for k in (0, 5, 10, 15)]
     assert ups[-1]["status"].startswith("done: 16 frames, 8 fps, 64x64")
+    # the result step's score panel: the figures of fresco.score and the plot, at the render's size
+    text, plot = ui.score(_values(), {}, str(clip), "")
+    assert "frames: 16 at 64x64" in text and "warp error (Pixel-MSE)" in text and plot.endswith("score.png")
+
+
+def test_score_panel_before_a_render_is_one_line(clip, tmp_path):
+    text, plot = UI(out_root=tmp_path / "out").score(_values(), {}, str(clip), "")
+    assert plot is None and "fresco: error: score: no render at" in text and "\n" not in text
 
 
 def test_cancel_mid_batch_leaves_the_folder_resumable(clip, tmp_path):

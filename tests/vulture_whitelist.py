@@ -40,3 +40,5 @@ Runner
 run_batch
 propagate_segment
 render_job
+# fresco/score.py ScoreResult.versions: written to the score JSON (dataclasses.asdict)
+versions

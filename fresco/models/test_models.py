@@ -7,6 +7,8 @@
   SD1.5's PNDM config, as the real repositories ship it) at tiny widths (fresco.models.tiny_components), the three
   v1.0 ControlNets, sd-vae-ft-mse, and lllyasviel/Annotators' ControlNetHED.pth and dpt_hybrid-midas-501f0c75.pt
   (the published parameter names, tiny widths);
+- a CLIP model for `fresco score` (openai/clip-vit-large-patch14: transformers CLIPModel, processor and the
+  byte-level tokenizer, 2 layers 32 wide, 32x32 images);
 - the support checkpoints the configs name relative to the working directory (`SUPPORT_FILES`):
   DIR/model/gmflow_sintel-0c07dcb3.pth (GMFlow, full size: 19 MB) and DIR/model/epoch_resnet.pth (EGNet, the
   published names at 1/16 of the widths: 1.9 MB instead of 450 MB); the loaders read the widths from the shapes.
@@ -21,6 +23,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..constants import DEFAULT_CLIP
 from . import egnet, gmflow
 from .annotators import ANNOTATORS_REPO, HED_FILE, hed_state_dict
 from .midas import MIDAS_FILE, midas_state_dict
@@ -93,6 +96,26 @@ def write_annotators(hf_home: Union[str, Path]) -> Path:
     return snap
 
 
+def write_clip(hf_home: Union[str, Path], repo: Optional[str] = None) -> Path:
+    """A random-weight transformers CLIPModel with its processor (image processor + `tiny_tokenizer`) for `repo`
+    (default fresco.constants.DEFAULT_CLIP), loadable offline by `fresco score --clip`."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    from .sd import text_config, tiny_tokenizer
+    repo = repo or DEFAULT_CLIP
+    snap = snapshot_dir(hf_home, repo)
+    tokenizer = tiny_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=32)
+    config = CLIPConfig(text_config=text_config(True, vocab_size=len(tokenizer)).to_dict(),
+                        vision_config=vision.to_dict(), projection_dim=32)
+    torch.manual_seed(_seed(repo))
+    CLIPModel(config).save_pretrained(snap)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(snap)
+    return snap
+
+
 def write_support_models(root: Union[str, Path]) -> list[Path]:
     """root/model/gmflow_sintel-0c07dcb3.pth and root/model/epoch_resnet.pth (`SUPPORT_FILES`): the published
     configs' gmflow_path and sod_path resolve to them when the render runs with root as its working directory."""
@@ -117,6 +140,8 @@ def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[st
     written.append(PUBLISHED_VAE)
     write_annotators(hf_home)
     written.append(ANNOTATORS_REPO)
+    write_clip(hf_home)
+    written.append(DEFAULT_CLIP)
     write_support_models(hf_home)
     written.extend(SUPPORT_FILES.values())
     return written

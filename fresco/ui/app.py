@@ -145,6 +145,21 @@ class UI:
             jobs.log_traceback(e)
             return None, _status(jobs.error_line(e), True)
 
+    def score(self, values: dict, keep: dict, source: Optional[str], out_dir: str) -> tuple[str, Optional[str]]:
+        """(the figures of fresco.score for the output folder's render against its input, as Markdown, or the error
+        line; the warp-error plot PNG in a temporary folder)."""
+        try:
+            cfg = self.config(values, keep, source, out_dir)
+            video = Path(cfg.save_path) / cfg.output
+            if not video.exists():
+                raise ValueError(f"score: no render at '{video}' yet; step 3 makes it")
+            from ..score import score_config
+            plot = Path(tempfile.mkdtemp(prefix="fresco-ui-")) / "score.png"
+            return "\n".join(f"- {line}" for line in score_config(cfg, video, plot=plot).summary()), str(plot)
+        except Exception as e:  # noqa: BLE001
+            jobs.log_traceback(e)
+            return _status(jobs.error_line(e), True), None
+
     def _allow(self, path: Optional[str]) -> None:
         """Let the page show files of an output folder outside the served ones (the user chose it)."""
         if path and self.demo is not None and getattr(self.demo, "allowed_paths", None) is not None:
@@ -177,6 +192,10 @@ class UI:
                         dl_preview = gr.DownloadButton("Preview", elem_id="dl-preview", interactive=False)
                     preview = gr.Image(label="Preview: input keys above, stylised below", interactive=False,
                                        elem_id="preview")
+                    with gr.Accordion("Score (temporal consistency, CLIP)", open=False, elem_id="score"):
+                        score_btn = gr.Button("Score the result against the input", elem_id="btn-score")
+                        score_text = gr.Markdown(elem_id="score-text")
+                        score_plot = gr.Image(label="Warp error per frame", interactive=False, elem_id="score-plot")
             status = gr.Markdown(elem_id="status")
             widgets: dict[str, Any] = {}
             with gr.Tab("1. Keyframes", elem_id="tab-keys"):
@@ -282,6 +301,11 @@ class UI:
                 return go
             render_btn.click(runner("keyframes"), key_inputs, outs, concurrency_limit=1, concurrency_id="render")
             prop_btn.click(runner("propagate"), key_inputs, outs, concurrency_limit=1, concurrency_id="render")
+
+            def on_score(data: dict):
+                return self.score(*split(data))
+            score_btn.click(on_score, key_inputs, [score_text, score_plot], concurrency_limit=1,
+                            concurrency_id="render")
 
             def on_cancel(request: gr.Request):
                 return self.cancel(getattr(request, "session_hash", None) or "local")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
-from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, STATE, VIDEO_SUFFIXES
+from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
 from .io import VideoInfo
 from .keyframes import Batch
 
@@ -251,9 +251,10 @@ class State:
 
 
 def output_files(cfg: RenderConfig, n: int) -> list[str]:
+    scores = list(SCORE_FILES) if cfg.score else []
     if Path(cfg.output).suffix.lower() in VIDEO_SUFFIXES:
-        return [cfg.output, PREVIEW]
-    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW]
+        return [cfg.output, PREVIEW] + scores
+    return [f"{cfg.output}/{i:05d}.png" for i in range(n)] + [PREVIEW] + scores
 
 
 def batch_files(b: Batch) -> list[str]:

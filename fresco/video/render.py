@@ -23,6 +23,7 @@ from fresco_kernels import get_backend
 from ..config import RenderConfig
 from ..constants import KEYS, LATENTS, PREVIEW
 from ..models.flow import FlowEstimator
+from ..score import score_render
 from . import preflight
 from .io import VideoInfo, VideoWriter, probe, processing_size
 from .keyframes import Batch, plan_batches
@@ -174,6 +175,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
     save_preview(root / PREVIEW, sources, outputs)
     state.data["complete"] = True
     state.save()
+    if cfg.score:
+        score_render(cfg, out_path, plan.n, timings)
     timings["total_s"] = time.perf_counter() - t0
     return RenderResult(out_path, root / KEYS, root / PREVIEW, plan.keys, plan.batches, plan.n, float(fps), size,
                         timings, list(state.data.get("warnings", [])))
