@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     _render_parser(sub)
     from .distributed.cli import add_parser as add_render_many
     add_render_many(sub)
+    from .plan import add_parser as add_plan
+    add_plan(sub)
     sub.add_parser("info", help="print versions and which implementation serves each op")
     clip = sub.add_parser("make-clip", help="write a synthetic test clip (moving shapes on a texture)")
     clip.add_argument("path")
@@ -200,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(name)
             print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
             return 0
+        if args.command == "plan":
+            from .plan import run_plan
+            return run_plan(args)
         if args.command == "render-many":
             from .distributed.cli import run_many
             return run_many(args)

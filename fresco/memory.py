@@ -297,6 +297,30 @@ def trace_unet_forward(n: int, latent: Tuple[int, int], unet=None) -> int:
 _MODELS: Dict[Tuple, SimpleNamespace] = {}
 
 
+@contextmanager
+def _on_meta() -> Iterator[None]:
+    """Modules built inside have their parameters and buffers on meta: factories default to meta, and (should a
+    factory have been wrapped so that the default device is lost) each parameter/buffer is moved to meta as it is
+    registered, so at most one layer's tensor is ever allocated."""
+    module = torch.nn.Module
+    register_parameter, register_buffer = module.register_parameter, module.register_buffer
+
+    def parameter(self, name, param):
+        if param is not None and param.device.type != "meta":
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def buffer(self, name, tensor, persistent=True):
+        register_buffer(self, name, tensor if tensor is None else tensor.to("meta"), persistent)
+
+    module.register_parameter, module.register_buffer = parameter, buffer
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        module.register_parameter, module.register_buffer = register_parameter, register_buffer
+
+
 def sd15_models(tiny: bool = False, controlnet: bool = True, vae: bool = True,
                 dtype: torch.dtype = torch.float16) -> SimpleNamespace:
     """SD1.5's UNet, ControlNet and VAE (tiny=True: the tiny stand-in's widths) on the meta device, cached; and
@@ -306,7 +330,7 @@ def sd15_models(tiny: bool = False, controlnet: bool = True, vae: bool = True,
         return _MODELS[key]
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from .models.sd import text_config, unet_config, vae_config
-    with torch.device("meta"):
+    with _on_meta():
         unet = UNet2DConditionModel(**unet_config(tiny)).to(dtype).eval().requires_grad_(False)
         cn = ae = None
         if controlnet:
@@ -336,25 +360,42 @@ class BatchPlan:
     vae_chunk: int
     weights: int
     stages: Dict[str, int] = field(default_factory=dict)
+    # VAE chunk -> {"encode": bytes, "decode": bytes}
+    vae: Dict[int, Dict[str, int]] = field(default_factory=dict)
+
+    def all_stages(self, vae_chunk: Optional[int] = None) -> Dict[str, int]:
+        """The UNet stages and the VAE stages at `vae_chunk` (default: the plan's)."""
+        k = self.vae_chunk if vae_chunk is None else vae_chunk
+        return {f"vae encode (chunk {k})": self.vae[k]["encode"], **self.stages,
+                f"vae decode (chunk {k})": self.vae[k]["decode"]}
 
     @property
     def peak_stage(self) -> str:
-        return max(self.stages, key=self.stages.get)
+        st = self.all_stages()
+        return max(st, key=st.get)
+
+    def total_at(self, vae_chunk: int) -> int:
+        return self.weights + max(self.all_stages(vae_chunk).values())
 
     @property
     def total(self) -> int:
-        return self.weights + max(self.stages.values())
+        return self.total_at(self.vae_chunk)
 
-    def fits(self, device_bytes: int) -> bool:
-        """Whether `total` plus the headroom (see HEADROOM_BYTES, HEADROOM_FRACTION) fits in `device_bytes`."""
-        return self.total <= usable(device_bytes)
+    def fits(self, device_bytes: int, vae_chunk: Optional[int] = None) -> bool:
+        """Whether the total (at `vae_chunk`, default the plan's) fits in `usable(device_bytes)`."""
+        return self.total_at(self.vae_chunk if vae_chunk is None else vae_chunk) <= usable(device_bytes)
+
+    def largest_vae_chunk(self, device_bytes: int) -> Optional[int]:
+        """The largest VAE chunk of the plan that fits (None: not even the UNet stages fit)."""
+        ok = [k for k in self.vae if self.fits(device_bytes, k)]
+        return max(ok) if ok else None
 
     def table(self) -> str:
         W, H = self.size
         lines = [f"{W}x{H}, batch size {self.batch_size}, {self.dtype}, backend {self.backend}, "
                  f"vae_chunk {self.vae_chunk}", "", "| stage | peak MiB |", "|---|---|",
                  f"| weights | {self.weights / MiB:.0f} |"]
-        lines += [f"| {k} | {v / MiB:.0f} |" for k, v in self.stages.items()]
+        lines += [f"| {k} | {v / MiB:.0f} |" for k, v in self.all_stages().items()]
         lines.append(f"| total (weights + {self.peak_stage}) | {self.total / MiB:.0f} |")
         return "\n".join(lines)
 
@@ -371,48 +412,38 @@ def plan_batch(size: Tuple[int, int], batch_size: int, *, settings=None, backend
     tensors (see the module docstring). settings: the FrescoSettings of the render (default FrescoSettings()); its
     backend and vae_chunk are replaced by `backend` and `vae_chunk` (default: settings.vae_chunk)."""
     from .pipeline.attention import FrescoController, install_processors, restore_processors
-    from .pipeline.core import FrescoPipeline
     from .pipeline.inputs import BatchInputs
     from .pipeline.optimization import DecoderHooks
     from .settings import FrescoSettings
 
     s = (settings or FrescoSettings()).replace(backend=backend)
-    if vae_chunk is not None:
-        s = s.replace(vae_chunk=vae_chunk)
     W, H = size
     n = batch_size
     models = sd15_models(tiny=tiny, controlnet=controlnet, dtype=dtype)
-    unet, cn, vae = models.unet, models.controlnet, models.vae
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    unet, cn = models.unet, models.controlnet
+    factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
     if W % (8 * factor) or H % (8 * factor) or n < 2:
         raise ValueError(f"size: W and H multiples of {8 * factor} and batch size >= 2, got {W}x{H}, {n}")
     h, w = H // factor, W // factor
     ctx_dim = unet.config.cross_attention_dim
-    pipe = SimpleNamespace(vae=vae, dtype=dtype)
     tracker = StorageTracker()
     plan = BatchPlan(size=(W, H), batch_size=n, backend=backend, dtype=str(dtype).replace("torch.", ""),
-                     vae_chunk=s.vae_chunk, weights=models.weights)
+                     vae_chunk=min(n, s.vae_chunk if vae_chunk is None else vae_chunk), weights=models.weights)
     with torch.no_grad(), tracing(tracker):
-        with tracker.stage("encode"):
-            # the batch's frames (uint8 and [-1, 1] float), latents, noise; one VAE encode chunk
-            frames = _meta(n, 3, H, W, dtype=torch.float32)
-            x0 = FrescoPipeline.vae_encode(SimpleNamespace(vae=_Posterior(vae), dtype=dtype), frames[:s.vae_chunk],
-                                           None, s.vae_chunk)
-            latent_x0 = torch.empty(n, 4, h, w, device="meta") + x0.sum()
-            del x0
-            noise = torch.empty(n, 4, h, w, device="meta")
-            embeds = _meta(2 * n, 77, ctx_dim, dtype=dtype)
-            cond = _meta(2 * n, 3, H, W, dtype=dtype) if cn is not None else None
-            fwd, bwd = _meta(n, 2, H, W, dtype=torch.float32), _meta(n, 2, H, W, dtype=torch.float32)
-            focc, bocc = _meta(n, 1, H, W, dtype=torch.float32), _meta(n, 1, H, W, dtype=torch.float32)
-            inputs = BatchInputs(fwd, bwd, focc, bocc, backend=backend)
-            ctrl = FrescoController(s)
-            ctrl.inputs = inputs
-            for scale in (factor * 2, factor):  # up_blocks.2 and .3 at 1/16 and 1/8 of the image
-                hw = (H // scale) * (W // scale)
-                inputs.keep[hw] = torch.empty(n, hw, dtype=torch.bool, device="meta")
-                inputs.trajectories[hw] = (torch.empty(n, hw, dtype=torch.long, device="meta"),
-                                           torch.empty(n, hw, dtype=torch.int32, device="meta"))
+        latent_x0 = torch.empty(n, 4, h, w, device="meta")
+        noise = torch.empty(n, 4, h, w, device="meta")
+        embeds = _meta(2 * n, 77, ctx_dim, dtype=dtype)
+        cond = _meta(2 * n, 3, H, W, dtype=dtype) if cn is not None else None
+        fwd, bwd = _meta(n, 2, H, W, dtype=torch.float32), _meta(n, 2, H, W, dtype=torch.float32)
+        focc, bocc = _meta(n, 1, H, W, dtype=torch.float32), _meta(n, 1, H, W, dtype=torch.float32)
+        inputs = BatchInputs(fwd, bwd, focc, bocc, backend=backend)
+        ctrl = FrescoController(s)
+        ctrl.inputs = inputs
+        for scale in (factor * 2, factor):  # up_blocks.2 and .3 at 1/16 and 1/8 of the image
+            hw = (H // scale) * (W // scale)
+            inputs.keep[hw] = torch.empty(n, hw, dtype=torch.bool, device="meta")
+            inputs.trajectories[hw] = (torch.empty(n, hw, dtype=torch.long, device="meta"),
+                                       torch.empty(n, hw, dtype=torch.int32, device="meta"))
         previous, _ = install_processors(unet, ctrl)
         hooks = DecoderHooks(unet, ctrl, s)
         try:
@@ -440,13 +471,37 @@ def plan_batch(size: Tuple[int, int], batch_size: int, *, settings=None, backend
         finally:
             hooks.remove()
             restore_processors(unet, previous)
-        ctrl.clear()
-        del ctrl, inputs, fwd, bwd, focc, bocc, embeds, cond, frames
-        with tracker.stage("decode"):
-            FrescoPipeline.vae_decode(pipe, latents, s.vae_chunk)
-    plan.stages = {k: tracker.peaks[k] for k in ("encode", "reference pass", "unet+controlnet", "optimisation",
-                                                 "decode")}
+            ctrl.clear()
+    plan.stages = {k: tracker.peaks[k] for k in ("reference pass", "unet+controlnet", "optimisation")}
+    plan.vae = {k: trace_vae(models, (W, H), n, k) for k in vae_chunks(n, plan.vae_chunk)}
     return plan
+
+
+def vae_chunks(n: int, largest: int) -> List[int]:
+    """The VAE chunk sizes a plan weighs: 1, 2, 4, ... up to min(n, largest), and min(n, largest) itself."""
+    top = max(1, min(n, largest))
+    return sorted({1 << i for i in range(top.bit_length()) if 1 << i <= top} | {top})
+
+
+def trace_vae(models: SimpleNamespace, size: Tuple[int, int], n: int, chunk: int) -> Dict[str, int]:
+    """Peaks of one VAE encode chunk (with the batch's fp32 frames in [-1, 1] and latents alive) and one decode
+    chunk (with the final latents and the decoded chunks gathered so far), through FrescoPipeline's own
+    vae_encode / vae_decode."""
+    from .pipeline.core import FrescoPipeline
+    W, H = size
+    factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    h, w = H // factor, W // factor
+    tracker = StorageTracker()
+    with torch.no_grad(), tracing(tracker):
+        with tracker.stage("encode"):
+            frames = torch.empty(n, 3, H, W, device="meta")
+            latent_x0 = torch.empty(n, 4, h, w, device="meta")
+            enc = SimpleNamespace(vae=_Posterior(models.vae), dtype=models.dtype)
+            FrescoPipeline.vae_encode(enc, frames[:chunk], None, chunk)
+            del frames
+        with tracker.stage("decode"):
+            FrescoPipeline.vae_decode(SimpleNamespace(vae=models.vae, dtype=models.dtype), latent_x0, chunk)
+    return {"encode": tracker.peaks["encode"], "decode": tracker.peaks["decode"]}
 
 
 class _Posterior:

@@ -160,16 +160,29 @@ def host_available() -> Optional[int]:
     return avail
 
 
-def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int]) -> None:
-    """Refuse (with the estimate and what is available) when the render cannot fit on the host or the GPU."""
+def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int], gpu: bool = True) -> None:
+    """Refuse (with the estimate and what is available) when the render cannot fit on the host or (gpu=True; False
+    when `check_gpu_plan` checks the GPU) the GPU."""
     host = host_available()
     if host is not None and est.host > host:
         raise ValueError(f"size: {size[0]}x{size[1]} needs about {est.host / GiB:.1f} GiB of host memory "
                          f"({est.describe()}) but {host / GiB:.1f} GiB is available; use a smaller --size/--short-side "
                          f"or --batch-size, or --force to try anyway")
-    if est.on_gpu:
+    if est.on_gpu and gpu:
         free, _ = torch.cuda.mem_get_info(device)
         if est.device > free:
             raise ValueError(f"size: {size[0]}x{size[1]} needs about {est.device / GiB:.1f} GiB on {device} "
                              f"({est.describe()}) but {free / GiB:.1f} GiB is free; use a smaller --size/--short-side "
                              f"or --batch-size, or --force to try anyway")
+
+
+def check_gpu_plan(settings, size: tuple[int, int], batch_size: int, model: str, controlnet: bool, dtype_bytes: int,
+                   free_bytes: int) -> int:
+    """The GPU side of the memory check, from fresco.memory's trace of one keyframe batch (fresco plan's numbers):
+    raises, naming the batch size that would fit, when `batch_size` keyframes at `size` cannot fit in `free_bytes`
+    at any VAE chunk; else returns the largest VAE chunk <= settings.vae_chunk that fits. model: "sd15" or
+    "tiny"."""
+    from ..plan import check_plan
+    dtype = torch.float32 if dtype_bytes == 4 else torch.float16
+    return check_plan(size, batch_size, free_bytes, settings=settings, backend=settings.backend or "fused",
+                      tiny=model == "tiny", controlnet=controlnet, dtype=dtype)

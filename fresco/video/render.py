@@ -240,10 +240,11 @@ def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], h
 
 
 def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
-               default_model: bool) -> bool:
+               default_model: bool) -> tuple[bool, RenderConfig]:
     """The checks before anything is written or loaded: the output is not the input, the model can be had
-    (when the default stylizer will load one), the memory fits (unless cfg.force). Returns whether the model
-    must be loaded from the local cache only."""
+    (when the default stylizer will load one), the memory fits (unless cfg.force; on CUDA with the default model,
+    by fresco.memory's trace, which also lowers vae_chunk to the largest that fits). Returns whether the model
+    must be loaded from the local cache only, and cfg (with that vae_chunk)."""
     root = Path(cfg.save_path)
     check_not_input(info.path, root, cfg.output)
     out = root / cfg.output
@@ -262,8 +263,15 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
         dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
         model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"
         est = preflight.estimate_memory(size, cfg.batch_size, model, dtype_bytes, on_gpu, cfg.use_controlnet)
-        preflight.check_memory(est, device, size)
-    return local_only
+        planned = on_gpu and model is not None
+        preflight.check_memory(est, device, size, gpu=not planned)
+        if planned:
+            chunk = preflight.check_gpu_plan(cfg.settings, size, cfg.batch_size, model, cfg.use_controlnet,
+                                             dtype_bytes, torch.cuda.mem_get_info(device)[0])
+            if chunk != cfg.vae_chunk:
+                _log(f"fresco: note: vae_chunk {cfg.vae_chunk} does not fit the GPU's free memory; using {chunk}")
+                cfg = cfg.replace(vae_chunk=chunk)
+    return local_only, cfg
 
 
 def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
@@ -366,7 +374,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     device = preflight.check_device(cfg.device)
     info = probe(cfg.file_path, cfg.fps)
     size = cfg.frame_size() or processing_size(info.width, info.height, cfg.short_side)
-    local_only = _preflight(cfg, info, size, device, stylizer is None and make_stylizer is None)
+    local_only, cfg = _preflight(cfg, info, size, device, stylizer is None and make_stylizer is None)
     root = Path(cfg.save_path)
     created = make_folder(root)
     lock = FolderLock(root)
