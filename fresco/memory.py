@@ -324,7 +324,8 @@ def _on_meta() -> Iterator[None]:
 def sd15_models(tiny: bool = False, controlnet: bool = True, vae: bool = True,
                 dtype: torch.dtype = torch.float16) -> SimpleNamespace:
     """SD1.5's UNet, ControlNet and VAE (tiny=True: the tiny stand-in's widths) on the meta device, cached; and
-    `weights`: the bytes of their parameters and buffers plus the CLIP-L text encoder's, in `dtype`."""
+    `weights`: the bytes of their parameters and buffers plus the CLIP-L text encoder's (`text_weights`), in
+    `dtype`."""
     key = (tiny, controlnet, vae, dtype)
     if key in _MODELS:
         return _MODELS[key]
@@ -344,8 +345,9 @@ def sd15_models(tiny: bool = False, controlnet: bool = True, vae: bool = True,
     text_params = (cfg.vocab_size + cfg.max_position_embeddings) * d + cfg.num_hidden_layers * (
         4 * (d * d + d) + 2 * d * ff + ff + d + 4 * d) + 2 * d
     weights = sum(_bytes(*m.parameters(), *m.buffers()) for m in (unet, cn, ae) if m is not None)
-    weights += text_params * torch.finfo(dtype).bits // 8
-    _MODELS[key] = SimpleNamespace(unet=unet, controlnet=cn, vae=ae, weights=weights, tiny=tiny, dtype=dtype)
+    text_weights = text_params * torch.finfo(dtype).bits // 8
+    _MODELS[key] = SimpleNamespace(unet=unet, controlnet=cn, vae=ae, weights=weights + text_weights,
+                                   text_weights=text_weights, tiny=tiny, dtype=dtype)
     return _MODELS[key]
 
 
