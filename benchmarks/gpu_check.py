@@ -41,7 +41,7 @@ STAGES = [
      ["pytest", "benchmarks/test_bench_trajectory_attention.py", "-q", "-p", "no:cacheprovider",
       "-k", "up3-N8-64x64 and not compiled"], 0.09, "bench-attn.json",
      ["pytest", "benchmarks/test_bench_trajectory_attention.py", "-q", "-p", "no:cacheprovider",
-      "-k", "tiny-N2-C40-8x12 and not compiled"]),
+      "-k", "tiny-N2-8x8-H8-D40 and not compiled"]),
     ("end-to-end batch 512² N=8", ["benchmarks.e2e", "--sizes", "512x512", "--n", "8"], 0.32, None,
      ["benchmarks.e2e", "--tiny", "--backends", "fused", "--opt-iters", "1", "--no-warmup"]),
     # after the end-to-end stage: it also compares fresco.memory's plan with that stage's e2e.json

@@ -133,3 +133,25 @@ def test_fresco_plan_bad_input_is_one_line_exit_2(capsys, argv, key):
 def test_parse_memory():
     assert parse_memory("24GB") == parse_memory("24 GiB") == 24 * 2 ** 30
     assert parse_memory("11500MiB") == 11500 * 2 ** 20
+
+
+@pytest.mark.slow
+def test_render_preflight_on_cuda_uses_the_plan(tmp_path, monkeypatch, no_headroom):
+    """The render's _preflight with a CUDA device and its free memory injected: the plan decides, before any model."""
+    from fresco.config import RenderConfig
+    from fresco.video import make_synthetic_clip, probe
+    from fresco.video import render as render_mod
+    clip = make_synthetic_clip(tmp_path / "clip.mp4", 6, (64, 64))
+    cfg = RenderConfig(file_path=str(clip), save_path=str(tmp_path / "o"), prompt="x", size="64x64", batch_size=4,
+                       sd_path="tiny-random", opt_iters=2, vae_chunk=4, backend="fused")
+    info = probe(clip)
+    cuda = torch.device("cuda")
+    loaded = []
+    monkeypatch.setattr("fresco.models.sd.load_components", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 * M.GiB, 80 * M.GiB))
+    local_only, out = render_mod._preflight(cfg, info, (64, 64), cuda, True)
+    assert out.vae_chunk == 4 and local_only is False
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (M.MiB, 80 * M.GiB))
+    with pytest.raises(ValueError, match=r"^batch_size: 4 keyframes at 64x64 need about .* no batch size fits"):
+        render_mod._preflight(cfg, info, (64, 64), cuda, True)
+    assert not loaded and not (tmp_path / "o").exists()

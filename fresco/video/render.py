@@ -268,7 +268,7 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
         if planned:
             chunk = preflight.check_gpu_plan(cfg.settings, size, cfg.batch_size, model, cfg.use_controlnet,
                                              dtype_bytes, torch.cuda.mem_get_info(device)[0])
-            if chunk != cfg.vae_chunk:
+            if chunk < min(cfg.vae_chunk, cfg.batch_size):
                 _log(f"fresco: note: vae_chunk {cfg.vae_chunk} does not fit the GPU's free memory; using {chunk}")
                 cfg = cfg.replace(vae_chunk=chunk)
     return local_only, cfg
