@@ -69,7 +69,7 @@ def _run_stage(name: str, argv: List[str], limit: float, out: str, bench_json: O
     except subprocess.TimeoutExpired as e:
         partial = e.stdout or ""
         rc, text = "timeout", partial.decode(errors="replace") if isinstance(partial, bytes) else partial
-    slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+    slug = "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in name.lower())  # plain names travel back
     with open(os.path.join(out, f"stage-{slug}.log"), "w") as f:
         f.write(text)
     tail = [line for line in text.strip().splitlines() if line.strip()][-1:] or [""]
