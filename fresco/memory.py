@@ -14,9 +14,10 @@ context and the allocator's fragmentation; `usable` keeps headroom for those whe
 `plan_batch` traces SD1.5 (UNet, ControlNet, VAE, on meta) through the pipeline's own stages: the reference pass,
 a denoising step with FRESCO's attention processors (`unet+controlnet`), a denoising step with the decoder-feature
 optimisation in its hooks (`optimisation`: Adam state, the fused ops' outputs, autograd's saved tensors, on top of
-the UNet activations alive when a decoder block starts), and one VAE encode/decode chunk; the batch's own tensors
-(latents, embeddings, control images, flows, the reference pass's records) stay alive across stages as they do in
-FrescoPipeline. `baseline_optimize` is the measured setup of GPU-BASELINE.md, for validating the tracer."""
+the UNet activations alive when a decoder block starts); the batch's own tensors (latents, embeddings, control
+images, flows, the reference pass's records) stay alive across these stages as they do in FrescoPipeline.
+`trace_vae` adds one VAE encode and one decode chunk (FrescoPipeline.vae_encode / vae_decode) per chunk size, with
+the batch's frames or latents alive. Storages made before a trace (weights, inputs) are not counted. `baseline_optimize` is the measured setup of GPU-BASELINE.md, for validating the tracer."""
 from __future__ import annotations
 
 import weakref
@@ -150,10 +151,6 @@ class StorageTracker(TorchDispatchMode):
         finally:
             self._stages.remove(name)
 
-    def live_bytes(self) -> int:
-        self._sweep()
-        return self.current
-
 
 class CudaAttention(TorchFunctionMode):
     """F.scaled_dot_product_attention as CUDA runs it: the flash kernel for fp16/bf16 without a mask (head dim <=
@@ -167,6 +164,8 @@ class CudaAttention(TorchFunctionMode):
 
 
 def _cuda_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if enable_gqa:
+        raise NotImplementedError("fresco.memory: grouped-query attention is not traced (SD1.5 has none)")
     if attn_mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
     if attn_mask is not None and attn_mask.dtype == torch.bool:
@@ -531,19 +530,3 @@ MEASURED = [
     ("L3 512², N=8, temporal only", "optimize", 8, 640, (64, 64), (512, 512), False, True, 1922.8),
     ("UNet SD1.5 forward, N=8, latent 64²", "unet", 8, 4, (64, 64), (512, 512), False, False, 1041.0),
 ]
-
-
-def predict_measured(which: str = "reference", iters: int = 20) -> List[Dict]:
-    """Each MEASURED row's predicted peak in MiB: `which` is "baseline" (the measured program), "reference" or
-    "fused" (this project's optimize_features on that backend); the UNet row is the same program for all."""
-    rows = []
-    unet = None
-    for case, kind, n, c, size, image, sp, tp, mib in MEASURED:
-        if kind == "unet":
-            unet = unet or sd15_models(controlnet=False, vae=False).unet
-            pred = trace_unet_forward(n, size, unet)
-        else:
-            pred = trace_optimize(n, c, size, image, spatial=sp, temporal=tp, iters=iters, which=which)
-        rows.append(dict(case=case, which=which, predicted_mib=pred / MiB, measured_mib=mib,
-                         ratio=pred / MiB / mib))
-    return rows
