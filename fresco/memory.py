@@ -329,15 +329,22 @@ def sd15_models(tiny: bool = False, controlnet: bool = True, vae: bool = True,
     if key in _MODELS:
         return _MODELS[key]
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
     from .models.sd import text_config, unet_config, vae_config
-    with _on_meta():
-        unet = UNet2DConditionModel(**unet_config(tiny)).to(dtype).eval().requires_grad_(False)
-        cn = ae = None
-        if controlnet:
-            cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32) if tiny
-                                           else (16, 32, 96, 256)).to(dtype).eval().requires_grad_(False)
-        if vae:
-            ae = AutoencoderKL(**vae_config(tiny)).to(dtype).eval().requires_grad_(False)
+    verbosity = diffusers_logging.get_verbosity()
+    # `.to(float16)` of a model built from a config warns about modules to keep in float32; SD1.5 lists none
+    diffusers_logging.set_verbosity_error()
+    try:
+        with _on_meta():
+            unet = UNet2DConditionModel(**unet_config(tiny)).to(dtype).eval().requires_grad_(False)
+            cn = ae = None
+            if controlnet:
+                cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32) if tiny
+                                               else (16, 32, 96, 256)).to(dtype).eval().requires_grad_(False)
+            if vae:
+                ae = AutoencoderKL(**vae_config(tiny)).to(dtype).eval().requires_grad_(False)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     cfg = text_config(tiny)
     # CLIP text model: token and position embeddings, per layer 4 projections + 2 MLP matrices + 2 layer norms
     d, ff = cfg.hidden_size, cfg.intermediate_size
