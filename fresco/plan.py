@@ -36,7 +36,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 def largest_fitting_batch(size: Tuple[int, int], device_bytes: int, upper: int, plan_fn: Callable) -> Optional[int]:
     """The largest batch size in 2..upper-1 whose plan fits at VAE chunk 1 (None: not even 2). Each stage grows
-    affinely with the batch, so two plans give a first guess that is then checked (and stepped down) by tracing."""
+    affinely with the batch, so two plans give a first guess that is then checked (and stepped) by tracing."""
     def fits(n: int) -> bool:
         return plan_fn(n, 1).fits(device_bytes, 1)
 
@@ -51,6 +51,8 @@ def largest_fitting_batch(size: Tuple[int, int], device_bytes: int, upper: int, 
     n = max(2, guess)
     while n > 2 and not fits(n):
         n -= 1
+    while n + 1 < upper and fits(n + 1):
+        n += 1
     return n
 
 
@@ -75,11 +77,12 @@ def check_plan(size: Tuple[int, int], batch_size: int, device_bytes: int, *, set
     if chunk is not None:
         return chunk
     better = largest_fitting_batch(size, device_bytes, batch_size, plan_at)
+    stages = plan.all_stages(1)
     need = plan.total_at(1) / GiB
     fix = f"--batch-size {better} fits" if better else "no batch size fits; use a smaller --size/--short-side"
     raise ValueError(f"batch_size: {batch_size} keyframes at {size[0]}x{size[1]} need about {need:.1f} GiB of GPU "
-                     f"memory at their peak ({plan.peak_stage}, backend {backend}) but {device_bytes / GiB:.1f} GiB "
-                     f"is free; {fix} (or --force to try anyway)")
+                     f"memory at their peak ({max(stages, key=stages.get)}, backend {backend}) but "
+                     f"{device_bytes / GiB:.1f} GiB is free; {fix} (or --force to try anyway)")
 
 
 def add_parser(sub) -> None:
