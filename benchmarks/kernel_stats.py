@@ -26,7 +26,8 @@ def launched() -> List[Dict[str, Any]]:
     from benchmarks.aot_check import kernels
     rows = []
     for name, obj in kernels().items():
-        for cache in _jit(obj).device_caches.values():
+        # under TRITON_INTERPRET=1 (the CPU dry run of the GPU check) a kernel has no device caches: none launched
+        for cache in getattr(_jit(obj), "device_caches", {}).values():
             for kernel in cache[0].values():
                 kernel = kernel.result() if hasattr(kernel, "result") else kernel
                 if getattr(kernel, "n_regs", None) is None:

@@ -19,6 +19,8 @@ from .distributed.cli import add_parser as add_render_many
 from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
 from .models.test_models import write_test_models
+from .plan import add_parser as add_plan
+from .plan import run_plan
 from .score_cli import add_parser as add_score
 from .score_cli import run as run_score
 from .ui import launch
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _render_parser(sub)
     add_render_many(sub)
+    add_plan(sub)
     sub.add_parser("info", help="print versions and which implementation serves each op")
     clip = sub.add_parser("make-clip", help="write a synthetic test clip (moving shapes on a texture)")
     clip.add_argument("path")
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "score":
             return run_score(args)
+        if args.command == "plan":
+            return run_plan(args)
         if args.command == "render-many":
             return run_many(args)
         from .video.render import Interrupted, render  # (OpenCV, the renderer: a light start for the others)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -165,14 +166,15 @@ def host_available() -> Optional[int]:
     return avail
 
 
-def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int]) -> None:
-    """Refuse (with the estimate and what is available) when the render cannot fit on the host or the GPU."""
+def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int], gpu: bool = True) -> None:
+    """Refuse (with the estimate and what is available) when the render cannot fit on the host or (gpu=True; False
+    when `check_gpu_plan` checks the GPU) the GPU."""
     host = host_available()
     if host is not None and est.host > host:
         raise ValueError(f"size: {size[0]}x{size[1]} needs about {est.host / GiB:.1f} GiB of host memory "
                          f"({est.describe()}) but {host / GiB:.1f} GiB is available; use a smaller --size/--short-side "
                          f"or --batch-size, or --force to try anyway")
-    if est.on_gpu:
+    if est.on_gpu and gpu:
         free, _ = torch.cuda.mem_get_info(device)
         if est.device > free:
             raise ValueError(f"size: {size[0]}x{size[1]} needs about {est.device / GiB:.1f} GiB on {device} "
@@ -180,11 +182,24 @@ def check_memory(est: MemoryEstimate, device: torch.device, size: tuple[int, int
                              f"or --batch-size, or --force to try anyway")
 
 
+def check_gpu_plan(settings, size: tuple[int, int], batch_size: int, model: str, controlnet: bool, dtype_bytes: int,
+                   free_bytes: int) -> int:
+    """The GPU side of the memory check, from fresco.memory's trace of one keyframe batch (fresco plan's numbers):
+    raises, naming the batch size that would fit, when `batch_size` keyframes at `size` cannot fit in `free_bytes`
+    at any VAE chunk; else returns the largest VAE chunk <= settings.vae_chunk that fits. model: "sd15" or
+    "tiny"."""
+    from ..plan import check_plan
+    dtype = torch.float32 if dtype_bytes == 4 else torch.float16
+    return check_plan(size, batch_size, free_bytes, settings=settings, backend=settings.backend or "fused",
+                      tiny=model == "tiny", controlnet=controlnet, dtype=dtype)
+
+
 def check_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
-               default_model: bool) -> bool:
+                 default_model: bool) -> tuple[bool, RenderConfig]:
     """The checks before anything is written or loaded: the output is not the input, the model can be had
-    (when the default stylizer will load one), the memory fits (unless cfg.force). Returns whether the model
-    must be loaded from the local cache only."""
+    (when the default stylizer will load one), the memory fits (unless cfg.force; on CUDA with the default model,
+    by fresco.memory's trace, which also lowers vae_chunk to the largest that fits). Returns whether the model
+    must be loaded from the local cache only, and cfg (with that vae_chunk)."""
     root = Path(cfg.save_path)
     check_not_input(info.path, root, cfg.output)
     out = root / cfg.output
@@ -195,11 +210,19 @@ def check_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], devi
         local_only = check_model_available(cfg.model, "unet/config.json", "sd_path")
         if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
             local_only |= check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
-                                                          "controlnet_type")
+                                                "controlnet_type")
     if not cfg.force:
         on_gpu = device.type == "cuda"
         dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2
         model = None if not default_model else "tiny" if cfg.model in TINY_NAMES else "sd15"
         est = estimate_memory(size, cfg.batch_size, model, dtype_bytes, on_gpu, cfg.use_controlnet)
-        check_memory(est, device, size)
-    return local_only
+        planned = on_gpu and model is not None
+        check_memory(est, device, size, gpu=not planned)
+        if planned:
+            chunk = check_gpu_plan(cfg.settings, size, cfg.batch_size, model, cfg.use_controlnet, dtype_bytes,
+                                   torch.cuda.mem_get_info(device)[0])
+            if chunk < min(cfg.vae_chunk, cfg.batch_size):
+                print(f"fresco: note: vae_chunk {cfg.vae_chunk} does not fit the GPU's free memory; using {chunk}",
+                      file=sys.stderr, flush=True)
+                cfg = cfg.replace(vae_chunk=chunk)
+    return local_only, cfg
