@@ -15,7 +15,8 @@ from . import settings as settings_mod
 RENDER_KEYS = ("prompt", "negative_prompt", "save_path", "output", "sd_path", "controlnet_type", "use_controlnet",
                "batch_size", "mininterv", "maxinterv", "size", "short_side", "fps", "device", "dtype", "flow", "propagation", "crf",
                "resume", "overwrite", "strict", "force", "gmflow_path", "raft_path", "use_salinecy", "sod_path",
-               "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames")
+               "vae", "annotator_path", "added_prompt", "extra_prompts", "max_frames", "model_config", "loras",
+               "fuse_lora", "embeddings", "ip_adapter", "ip_image", "ip_scale")
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
@@ -47,8 +48,26 @@ def _render_parser(sub) -> None:
     p.add_argument("-o", "--out", dest="save_path", help="output folder (YAML: save_path; default out/<video name>)")
     p.add_argument("--output", help="output name inside the folder: a .mp4 (default video.mp4) or a folder name "
                                     "for PNG frames")
-    p.add_argument("--model", dest="sd_path", help="diffusers SD1.5 id or local path, or 'tiny-random' (offline)")
-    p.add_argument("--controlnet", dest="controlnet_type", choices=cfgmod.CONTROL_TYPES)
+    p.add_argument("--model", dest="sd_path", help="diffusers SD1.5 id or local path, a single-file checkpoint "
+                                                   "(.safetensors/.ckpt), or 'tiny-random' (offline)")
+    p.add_argument("--model-config", dest="model_config", help="diffusers SD1.5 folder (or cached id) with the "
+                                                               "configs of a single-file --model (default: SD1.5's "
+                                                               "from the Hugging Face cache)")
+    p.add_argument("--lora", dest="loras", action="append", metavar="FILE[:WEIGHT]",
+                   help="a LoRA (kohya or diffusers .safetensors), weight default 1; repeatable")
+    p.add_argument("--fuse-lora", dest="fuse_lora", action="store_const", const=True,
+                   help="merge the LoRAs into the weights once (faster steps; same output within rounding)")
+    p.add_argument("--embedding", dest="embeddings", action="append", metavar="FILE[:TOKEN]",
+                   help="a textual-inversion embedding, used where TOKEN (default: the file name) appears in the "
+                        "prompt or negative prompt; repeatable")
+    p.add_argument("--ip-adapter", dest="ip_adapter", help="an IP-Adapter SD1.5 file (image_encoder/ beside it)")
+    p.add_argument("--ip-image", dest="ip_image", help="the IP-Adapter's style image")
+    p.add_argument("--ip-scale", dest="ip_scale", type=float, help="the IP-Adapter's strength (1.0)")
+    p.add_argument("--controlnet", dest="controlnet_type", metavar="TYPE|LIST",
+                   help=f"one of {', '.join(cfgmod.CONTROL_TYPES)} (the published controlnet_type), or several "
+                        "ControlNets with their scales: 'hed:0.7,depth:0.5'; an item may name a ControlNet id or "
+                        "folder (v1.0 or v1.1, e.g. lllyasviel/control_v11p_sd15_softedge:0.8) and the "
+                        "preprocessors include softedge and scribble")
     p.add_argument("--no-controlnet", dest="use_controlnet", action="store_const", const=False)
     p.add_argument("--batch-size", dest="batch_size", type=int, help="keyframes per batch N (default 8)")
     p.add_argument("--s-min", "--mininterv", dest="mininterv", type=int, help="min keyframe gap (10)")
@@ -101,6 +120,8 @@ def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
     keys = RENDER_KEYS + tuple(f.name for f in settings_mod.settings_fields() if f.metadata["cli"])
     overrides = {k: getattr(args, k) for k in keys}
     overrides["file_path"] = args.video
+    if overrides["controlnet_type"] is not None and overrides["controlnet_type"] not in cfgmod.CONTROL_TYPES:
+        overrides["controlnets"], overrides["controlnet_type"] = overrides["controlnet_type"], None
     if args.interval is not None:
         if args.mininterv is not None or args.maxinterv is not None:
             raise ValueError("--interval: give either --interval or --s-min/--s-max, not both")

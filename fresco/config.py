@@ -55,6 +55,22 @@ class RenderConfig:
     annotator_path: Optional[str] = None
     # only the first max_frames frames of the input (web UI: "Number of frames"); None: all
     max_frames: Optional[int] = None
+    # --- models users bring (fresco.models.addons) ---
+    # the diffusers folder (or cached hub id) whose configs describe a single-file sd_path; None: SD1.5's, cached
+    model_config: Optional[str] = None
+    # LoRA files 'FILE[:WEIGHT]' (kohya or diffusers format), fused into the weights when fuse_lora
+    # (a list, or one string with items separated by ';'; validate() makes it the list)
+    loras: Optional[Union[list, str]] = field(default_factory=list)
+    fuse_lora: bool = False
+    # textual-inversion embeddings 'FILE[:TOKEN]' (token default: the file name), for prompt and negative prompt
+    embeddings: Optional[Union[list, str]] = field(default_factory=list)
+    # an IP-Adapter file (its CLIP image encoder in image_encoder/ beside it), the style image and its scale
+    ip_adapter: Optional[str] = None
+    ip_image: Optional[str] = None
+    ip_scale: float = 1.0
+    # several ControlNets 'hed:0.7,depth:0.5' (or a list of items), each its preprocessor and scale; replaces
+    # controlnet_type/cond_scale when set
+    controlnets: Optional[Union[str, list]] = None
     # --- ours ---
     size: Optional[str] = None
     short_side: int = 512
@@ -150,6 +166,7 @@ class RenderConfig:
         need(self.batch_size >= 3, "batch_size", "must be >= 3 (2 anchors + 1 new keyframe)")
         need(self.short_side >= 64, "short_side", "must be >= 64")
         need(self.controlnet_type in CONTROL_TYPES, "controlnet_type", f"one of {CONTROL_TYPES}")
+        self.check_addons()
         need(self.flow is None or self.flow in FLOW_ESTIMATORS, "flow", f"one of {FLOW_ESTIMATORS}")
         need(self.flow_name != "gmflow" or bool(self.gmflow_path), "gmflow_path",
              "flow 'gmflow' needs the GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth)")
@@ -173,6 +190,30 @@ class RenderConfig:
         self.extra_prompts = parse_extra_prompts(self.extra_prompts)
         self.frame_size()
         return self
+
+    def check_addons(self) -> None:
+        """The syntax of the user-model keys (the files are checked before the model loads: fresco.video.render)."""
+        from .models import addons
+        for key, parse in (("loras", addons.parse_lora), ("embeddings", addons.parse_embedding)):
+            items = getattr(self, key)
+            if items is None or isinstance(items, str):
+                items = [i.strip() for i in (items or "").replace("\n", ";").split(";") if i.strip()]
+                setattr(self, key, items)
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"{key}: expected a list of strings, got {items!r}")
+            for item in items:
+                parse(item, key)
+        if self.controlnets is not None:
+            addons.parse_controlnets(self.controlnets)
+        need_ip = self.ip_adapter is not None
+        if need_ip != (self.ip_image is not None):
+            raise ValueError("ip_adapter/ip_image: an IP-Adapter needs a style image and the reverse; got "
+                             f"ip_adapter={self.ip_adapter!r}, ip_image={self.ip_image!r}")
+        if not 0.0 <= float(self.ip_scale) <= 10.0:
+            raise ValueError(f"ip_scale: must be in [0, 10], got {self.ip_scale!r}")
+        if self.model_config is not None and not addons.is_single_file(self.sd_path):
+            raise ValueError(f"model_config: only for a single-file sd_path (.safetensors/.ckpt), got sd_path "
+                             f"{self.sd_path!r}")
 
     def unused_notes(self) -> list[str]:
         """One line per published key that is set but has no effect here, saying what happens instead."""
@@ -205,7 +246,8 @@ def known_keys() -> list[str]:
     return _own_keys() + list(_settings_keys())
 
 
-_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+          list: "a list"}
 
 
 def _accepted(key: str) -> tuple[tuple[type, ...], bool]:

@@ -19,7 +19,8 @@ from ..pipeline.prompts import format_extra_prompts
 # the settings panel; a loaded YAML's values for them are kept and saved back.
 GROUPS: dict[str, tuple[str, ...]] = {
     "Prompt": ("prompt", "negative_prompt", "guidance_scale"),
-    "Model": ("sd_path", "use_controlnet", "controlnet_type", "cond_scale", "dtype"),
+    "Model": ("sd_path", "use_controlnet", "controlnet_type", "cond_scale", "dtype", "controlnets", "loras",
+              "fuse_lora", "embeddings", "ip_adapter", "ip_image", "ip_scale", "model_config"),
     "FRESCO constraints": ("cross_frame_attention", "spatial_attention", "spatial_attention_steps",
                            "temporal_attention", "temporal_attention_until", "feature_optimization",
                            "temporal_loss", "spatial_loss", "background_smoothing"),
@@ -39,12 +40,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": cfgmod.DTYPES,
     "flow": cfgmod.FLOW_ESTIMATORS,
 }
-LABELS = {"sd_path": "model (diffusers id, local folder or tiny-random)", "cond_scale": "ControlNet scale",
+LABELS = {"sd_path": "model (diffusers id, local folder, .safetensors/.ckpt file or tiny-random)", "cond_scale": "ControlNet scale",
           "use_controlnet": "ControlNet", "controlnet_type": "ControlNet type", "use_freeu": "FreeU",
           "num_inference_steps": "steps", "num_warmup_steps": "SDEdit warm-up steps",
           "end_opt_step": "optimise until step", "opt_iters": "Adam iterations per step",
           "batch_size": "keyframes per batch", "size": "processing size WxH (empty: from short side)",
-          "fps": "fps (image folders only; empty: 30)", "crf": "H.264 quality (crf)"}
+          "fps": "fps (image folders only; empty: 30)", "crf": "H.264 quality (crf)",
+          "controlnets": "ControlNets 'hed:0.7,depth:0.5' (replaces the type above)",
+          "loras": "LoRA files 'FILE:WEIGHT; FILE:WEIGHT'", "embeddings": "embeddings 'FILE:TOKEN; ...'",
+          "ip_adapter": "IP-Adapter file", "ip_image": "style image (IP-Adapter)",
+          "model_config": "configs folder of a single-file model"}
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ def form_values(cfg: RenderConfig) -> dict[str, Any]:
             v = ", ".join(str(i) for i in v)
         elif s.name == "extra_prompts":
             v = format_extra_prompts(v)
+        elif s.name in ("loras", "embeddings") and isinstance(v, list):
+            v = "; ".join(v)
         out[s.name] = "" if v is None and s.kind in ("text", "ints") else v
     return out
 
