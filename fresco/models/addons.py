@@ -404,6 +404,30 @@ def apply_addons(parts, addons: Addons, log: Callable[[str], None] = print) -> A
     return addons
 
 
+def check_files(model: str, model_config: Optional[str], addons: Addons, ip_image: Optional[str]) -> None:
+    """Every user file a render names, checked before any model loads (one line naming the file when one is
+    missing, truncated, or does not fit SD1.5): the single-file checkpoint and its config folder, the LoRAs, the
+    embeddings (their width against the text encoder's config when it can be read), the IP-Adapter and its image."""
+    if is_single_file(model):
+        check_weights_file(model, "sd_path", SINGLE_FILE_SUFFIXES)
+        single_file_config(model_config)
+    for spec in addons.loras:
+        check_lora_file(spec)
+    width = text_width(model, model_config) if addons.embeddings else None
+    for spec in addons.embeddings:
+        check_embedding_file(spec, width)
+    if addons.ip_adapter:
+        check_ip_adapter(addons.ip_adapter)
+        if ip_image is None or not Path(ip_image).is_file():
+            raise FileNotFoundError(f"ip_image: no such style image {ip_image!r}")
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(ip_image) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"ip_image: '{ip_image}' is not a readable image ({e})") from None
+
+
 def image_encoder_folder(ip_adapter: str) -> Path:
     return Path(ip_adapter).parent / "image_encoder"
 

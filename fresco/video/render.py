@@ -251,11 +251,18 @@ def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device
         raise ValueError(f"output: '{out}' is a folder; choose another --output")
     local_only = False
     if default_model:
+        from ..models.addons import is_single_file, parse_controlnets
         from ..models.sd import CONTROLNET_IDS, TINY_NAMES
-        local_only = preflight.check_model_available(cfg.model, "unet/config.json", "sd_path")
+        from .stylize import check_models
+        check_models(cfg)
+        if not is_single_file(cfg.model):
+            local_only = preflight.check_model_available(cfg.model, "unet/config.json", "sd_path")
         if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
-            local_only |= preflight.check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
-                                                          "controlnet_type")
+            ids = [c.model for c in parse_controlnets(cfg.controlnets)] if cfg.controlnets else \
+                [CONTROLNET_IDS[cfg.controlnet_type]]
+            for cn in ids:
+                local_only |= preflight.check_model_available(cn, "config.json", "controlnets" if cfg.controlnets
+                                                              else "controlnet_type")
     if not cfg.force:
         from ..models.sd import TINY_NAMES
         on_gpu = device.type == "cuda"
