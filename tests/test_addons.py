@@ -3,6 +3,8 @@ single-file checkpoints (the original key names read back through diffusers' fro
 diffusers; weight 0 = no LoRA to the byte, weight 1 changes the output, fused = unfused within tolerance),
 embeddings in prompt and negative prompt, several ControlNets with their scales, the IP-Adapter composed with
 FRESCO's attention processors, the 1.1 preprocessors, and the one-line errors (exit 2) for files that do not fit."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ pytest.importorskip("peft")
 
 from fresco import cli  # noqa: E402
 from fresco.models import addons  # noqa: E402
-from fresco.models.test_addons import USER_FILES, write_embedding, write_sdxl_lora, write_user_files  # noqa: E402
+from fresco.models.test_addons import write_embedding, write_user_files  # noqa: E402
 from fresco.models.test_models import _seed, write_sd_model  # noqa: E402
 from fresco.video import make_synthetic_clip  # noqa: E402
 
@@ -38,6 +40,22 @@ def frames():
 def _pipe(**kw):
     from fresco.pipeline import FrescoPipeline
     return FrescoPipeline.from_pretrained("tiny", device="cpu", dtype=torch.float32, **kw)
+
+
+def write_sdxl_lora(path, seed: int = 3):
+    """A LoRA with SDXL's kohya names (input_blocks, the second text encoder): must be refused for SD1.5."""
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(seed)
+    unet = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"
+    te2 = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+    sd = {f"{unet}.lora_down.weight": torch.randn(4, 2048, generator=g),
+          f"{unet}.lora_up.weight": torch.randn(640, 4, generator=g),
+          f"{te2}.lora_down.weight": torch.randn(4, 1280, generator=g),
+          f"{te2}.lora_up.weight": torch.randn(1280, 4, generator=g)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
 
 
 # ------------------------------------------------------------------ parsing
@@ -73,6 +91,27 @@ def test_cli_controlnet_flag_keeps_single_type_and_takes_a_list():
     cfg = cli._build_config(args)
     assert (cfg.controlnet_type, cfg.controlnets) == ("canny", "hed:0.7,depth:0.5")
     assert cfg.loras == ["a.safetensors:0.3", "b.safetensors"] and cfg.embeddings == ["e.safetensors:<e>"]
+
+
+def test_yaml_keys_reach_the_loaders(tmp_path):
+    from fresco import config as cfgmod
+    from fresco.video.stylize import model_kwargs, pipeline_key
+    yml = tmp_path / "c.yaml"
+    yml.write_text("file_path: v.mp4\nsave_path: o\nprompt: p\nsd_path: m.safetensors\nmodel_config: cfgdir\n"
+                   "loras: ['a.safetensors:0.5', b.safetensors]\nfuse_lora: true\nembeddings: ['e.pt:tok']\n"
+                   "ip_adapter: ip.safetensors\nip_image: s.png\nip_scale: 0.4\ncontrolnets: 'hed:0.7,depth:0.5'\n")
+    cfg = cfgmod.from_mapping(cfgmod.load_yaml(yml)).validate()
+    kw = model_kwargs(cfg)
+    assert kw["model_config"] == "cfgdir"
+    assert kw["addons"].loras == [addons.LoraSpec("a.safetensors", 0.5), addons.LoraSpec("b.safetensors", 1.0)]
+    assert kw["addons"].fuse_lora and kw["addons"].embeddings == [addons.EmbeddingSpec("e.pt", "tok")]
+    assert (kw["addons"].ip_adapter, kw["addons"].ip_scale) == ("ip.safetensors", 0.4)
+    assert [c.scale for c in kw["controlnets"]] == [0.7, 0.5]
+    assert pipeline_key(cfg) != pipeline_key(cfg.replace(loras=["a.safetensors:0.6"]))
+    with pytest.raises(ValueError, match="ip_adapter/ip_image"):
+        cfg.replace(ip_image=None).validate()
+    with pytest.raises(ValueError, match="model_config: only for a single-file"):
+        cfg.replace(sd_path="runwayml/stable-diffusion-v1-5").validate()
 
 
 # ------------------------------------------------------------------ files
@@ -215,10 +254,16 @@ def test_ip_adapter_and_fresco_processors_both_run(files, frames):
     from PIL import Image
     pipe = _pipe(addons=addons.Addons(ip_adapter=str(files["ip_adapter"]), ip_scale=1.0))
     ip_calls = []
+
+    class Counting(IPAdapterAttnProcessor2_0):  # the processor defines __call__ itself: module hooks never fire
+        def __call__(self, *a, **kw):
+            ip_calls.append(1)
+            return super().__call__(*a, **kw)
+
     procs = [p for p in pipe.unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)]
     assert procs
     for p in procs:
-        p.register_forward_hook(lambda m, a, out: ip_calls.append(1))
+        p.__class__ = Counting
     with pytest.raises(ValueError, match="style image"):
         pipe(frames, "a cat", **FAST)
     pipe.set_ip_adapter_image(Image.fromarray(frames[0]))
@@ -229,3 +274,51 @@ def test_ip_adapter_and_fresco_processors_both_run(files, frames):
     assert len(ip_calls) >= n_steps * len(procs)
     pipe.addons.loader.set_ip_adapter_scale(0.0)
     assert not np.array_equal(pipe(frames, "a cat", **FAST).images, out.images)  # the style image mattered
+
+
+# ------------------------------------------------------------------ the README's examples
+_README_SCRIPT = '''
+import json, shlex, sys
+import numpy as np
+from PIL import Image
+from fresco.cli import main
+from fresco.models.test_models import write_test_models
+from fresco.video import make_synthetic_clip
+
+write_test_models(".", sd_models=["runwayml/stable-diffusion-v1-5"])
+make_synthetic_clip("clip.mp4", 6, (64, 64), fps=24)
+Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save("style.png")
+rcs = []
+for k, line in enumerate(json.loads(sys.argv[1])):
+    args = shlex.split(line)[1:] + ["-o", f"out/{k}"] + json.loads(sys.argv[2])
+    rcs.append(main(args))
+print("RCS", json.dumps(rcs))
+'''
+
+
+def readme_examples() -> list:
+    """The `fresco render` lines of the README's "Your own models" section."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Your own models", 1)[1].split("\n## ", 1)[0].replace("\\\n", " ")
+    return [" ".join(ln.split()) for ln in section.splitlines() if ln.strip().startswith("fresco render")]
+
+
+@pytest.mark.slow
+def test_readme_examples_run_against_the_stand_ins(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    lines = readme_examples()
+    flags = ("--model ", "--lora ", "--embedding ", "--ip-adapter ", "--controlnet ")
+    assert all(any(f in " ".join(lines) for f in flags) for f in flags) and len(lines) >= 5
+    speed = ["--size", "64x64", "--steps", "2", "--warmup-steps", "0", "--no-feature-optimization", "-q"]
+    env = dict(os.environ, HF_HOME=str(tmp_path), HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", _README_SCRIPT, json.dumps(lines), json.dumps(speed)], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=3000)
+    rcs = [ln for ln in r.stdout.splitlines() if ln.startswith("RCS ")]
+    assert rcs, r.stderr[-3000:]
+    assert json.loads(rcs[0][4:]) == [0] * len(lines), r.stderr[-3000:]
+    for k in range(len(lines)):
+        assert (tmp_path / "out" / str(k) / "video.mp4").is_file()

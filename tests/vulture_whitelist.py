@@ -40,3 +40,5 @@ Runner
 run_batch
 propagate_segment
 render_job
+# fresco/models/addons.py load_ip_adapter: diffusers' StableDiffusionPipeline.encode_image reads pipe.feature_extractor
+feature_extractor

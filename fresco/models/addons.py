@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -316,6 +316,9 @@ def load_single_file(path: str, model_config: Optional[str], dtype: torch.dtype)
     from diffusers import StableDiffusionPipeline
     check_weights_file(path, "sd_path", SINGLE_FILE_SUFFIXES)
     config = single_file_config(model_config)
+    from diffusers.utils import logging as diffusers_logging
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its notes on the configs' legacy keys are not the user's concern
     try:
         pipe = StableDiffusionPipeline.from_single_file(path, config=config, local_files_only=True,
                                                         torch_dtype=dtype, safety_checker=None,
@@ -324,6 +327,8 @@ def load_single_file(path: str, model_config: Optional[str], dtype: torch.dtype)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"sd_path: could not load the single-file checkpoint '{path}' with the configs of "
                            f"'{config}': {first}") from e
+    finally:
+        diffusers_logging.set_verbosity(level)
     return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
 
 
@@ -367,7 +372,7 @@ def _first_misfit(parts, state_dict: dict) -> Optional[str]:
     return None
 
 
-def apply_addons(parts, addons: Addons, log: Callable[[str], None] = print) -> Addons:
+def apply_addons(parts, addons: Addons) -> Addons:
     """Load `addons` into `parts` (unet / text_encoder / tokenizer changed in place) with diffusers' loaders; returns
     `addons` with its `loader` set (used for prompts with multi-vector embeddings and for IP-Adapter images)."""
     if not addons:
@@ -376,7 +381,7 @@ def apply_addons(parts, addons: Addons, log: Callable[[str], None] = print) -> A
     if addons.loras:
         names = []
         for i, spec in enumerate(addons.loras):
-            sd, alphas = pipe.lora_state_dict(spec.path)
+            sd, _ = pipe.lora_state_dict(spec.path)
             bad = _first_misfit(parts, sd)
             if bad is not None:
                 raise ValueError(f"lora: '{spec.path}' does not fit this model: key {bad!r}")
@@ -460,12 +465,6 @@ def load_ip_adapter(pipe, path: str, scale: float) -> None:
     except (ValueError, RuntimeError, KeyError, OSError) as e:
         raise ValueError(f"ip_adapter: '{path}' does not fit this model: {str(e).splitlines()[0]}") from e
     pipe.set_ip_adapter_scale(scale)
-
-
-def ip_image_embeds(pipe, image, n: int, device: torch.device) -> list:
-    """The IP-Adapter's image embeddings for classifier-free guidance over n frames ([2n, 1, D] per adapter;
-    zeros for the unconditional half, as diffusers does)."""
-    return pipe.prepare_ip_adapter_image_embeds(image, None, device, n, True)
 
 
 def load_controlnets(specs: Sequence[ControlSpec], dtype: torch.dtype, local_files_only: bool):

@@ -206,7 +206,7 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
             from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
             parts.controlnet = MultiControlNetModel([parts.controlnet] + [
                 tiny_components(seed=k, text_encoder=False).controlnet for k in range(1, len(controlnets))])
-        return _with_addons(_placed(parts, device, dtype), addons, log)
+        return _with_addons(_placed(parts, device, dtype), addons)
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -254,14 +254,14 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
             raise RuntimeError(f"controlnet: could not load {cn_id!r} (local_files_only={local_files_only}): {e}") \
                 from e
     parts = _placed(Components(unet, vae_m, text_encoder, tokenizer, scheduler, cn), device, dtype)
-    return _with_addons(parts, addons, log)
+    return _with_addons(parts, addons)
 
 
-def _with_addons(parts: Components, addons, log: Callable[[str], None]) -> Components:
+def _with_addons(parts: Components, addons) -> Components:
     """parts with `addons` (fresco.models.addons.Addons) loaded into them, when there are any."""
     if addons:
         from .addons import apply_addons
-        parts.addons = apply_addons(parts, addons, log)
+        parts.addons = apply_addons(parts, addons)
         for m in (parts.unet, parts.text_encoder):  # the adapters' new parameters too
             m.eval().requires_grad_(False)
     return parts

@@ -43,7 +43,9 @@ def _unet_key(k: str) -> str:
         if kind == "downsamplers":
             return f"input_blocks.{per * (i + 1)}.0.op." + rest.split(".", 1)[1]
         idx = per * i + j + 1
-        return f"input_blocks.{idx}.0." + _rename(rest, _RESNET) if kind == "resnets" else f"input_blocks.{idx}.1." + rest
+        if kind == "resnets":
+            return f"input_blocks.{idx}.0." + _rename(rest, _RESNET)
+        return f"input_blocks.{idx}.1." + rest
     if p[0] == "mid_block":
         kind, j, rest = p[1], int(p[2]), ".".join(p[3:])
         return "middle_block.1." + rest if kind == "attentions" else f"middle_block.{2 * j}." + _rename(rest, _RESNET)
@@ -52,7 +54,9 @@ def _unet_key(k: str) -> str:
         if kind == "upsamplers":
             return f"output_blocks.{per * i + 2}.{1 if i == 0 else 2}." + rest
         idx = per * i + j
-        return f"output_blocks.{idx}.0." + _rename(rest, _RESNET) if kind == "resnets" else f"output_blocks.{idx}.1." + rest
+        if kind == "resnets":
+            return f"output_blocks.{idx}.0." + _rename(rest, _RESNET)
+        return f"output_blocks.{idx}.1." + rest
     raise KeyError(f"no original SD name for UNet key {k!r}")
 
 
@@ -135,20 +139,6 @@ def write_diffusers_lora(path: Union[str, Path], parts, seed: int = 2) -> Path:
     sd = {}
     for (comp, name), (down, up) in lora_factors(parts, seed).items():
         sd[f"{comp}.{name}.lora_A.weight"], sd[f"{comp}.{name}.lora_B.weight"] = down, up
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path))
-    return path
-
-
-def write_sdxl_lora(path: Union[str, Path], seed: int = 3) -> Path:
-    """A LoRA with SDXL's kohya names (input_blocks, the second text encoder): must be refused for SD1.5."""
-    from safetensors.torch import save_file
-    g = torch.Generator().manual_seed(seed)
-    sd = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.randn(4, 2048, generator=g),
-          "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.randn(640, 4, generator=g),
-          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.randn(4, 1280, generator=g),
-          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.randn(1280, 4, generator=g)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))

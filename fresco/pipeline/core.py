@@ -157,7 +157,7 @@ class FrescoPipeline:
         self.scheduler = components.scheduler
         self.controlnet = components.controlnet
         self.control_type = (types[0] if len(types) == 1 else control_type) if self.controlnet is not None else None
-        self.control_types = types if self.controlnet is not None and control_type is not None else []
+        self.control_types = types if self.controlnet is not None else []
         n_nets = len(getattr(self.controlnet, "nets", [None])) if self.controlnet is not None else 0
         if self.controlnet is not None and len(self.control_types) != n_nets:
             raise ValueError(f"control_type: one preprocessor per ControlNet ({n_nets}), got {control_type!r}")

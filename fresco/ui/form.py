@@ -40,7 +40,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": cfgmod.DTYPES,
     "flow": cfgmod.FLOW_ESTIMATORS,
 }
-LABELS = {"sd_path": "model (diffusers id, local folder, .safetensors/.ckpt file or tiny-random)", "cond_scale": "ControlNet scale",
+LABELS = {"sd_path": "model (diffusers id, local folder, .safetensors/.ckpt file or tiny-random)",
+          "cond_scale": "ControlNet scale",
           "use_controlnet": "ControlNet", "controlnet_type": "ControlNet type", "use_freeu": "FreeU",
           "num_inference_steps": "steps", "num_warmup_steps": "SDEdit warm-up steps",
           "end_opt_step": "optimise until step", "opt_iters": "Adam iterations per step",
