@@ -70,7 +70,7 @@ def test_specs_parse():
     v11 = addons.parse_controlnets("lllyasviel/control_v11p_sd15_softedge:0.8,scribble")
     assert [(c.model, c.preprocessor, c.scale) for c in v11] == [
         ("lllyasviel/control_v11p_sd15_softedge", "softedge", 0.8),
-        ("lllyasviel/control_v11p_sd15_scribble", "scribble", 1.0)]
+        ("lllyasviel/control_v11p_sd15_scribble", "scribble", None)]  # None: cond_scale
     assert addons.parse_controlnets("hed=someone/my-net")[0].preprocessor == "hed"
     for bad, match in (("a.safetensors:x", "WEIGHT"), ("a.safetensors:nan", "finite")):
         with pytest.raises(ValueError, match=match):
@@ -221,15 +221,15 @@ def test_embedding_in_prompt_and_negative_prompt(files, frames):
 
 @pytest.mark.slow
 def test_two_controlnets_each_with_its_scale(frames):
-    nets = addons.parse_controlnets("canny:0.7,scribble:0.5")
+    nets = addons.parse_controlnets("canny:0.7,scribble")  # scribble at the settings' cond_scale
     pipe = _pipe(controlnets=nets)
     calls = []
     for k, net in enumerate(pipe.controlnet.nets):
         net.register_forward_hook(lambda m, a, kw, out, k=k: calls.append((k, kw["conditioning_scale"])),
                                   with_kwargs=True)
     canny = np.zeros((2, 64, 64, 3), np.uint8)
-    out = pipe(frames, "a cat", control_images=[canny, canny], **FAST)
-    assert sorted(set(calls)) == [(0, 0.7), (1, 0.5)]
+    out = pipe(frames, "a cat", control_images=[canny, canny], cond_scale=0.4, **FAST)
+    assert sorted(set(calls)) == [(0, 0.7), (1, 0.4)]
     assert len(calls) == 2 * FAST["num_inference_steps"]
     with pytest.raises(ValueError, match="one entry per ControlNet"):
         pipe(frames, "a cat", control_images=canny, **FAST)

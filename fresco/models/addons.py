@@ -48,10 +48,11 @@ class EmbeddingSpec:
 
 @dataclass(frozen=True)
 class ControlSpec:
-    """One ControlNet: `model` (hub id or folder), its `preprocessor` (PREPROCESSORS) and conditioning `scale`."""
+    """One ControlNet: `model` (hub id or folder), its `preprocessor` (PREPROCESSORS) and conditioning `scale` (None:
+    the settings' cond_scale)."""
     model: str
     preprocessor: str
-    scale: float = 1.0
+    scale: Optional[float] = None
 
 
 @dataclass
@@ -120,7 +121,7 @@ def parse_controlnets(spec, key: str = "controlnets") -> list:
     """'hed:0.7,depth:0.5' (or a list of such items) -> [ControlSpec]. An item is [PREPROCESSOR=]NAME[:SCALE]:
     NAME a preprocessor (its default ControlNet, DEFAULT_CONTROLNETS) or a ControlNet hub id / folder (v1.0
     `lllyasviel/sd-controlnet-*`, v1.1 `lllyasviel/control_v11p_sd15_*`); the preprocessor is read from the name
-    unless given; SCALE defaults to 1."""
+    unless given; SCALE defaults to the settings' cond_scale."""
     items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
     out = []
     for raw in items:
@@ -132,7 +133,7 @@ def parse_controlnets(spec, key: str = "controlnets") -> list:
         if "=" in item:
             pre, item = (s.strip() for s in item.split("=", 1))
         name, tail = _split_tail(item)
-        scale = 1.0
+        scale = None
         if tail is not None:
             try:
                 scale = float(tail)

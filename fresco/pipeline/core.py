@@ -145,8 +145,8 @@ class FrescoPipeline:
                  flow: Union[str, FlowEstimator, None] = "dis", annotator_path: Optional[str] = None,
                  control_scales: Optional[Sequence[float]] = None):
         """control_type: the preprocessor of the ControlNet, or one per ControlNet of a MultiControlNetModel
-        (fresco.models.addons.PREPROCESSORS). control_scales: one conditioning scale per ControlNet (None: the
-        settings' cond_scale for the single ControlNet, as published)."""
+        (fresco.models.addons.PREPROCESSORS). control_scales: one conditioning scale per ControlNet (None, or an
+        entry None: the settings' cond_scale, as published)."""
         types = [control_type] if isinstance(control_type, str) or control_type is None else list(control_type)
         if control_type is not None and any(t not in PREPROCESSORS for t in types):
             raise ValueError(f"control_type: one of {PREPROCESSORS} (or a list of them) or None, got {control_type!r}")
@@ -580,8 +580,8 @@ class FrescoPipeline:
         x_in = torch.cat([latents, latents]).to(self.dtype)
         down = mid = None
         if self.controlnet is not None:
-            scales = self.control_scales
-            scale = s.cond_scale if scales is None else scales[0] if len(scales) == 1 else scales
+            scales = [s.cond_scale if x is None else x for x in self.control_scales or [None]]
+            scale = scales[0] if len(scales) == 1 else scales
             down, mid = self.controlnet(x_in, t, encoder_hidden_states=batch.embeds, controlnet_cond=batch.cond,
                                         conditioning_scale=scale, guess_mode=False, return_dict=False)
         eps = self.unet(x_in, t, encoder_hidden_states=batch.embeds, down_block_additional_residuals=down,
