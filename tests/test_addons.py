@@ -174,6 +174,16 @@ def test_wrong_file_exits_2_with_one_line_before_loading(case, files, clip, tmp_
     assert len(line) == 1 and name in line[0] and match in line[0], err
 
 
+@pytest.mark.parametrize("kind", ["kohya_lora", "diffusers_lora"])
+def test_lora_goes_into_unet_and_text_encoder(kind, files):
+    from fresco.models.sd import load_components
+    parts = load_components("tiny", controlnet_type=None,
+                            addons=addons.Addons(loras=[addons.LoraSpec(str(files[kind]))]))
+    lora = [n for n, _ in parts.text_encoder.named_modules() if n.endswith("lora_A")]
+    assert len(lora) == 2 * 4  # 2 layers x q/k/v/out of the stand-in text encoder
+    assert sum(n.endswith("lora_A") for n, _ in parts.unet.named_modules()) == 128  # every to_q/k/v/out of the UNet
+
+
 def test_lora_of_other_widths_names_the_first_key(files, tmp_path):
     from safetensors.torch import load_file, save_file
     sd = load_file(str(files["diffusers_lora"]))
