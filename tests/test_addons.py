@@ -115,9 +115,16 @@ def test_yaml_keys_reach_the_loaders(tmp_path):
 
 
 # ------------------------------------------------------------------ files
-def test_single_file_checkpoint_reads_back_the_same_weights(files):
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_single_file_checkpoint_reads_back_the_same_weights(suffix, files, tmp_path):
+    from safetensors.torch import load_file
+
     from fresco.models.sd import tiny_components
-    unet, vae, text, _, _ = addons.load_single_file(str(files["checkpoint"]), str(files["config"]), torch.float32)
+    path = files["checkpoint"]
+    if suffix == ".ckpt":  # the original layout: the weights under "state_dict" in a torch pickle
+        path = tmp_path / "tiny-sd15.ckpt"
+        torch.save({"state_dict": load_file(str(files["checkpoint"]))}, path)
+    unet, vae, text, _, _ = addons.load_single_file(str(path), str(files["config"]), torch.float32)
     ref = tiny_components(seed=_seed(SD), controlnet=False)
     for got, want in ((unet, ref.unet), (vae, ref.vae), (text, ref.text_encoder)):
         a, b = got.state_dict(), want.state_dict()
@@ -302,6 +309,14 @@ rcs = []
 for k, line in enumerate(json.loads(sys.argv[1])):
     args = shlex.split(line)[1:] + ["-o", f"out/{k}"] + json.loads(sys.argv[2])
     rcs.append(main(args))
+# every format at once from YAML (the keys of the flags above)
+with open("all.yaml", "w") as f:
+    f.write("file_path: clip.mp4\nsave_path: out/yaml\nprompt: a mystyle painting\n"
+            "sd_path: user/tiny-sd15.safetensors\nloras: [user/kohya-lora.safetensors:0.8, "
+            "user/diffusers-lora.safetensors:0.5]\nembeddings: [user/tiny-style.safetensors:mystyle]\n"
+            "ip_adapter: user/ip-adapter/ip-adapter_sd15.safetensors\nip_image: style.png\nip_scale: 0.6\n"
+            "controlnets: hed:0.7,scribble:0.5\n")
+rcs.append(main(["render", "--config", "all.yaml"] + json.loads(sys.argv[2])))
 print("RCS", json.dumps(rcs))
 '''
 
@@ -314,7 +329,7 @@ def readme_examples() -> list:
 
 
 @pytest.mark.slow
-def test_readme_examples_run_against_the_stand_ins(tmp_path):
+def test_readme_examples_and_yaml_run_against_the_stand_ins(tmp_path):
     import json
     import os
     import subprocess
@@ -329,6 +344,6 @@ def test_readme_examples_run_against_the_stand_ins(tmp_path):
                        env=env, capture_output=True, text=True, timeout=3000)
     rcs = [ln for ln in r.stdout.splitlines() if ln.startswith("RCS ")]
     assert rcs, r.stderr[-3000:]
-    assert json.loads(rcs[0][4:]) == [0] * len(lines), r.stderr[-3000:]
-    for k in range(len(lines)):
-        assert (tmp_path / "out" / str(k) / "video.mp4").is_file()
+    assert json.loads(rcs[0][4:]) == [0] * (len(lines) + 1), r.stderr[-3000:]
+    for k in [str(k) for k in range(len(lines))] + ["yaml"]:
+        assert (tmp_path / "out" / k / "video.mp4").is_file()
