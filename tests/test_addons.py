@@ -294,7 +294,7 @@ def test_ip_adapter_and_fresco_processors_both_run(files, frames):
 
 
 # ------------------------------------------------------------------ the README's examples
-_README_SCRIPT = '''
+_README_SCRIPT = r'''
 import json, shlex, sys
 import numpy as np
 from PIL import Image
