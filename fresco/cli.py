@@ -51,7 +51,11 @@ def _knob_flags(p: argparse.ArgumentParser) -> None:
                 group.add_argument(*flags, dest=kw, action="store_const", const=True, help=meta["help"] + note)
                 group.add_argument(no_flag(f), dest=kw, action="store_const", const=False)
             continue
-        group.add_argument(*flags, dest=kw, default=None, type=value_type(f, hint), choices=meta["choices"],
+        if meta["repeat"]:
+            group.add_argument(*flags, dest=kw, default=None, action="append", help=meta["help"] + note)
+            continue
+        group.add_argument(*flags, dest=kw, default=None, type=value_type(f, hint),
+                           choices=None if meta["cli_any"] else meta["choices"],
                            nargs="+" if is_sequence(hint) else None, help=meta["help"] + note)
 
 
@@ -71,6 +75,9 @@ def _build_config(args: argparse.Namespace) -> cfgmod.RenderConfig:
     base = cfgmod.from_mapping(cfgmod.load_yaml(args.config), args.config) if args.config else cfgmod.RenderConfig()
     overrides = {kw: getattr(args, kw) for kw, _, f, _ in cfgmod.all_knobs() if f.metadata["cli"]}
     overrides["file_path"] = args.video
+    if overrides["controlnet_type"] is not None and overrides["controlnet_type"] not in cfgmod.CONTROL_TYPES:
+        # --controlnet with a list ('hed:0.7,depth:0.5') or a ControlNet id/folder: several ControlNets
+        overrides["controlnets"], overrides["controlnet_type"] = overrides["controlnet_type"], None
     if args.interval is not None:
         if args.mininterv is not None or args.maxinterv is not None:
             raise ValueError("--interval: give either --interval or --s-min/--s-max, not both")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from . import patch_params
+from . import addon_specs, patch_params
 from . import settings as settings_mod
 from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS,
                         PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name)
@@ -41,8 +41,9 @@ class RenderConfig:
     maxinterv: int = knob(30, "max keyframe gap s_max", flag="--s-max", flag_aliases=("--maxinterv",),
                           key_aliases=("s_max",), range=(1, None))
     use_controlnet: bool = knob(True, "condition on a ControlNet", no_flag="--no-controlnet", group="Model")
-    controlnet_type: str = knob("canny", "the ControlNet's condition", flag="--controlnet", choices=CONTROL_TYPES,
-                                group="Model")
+    controlnet_type: str = knob("canny", "the ControlNet's condition; the CLI flag also takes several ControlNets "
+                                         "with their scales, 'hed:0.7,depth:0.5' (see controlnets)",
+                                flag="--controlnet", choices=CONTROL_TYPES, group="Model", cli_any=True)
     batch_size: int = knob(8, "keyframes per batch N (2 anchors + new keyframes)", range=(3, None),
                            group="Schedule")
     gmflow_path: Optional[str] = knob(None, "GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth): flow 'gmflow'")
@@ -64,6 +65,27 @@ class RenderConfig:
     annotator_path: Optional[str] = knob(None, "folder with the lllyasviel/Annotators weights for HED/depth "
                                                "(default: the Hugging Face cache)")
     max_frames: Optional[int] = knob(None, "only the first N frames of the input", range=(2, None))
+    # --- models users bring (fresco.models.addons; the files are checked before the model loads) ---
+    model_config: Optional[str] = knob(None, "diffusers SD1.5 folder (or cached id) with the configs of a "
+                                             "single-file --model (default: SD1.5's from the Hugging Face cache)",
+                                       group="Model")
+    loras: Optional[Union[list, str]] = knob([], "a LoRA 'FILE[:WEIGHT]' (kohya or diffusers .safetensors, weight "
+                                                 "default 1); repeatable (YAML: a list, or items separated by ';')",
+                                             flag="--lora", type=str, repeat=True, group="Model")
+    fuse_lora: bool = knob(False, "merge the LoRAs into the weights once (faster steps; same output within "
+                                  "rounding)", group="Model")
+    embeddings: Optional[Union[list, str]] = knob([], "a textual-inversion embedding 'FILE[:TOKEN]', used where "
+                                                      "TOKEN (default: the file name) appears in the prompt or "
+                                                      "negative prompt; repeatable", flag="--embedding", type=str,
+                                                  repeat=True, group="Model")
+    ip_adapter: Optional[str] = knob(None, "an IP-Adapter SD1.5 file (its image_encoder/ beside it)", group="Model")
+    ip_image: Optional[str] = knob(None, "the IP-Adapter's style image", group="Model")
+    ip_scale: float = knob(1.0, "the IP-Adapter's strength", range=(0, 10), group="Model")
+    controlnets: Optional[Union[str, list]] = knob(None, "several ControlNets 'hed:0.7,depth:0.5', each item a "
+                                                         "control type or a ControlNet id/folder (v1.0 or v1.1) with "
+                                                         "its scale; replaces controlnet_type/cond_scale when set "
+                                                         "(CLI: --controlnet LIST)", type=str, cli=True,
+                                                   flag="--controlnets", group="Model")
     # --- ours ---
     size: Optional[str] = knob(None, "processing size WxH (multiples of 64); default: from --short-side",
                                group="Frames")
@@ -194,9 +216,30 @@ class RenderConfig:
         for key in ("added_prompt", "negative_prompt", "annotator_path"):
             need(getattr(self, key) is None or isinstance(getattr(self, key), str), key, "must be a string")
         need(isinstance(self.vae, str) and self.vae != "", "vae", "a VAE id or folder, or 'own'")
+        self.check_addons()
         self.extra_prompts = parse_extra_prompts(self.extra_prompts)
         self.frame_size()
         return self
+
+    def check_addons(self) -> None:
+        """The syntax of the user-model keys (the files are checked before the model loads: fresco.video.render)."""
+        for key, parse in (("loras", addon_specs.parse_lora), ("embeddings", addon_specs.parse_embedding)):
+            items = getattr(self, key)
+            if items is None or isinstance(items, str):
+                items = [i.strip() for i in (items or "").replace("\n", ";").split(";") if i.strip()]
+                setattr(self, key, items)
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"{key}: expected a list of strings, got {items!r}")
+            for item in items:
+                parse(item, key)
+        if self.controlnets is not None:
+            addon_specs.parse_controlnets(self.controlnets)
+        if (self.ip_adapter is not None) != (self.ip_image is not None):
+            raise ValueError("ip_adapter/ip_image: an IP-Adapter needs a style image and the reverse; got "
+                             f"ip_adapter={self.ip_adapter!r}, ip_image={self.ip_image!r}")
+        if self.model_config is not None and not addon_specs.is_single_file(self.sd_path):
+            raise ValueError(f"model_config: only for a single-file sd_path (.safetensors/.ckpt), got sd_path "
+                             f"{self.sd_path!r}")
 
     def unused_notes(self) -> list[str]:
         """One line per published key that is set but has no effect here, saying what happens instead."""

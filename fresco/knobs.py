@@ -6,6 +6,7 @@ checks, the web UI's widgets, the fingerprint's key set and the options table in
 from it. Pure Python, no third-party import."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -42,7 +43,8 @@ def _num(v: float) -> str:
 def knob(default: Any, help: str, *, flag: Optional[str] = None, key: Optional[str] = None,
          type: Optional[type] = None, choices: Optional[Sequence] = None, cli: bool = True,
          range: Union[Range, tuple, None] = None, group: Optional[str] = None, fingerprint: bool = True,
-         flag_aliases: Sequence[str] = (), no_flag: Optional[str] = None, key_aliases: Sequence[str] = ()) -> Any:
+         flag_aliases: Sequence[str] = (), no_flag: Optional[str] = None, key_aliases: Sequence[str] = (),
+         repeat: bool = False, cli_any: bool = False) -> Any:
     """A dataclass field whose metadata says how users set it.
 
     help: one line for `fresco render --help`, the web UI and docs/options.md; flag: the CLI flag (default
@@ -53,16 +55,16 @@ def knob(default: Any, help: str, *, flag: Optional[str] = None, key: Optional[s
     float knob must also be finite; group: the web UI's group (default "More"); fingerprint: False when the value
     does not change a render's keyframes (output names, the device, the propagation, ...), so a render of another
     value resumes the same folder; cli: False keeps the knob out of the CLI and the web UI (still a YAML key and a
-    keyword). A mutable default (dict) becomes a default factory; a list becomes a tuple."""
+    keyword); repeat: a list knob whose CLI flag is given once per item (`--lora A --lora B`); cli_any: the CLI flag
+    takes any text, not only `choices` (the CLI routes other values elsewhere: `--controlnet hed:0.7,depth:0.5`).
+    A mutable default (dict, list) becomes a default factory; a tuple stays a tuple."""
     if isinstance(range, tuple):
         range = Range(*range)
     meta = dict(help=help, flag=flag, key=key, type=type, choices=tuple(choices) if choices else None, cli=cli,
                 range=range, group=group, fingerprint=fingerprint, flag_aliases=tuple(flag_aliases),
-                no_flag=no_flag, key_aliases=tuple(key_aliases))
-    if isinstance(default, dict):
-        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
-    if isinstance(default, list):
-        default = tuple(default)
+                no_flag=no_flag, key_aliases=tuple(key_aliases), repeat=repeat, cli_any=cli_any)
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: copy.copy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 

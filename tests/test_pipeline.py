@@ -358,7 +358,7 @@ def test_unavailable_annotators_and_raft_fail_clearly():
     with pytest.raises(RuntimeError, match="has no dpt_hybrid-midas-501f0c75.pt"):
         control_maps(frames, "depth", "/nonexistent-fresco-annotators")
     with pytest.raises(ValueError, match="control_type: one of"):
-        control_maps(frames, "scribble")
+        control_maps(frames, "lineart")  # scribble is a 1.1 preprocessor now
     # RAFT never downloads: without torchvision or without cached weights it says so
     with pytest.raises(RuntimeError, match="never downloads|needs torchvision"):
         import os

@@ -42,3 +42,5 @@ propagate_segment
 render_job
 # fresco/score.py ScoreResult.versions: written to the score JSON (dataclasses.asdict)
 versions
+# fresco/models/addons.py load_ip_adapter: diffusers' StableDiffusionPipeline.encode_image reads pipe.feature_extractor
+feature_extractor

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -27,6 +27,8 @@ class Components:
     tokenizer: Optional[object]
     scheduler: object
     controlnet: Optional["torch.nn.Module"] = None
+    # LoRAs, embeddings, IP-Adapter loaded on top (fresco.models.addons.Addons; its `loader` serves prompts/images)
+    addons: Optional[object] = None
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -163,9 +165,15 @@ def tiny_components(seed: int = 0, controlnet: bool = True, sd15_widths: bool = 
 def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] = None,
                     controlnet_type: Optional[str] = "canny", device: Union[str, torch.device] = "cpu",
                     dtype: torch.dtype = torch.float32, local_files_only: bool = False,
-                    vae: Optional[str] = None, log: Callable[[str], None] = print) -> Components:
+                    vae: Optional[str] = None, log: Callable[[str], None] = print, model_config: Optional[str] = None,
+                    controlnets: Optional[Sequence] = None, addons=None) -> Components:
     """Components of a diffusers SD1.5-family model (hub id or local folder with unet/vae/text_encoder/tokenizer/
-    scheduler); the scheduler is a DDPM scheduler built from the model's own scheduler config.
+    scheduler, or a single-file .safetensors/.ckpt checkpoint read with the configs of the local folder
+    `model_config`, default SD1.5's from the Hugging Face cache: fresco.models.addons.single_file_config); the
+    scheduler is a DDPM scheduler built from the model's own scheduler config.
+
+    controlnets: [fresco.addon_specs.ControlSpec] (one ControlNet each, a MultiControlNetModel when several; replaces
+    controlnet/controlnet_type). addons: fresco.models.addons.Addons (LoRA, embeddings, IP-Adapter) loaded on top.
 
     controlnet: a ControlNetModel, an id/path, or None for the v1.0 ControlNet of `controlnet_type` (no ControlNet
     when controlnet_type is None too). vae: a separate VAE id/path, or None / one of OWN_VAE for the model's own.
@@ -174,16 +182,22 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
     touches the network (HF_HUB_OFFLINE=1 does the same)."""
     if controlnet_type is not None and controlnet_type not in CONTROL_TYPES:
         raise ValueError(f"controlnet_type: one of {CONTROL_TYPES} or None, got {controlnet_type!r}")
+    from . import addons as addons_mod
     if model in TINY_NAMES:
-        parts = tiny_components(controlnet=controlnet_type is not None or controlnet is not None,
+        parts = tiny_components(controlnet=controlnet_type is not None or controlnet is not None or bool(controlnets),
                                 dtype=dtype, device=device)
         if controlnet is not None and not isinstance(controlnet, str):
             parts.controlnet = controlnet
-        return _placed(parts, device, dtype)
+        if controlnets and len(controlnets) > 1:  # the tiny model's ControlNet, then one per further seed
+            from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+            parts.controlnet = MultiControlNetModel([parts.controlnet] + [
+                tiny_components(seed=k, text_encoder=False).controlnet for k in range(1, len(controlnets))])
+        return _with_addons(_placed(parts, device, dtype), addons)
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if not (os.path.isdir(model) or "/" in model):
+    single = addons_mod.is_single_file(model)
+    if not (single or os.path.isdir(model) or "/" in model):
         raise ValueError(f"model: a diffusers model id ('owner/name'), a local folder, or one of {TINY_NAMES}; got "
                          f"{model!r}")
     from diffusers import DDPMScheduler
@@ -199,17 +213,24 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
             log(f"fresco: note: the published VAE {PUBLISHED_VAE} is not available locally; using the model's own "
                 f"VAE (download it, or set vae: own to silence this)")
     try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw)
-        if vae_m is None:
-            vae_m = AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=local_files_only)
-        scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", local_files_only=local_files_only)
+        if single:
+            unet, own_vae, text_encoder, tokenizer, sched = addons_mod.load_single_file(model, model_config, dtype)
+            vae_m = vae_m if vae_m is not None else own_vae
+            scheduler = DDPMScheduler.from_config(sched.config)
+        else:
+            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw)
+            if vae_m is None:
+                vae_m = AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
+            text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kw)
+            tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=local_files_only)
+            scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", local_files_only=local_files_only)
     except (OSError, ValueError) as e:
         raise RuntimeError(f"model: could not load the SD1.5 components of {model!r} "
                            f"(local_files_only={local_files_only}): {e}") from e
     cn = None
-    if isinstance(controlnet, torch.nn.Module):
+    if controlnets:
+        cn = addons_mod.load_controlnets(controlnets, dtype, local_files_only)
+    elif isinstance(controlnet, torch.nn.Module):
         cn = controlnet
     elif controlnet is not None or controlnet_type is not None:
         cn_id = controlnet if controlnet is not None else CONTROLNET_IDS[controlnet_type]
@@ -218,4 +239,15 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
         except (OSError, ValueError) as e:
             raise RuntimeError(f"controlnet: could not load {cn_id!r} (local_files_only={local_files_only}): {e}") \
                 from e
-    return _placed(Components(unet, vae_m, text_encoder, tokenizer, scheduler, cn), device, dtype)
+    parts = _placed(Components(unet, vae_m, text_encoder, tokenizer, scheduler, cn), device, dtype)
+    return _with_addons(parts, addons)
+
+
+def _with_addons(parts: Components, addons) -> Components:
+    """parts with `addons` (fresco.models.addons.Addons) loaded into them, when there are any."""
+    if addons:
+        from .addons import apply_addons
+        parts.addons = apply_addons(parts, addons)
+        for m in (parts.unet, parts.text_encoder):  # the adapters' new parameters too
+            m.eval().requires_grad_(False)
+    return parts

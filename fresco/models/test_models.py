@@ -11,7 +11,10 @@
   byte-level tokenizer, 2 layers 32 wide, 32x32 images);
 - the support checkpoints the configs name relative to the working directory (`SUPPORT_FILES`):
   DIR/model/gmflow_sintel-0c07dcb3.pth (GMFlow, full size: 19 MB) and DIR/model/epoch_resnet.pth (EGNet, the
-  published names at 1/16 of the widths: 1.9 MB instead of 450 MB); the loaders read the widths from the shapes.
+  published names at 1/16 of the widths: 1.9 MB instead of 450 MB); the loaders read the widths from the shapes;
+- the ControlNet 1.1 repositories the softedge/scribble preprocessors select (fresco.models.addons), and under
+  DIR/user the files users bring (fresco.models.test_addons): a single-file checkpoint, kohya and diffusers LoRAs,
+  an embedding, an IP-Adapter.
 
 The outputs are noise: they exist for tests and the offline demo."""
 from __future__ import annotations
@@ -133,7 +136,8 @@ def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[st
     for repo in (PUBLISHED_SD_MODELS if sd_models is None else sd_models):
         write_sd_model(hf_home, repo)
         written.append(repo)
-    for repo in CONTROLNET_IDS.values():
+    from ..addon_specs import DEFAULT_CONTROLNETS
+    for repo in dict.fromkeys([*CONTROLNET_IDS.values(), *DEFAULT_CONTROLNETS.values()]):
         write_controlnet(hf_home, repo)
         written.append(repo)
     write_vae(hf_home)
@@ -144,4 +148,7 @@ def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[st
     written.append(DEFAULT_CLIP)
     write_support_models(hf_home)
     written.extend(SUPPORT_FILES.values())
+    if sd_models is None or "runwayml/stable-diffusion-v1-5" in sd_models:
+        from .test_addons import write_user_files
+        written.extend(str(p.relative_to(hf_home)) for p in write_user_files(hf_home).values())
     return written

@@ -26,6 +26,7 @@ from ..models.sd import (CONTROL_TYPES, TINY, Components, load_components, make_
                          resolve_dtype, tiny_components)
 from ..settings import FrescoSettings
 from .attention import FrescoController, install_processors, restore_processors
+from ..addon_specs import PREPROCESSORS
 from .control import control_maps
 from .freeu import FreeU
 from .inputs import BatchInputs
@@ -141,17 +142,31 @@ class FrescoPipeline:
     `from_components(unet=..., vae=..., ...)`, then call it with frames and a prompt."""
 
     def __init__(self, components: Components, device: Union[str, torch.device] = "cpu",
-                 dtype: torch.dtype = torch.float32, control_type: Optional[str] = "canny",
-                 flow: Union[str, FlowEstimator, None] = "dis", annotator_path: Optional[str] = None):
-        if control_type is not None and control_type not in CONTROL_TYPES:
-            raise ValueError(f"control_type: one of {CONTROL_TYPES} or None, got {control_type!r}")
+                 dtype: torch.dtype = torch.float32, control_type: Union[str, Sequence[str], None] = "canny",
+                 flow: Union[str, FlowEstimator, None] = "dis", annotator_path: Optional[str] = None,
+                 control_scales: Optional[Sequence[float]] = None):
+        """control_type: the preprocessor of the ControlNet, or one per ControlNet of a MultiControlNetModel
+        (fresco.addon_specs.PREPROCESSORS). control_scales: one conditioning scale per ControlNet (None, or an
+        entry None: the settings' cond_scale, as published)."""
+        types = [control_type] if isinstance(control_type, str) or control_type is None else list(control_type)
+        if control_type is not None and any(t not in PREPROCESSORS for t in types):
+            raise ValueError(f"control_type: one of {PREPROCESSORS} (or a list of them) or None, got {control_type!r}")
         self.unet = components.unet
         self.vae = components.vae
         self.text_encoder = components.text_encoder
         self.tokenizer = components.tokenizer
         self.scheduler = components.scheduler
         self.controlnet = components.controlnet
-        self.control_type = control_type if self.controlnet is not None else None
+        self.control_type = (types[0] if len(types) == 1 else control_type) if self.controlnet is not None else None
+        self.control_types = types if self.controlnet is not None else []
+        n_nets = len(getattr(self.controlnet, "nets", [None])) if self.controlnet is not None else 0
+        if self.controlnet is not None and len(self.control_types) != n_nets:
+            raise ValueError(f"control_type: one preprocessor per ControlNet ({n_nets}), got {control_type!r}")
+        if control_scales is not None and len(control_scales) != n_nets:
+            raise ValueError(f"control_scales: one scale per ControlNet ({n_nets}), got {list(control_scales)}")
+        self.control_scales = list(control_scales) if control_scales is not None else None
+        self.addons = components.addons
+        self.ip_image = None
         self.device = torch.device(device)
         self.dtype = dtype
         self.flow = get_flow_estimator(flow, self.device)
@@ -168,19 +183,34 @@ class FrescoPipeline:
     def from_pretrained(cls, model: str = TINY, controlnet=None, controlnet_type: Optional[str] = "canny",
                         device: Union[str, torch.device, None] = "auto", dtype=None, flow="dis",
                         local_files_only: bool = False, vae: Optional[str] = None,
-                        annotator_path: Optional[str] = None, log: Callable[[str], None] = print
-                        ) -> "FrescoPipeline":
+                        annotator_path: Optional[str] = None, log: Callable[[str], None] = print,
+                        model_config: Optional[str] = None, controlnets: Optional[Sequence] = None,
+                        addons=None) -> "FrescoPipeline":
         """model: an SD1.5-family diffusers id or folder, or "tiny" (random weights built in code, offline).
         controlnet: a ControlNetModel or id/path; default: the v1.0 ControlNet of controlnet_type (None: no
         ControlNet). vae: a separate VAE (fresco.models.sd.load_components; the published one falls back to the
         model's own with one note to `log`). annotator_path: a folder with the HED/depth annotator weights (default:
-        the Hugging Face cache). device/dtype: "auto" = CUDA fp16 when available, else CPU fp32."""
+        the Hugging Face cache). device/dtype: "auto" = CUDA fp16 when available, else CPU fp32.
+        model may also be a single-file checkpoint (model_config: the local folder of its diffusers configs);
+        controlnets: [fresco.addon_specs.ControlSpec], several ControlNets each with its preprocessor and scale
+        (replaces controlnet/controlnet_type); addons: fresco.models.addons.Addons (LoRA, embeddings, IP-Adapter;
+        set the IP-Adapter's style image with `set_ip_adapter_image`)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         parts = load_components(model, controlnet=controlnet, controlnet_type=controlnet_type, device=dev, dtype=dt,
-                                local_files_only=local_files_only, vae=vae, log=log)
+                                local_files_only=local_files_only, vae=vae, log=log, model_config=model_config,
+                                controlnets=controlnets, addons=addons)
+        if controlnets:
+            return cls(parts, dev, dt, control_type=[c.preprocessor for c in controlnets], flow=flow,
+                       annotator_path=annotator_path, control_scales=[c.scale for c in controlnets])
         return cls(parts, dev, dt, control_type=controlnet_type if parts.controlnet is not None else None, flow=flow,
                    annotator_path=annotator_path)
+
+    def set_ip_adapter_image(self, image) -> None:
+        """The IP-Adapter's style image (PIL image or [H, W, 3] uint8 RGB) for the following calls."""
+        if self.addons is None or not self.addons.ip_adapter:
+            raise ValueError("ip_image: this pipeline has no IP-Adapter (load one with addons=Addons(ip_adapter=...))")
+        self.ip_image = image
 
     @classmethod
     def from_components(cls, unet, vae, scheduler=None, text_encoder=None, tokenizer=None, controlnet=None,
@@ -213,6 +243,8 @@ class FrescoPipeline:
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
         if len(prompts) != n or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt: a string or a list of {n} strings (one per frame), got {prompt!r}")
+        if self.addons is not None and self.addons.embeddings:  # a multi-vector embedding's token -> its tokens
+            prompts = [self.addons.loader.maybe_convert_prompt(p, self.tokenizer) for p in prompts]
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids)[0].to(self.dtype)
@@ -302,7 +334,8 @@ class FrescoPipeline:
         backend, vae_chunk); `overrides` are FrescoSettings fields by keyword (e.g. num_inference_steps=6,
         backend="reference") applied on top of `settings` (default FrescoSettings()). backend=None (the default)
         follows the global switch, fresco_kernels.use_backend / set_backend.
-        control_images: [N, H, W(, 3)] uint8 condition images (default: computed with the ControlNet's type).
+        control_images: [N, H, W(, 3)] uint8 condition images (default: computed with the ControlNet's type); with
+        several ControlNets a list of such, one per ControlNet.
         background: [N, h, w] float in [0, 1] (1 = background) for background smoothing, any h x w (e.g. the
         published half-size saliency map): resized bilinearly to each tensor it smooths, as published.
         anchor_latents: for long videos, the [2, 4, h, w] latents written into frames 0 and 1 at the start of each run
@@ -392,11 +425,19 @@ class FrescoPipeline:
                 batch.inputs = BatchInputs(fwd, bwd, focc, bocc, background=bg, backend=s.backend)
         if self.controlnet is not None:
             with stages("control"):
-                if cond_img is None:
-                    cond_img = control_maps(frames, self.control_type, self.annotator_path,
-                                            (s.canny_low, s.canny_high), device=dev)
-                cond = torch.from_numpy(cond_img).to(dev).permute(0, 3, 1, 2).float() / 255.0
-                batch.cond = torch.cat([cond, cond]).to(self.dtype)
+                conds = []
+                for k, ctype in enumerate(self.control_types):
+                    img = cond_img[k] if cond_img is not None else \
+                        control_maps(frames, ctype, self.annotator_path, (s.canny_low, s.canny_high), device=dev)
+                    cond = torch.from_numpy(img).to(dev).permute(0, 3, 1, 2).float() / 255.0
+                    conds.append(torch.cat([cond, cond]).to(self.dtype))
+                batch.cond = conds[0] if len(conds) == 1 else conds
+        if self.addons is not None and self.addons.ip_adapter:
+            if self.ip_image is None:
+                raise ValueError("ip_image: the IP-Adapter needs a style image (FrescoPipeline.set_ip_adapter_image)")
+            with stages("prepare"):
+                embeds = self.addons.loader.prepare_ip_adapter_image_embeds(self.ip_image, None, dev, n, True)
+                batch.added_cond = {"image_embeds": [e.to(self.dtype) for e in embeds]}
         imgs_pm1 = imgs / 127.5 - 1.0
         with stages("prepare"):
             if batch.inputs is not None and (s.cross_frame_attention or s.temporal_attention):
@@ -414,12 +455,21 @@ class FrescoPipeline:
             batch.latent_x0 = self.vae_encode(imgs_pm1, batch.gen, s.vae_chunk)
         return batch
 
-    def _control_images(self, control_images, frames: np.ndarray) -> Optional[np.ndarray]:
-        """The user's condition images as [N, H, W, 3] uint8, checked against `frames` (None: compute them)."""
+    def _control_images(self, control_images, frames: np.ndarray) -> Optional[List[np.ndarray]]:
+        """The user's condition images, one [N, H, W, 3] uint8 array per ControlNet, checked against `frames` (None:
+        compute them). Several ControlNets take a list with one entry per ControlNet."""
         if control_images is None:
             return None
         if self.controlnet is None:
             raise ValueError("control_images: this pipeline has no ControlNet")
+        if len(self.control_types) == 1:
+            return [self._control_image(control_images, frames)]
+        if not isinstance(control_images, (list, tuple)) or len(control_images) != len(self.control_types):
+            raise ValueError(f"control_images: one entry per ControlNet ({len(self.control_types)}), each like "
+                             f"frames; got {type(control_images).__name__}")
+        return [self._control_image(c, frames) for c in control_images]
+
+    def _control_image(self, control_images, frames: np.ndarray) -> np.ndarray:
         ci = _frames_array(control_images)
         if ci.ndim == 3:
             ci = np.repeat(ci[..., None], 3, axis=-1)
@@ -479,7 +529,7 @@ class FrescoPipeline:
             t_ref = batch.timesteps[-1]
             x_ref = self.scheduler.add_noise(batch.latent_x0, batch.noise, torch.tensor([t_ref], device=self.device))
             self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), t_ref, encoder_hidden_states=batch.embeds,
-                      return_dict=False)
+                      added_cond_kwargs=batch.added_cond, return_dict=False)
             ctrl.mode = "off"
 
     def _denoise(self, batch: "_Batch", anchors: Optional[Callable[[int], torch.Tensor]],
@@ -530,10 +580,13 @@ class FrescoPipeline:
         x_in = torch.cat([latents, latents]).to(self.dtype)
         down = mid = None
         if self.controlnet is not None:
+            scales = [s.cond_scale if x is None else x for x in self.control_scales or [None]]
+            scale = scales[0] if len(scales) == 1 else scales
             down, mid = self.controlnet(x_in, t, encoder_hidden_states=batch.embeds, controlnet_cond=batch.cond,
-                                        conditioning_scale=s.cond_scale, guess_mode=False, return_dict=False)
+                                        conditioning_scale=scale, guess_mode=False, return_dict=False)
         eps = self.unet(x_in, t, encoder_hidden_states=batch.embeds, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0].float()
+                        mid_block_additional_residual=mid, added_cond_kwargs=batch.added_cond,
+                        return_dict=False)[0].float()
         eps_u, eps_c = eps.chunk(2)
         return eps_u + s.guidance_scale * (eps_c - eps_u)
 
@@ -557,7 +610,9 @@ class _Batch:
     smoothing: bool
     optimize_on: bool
     inputs: Optional[BatchInputs] = None
-    cond: Optional[torch.Tensor] = None
+    cond: Union[None, torch.Tensor, List[torch.Tensor]] = None
+    # the UNet's added_cond_kwargs (the IP-Adapter's image embeddings), None without an IP-Adapter
+    added_cond: Optional[Dict] = None
     embeds: Optional[torch.Tensor] = None
     timesteps: List[int] = field(default_factory=list)
     noise: Optional[torch.Tensor] = None

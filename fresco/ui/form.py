@@ -24,12 +24,17 @@ GROUP_ORDER = ("Prompt", "Model", "FRESCO constraints", "Schedule", "Optimisatio
                "Output", "Propagation", "More")
 OWN_WIDGETS = ("file_path", "save_path", "mininterv", "maxinterv")
 NOT_SETTINGS = ("extra",)
-LABELS = {"sd_path": "model (diffusers id, local folder or tiny-random)", "cond_scale": "ControlNet scale",
+LABELS = {"sd_path": "model (diffusers id, local folder, .safetensors/.ckpt file or tiny-random)",
+          "cond_scale": "ControlNet scale",
           "use_controlnet": "ControlNet", "controlnet_type": "ControlNet type", "use_freeu": "FreeU",
           "num_inference_steps": "steps", "num_warmup_steps": "SDEdit warm-up steps",
           "end_opt_step": "optimise until step", "opt_iters": "Adam iterations per step",
           "batch_size": "keyframes per batch", "size": "processing size WxH (empty: from short side)",
-          "fps": "fps (image folders only; empty: 30)", "crf": "H.264 quality (crf)"}
+          "fps": "fps (image folders only; empty: 30)", "crf": "H.264 quality (crf)",
+          "controlnets": "ControlNets 'hed:0.7,depth:0.5' (replaces the type above)",
+          "loras": "LoRA files 'FILE:WEIGHT; FILE:WEIGHT'", "embeddings": "embeddings 'FILE:TOKEN; ...'",
+          "ip_adapter": "IP-Adapter file", "ip_image": "style image (IP-Adapter)",
+          "model_config": "configs folder of a single-file model"}
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ def form_values(cfg: RenderConfig) -> dict[str, Any]:
             v = ", ".join(str(i) for i in v)
         elif s.name == "extra_prompts":
             v = format_extra_prompts(v)
+        elif s.name in ("loras", "embeddings") and isinstance(v, list):
+            v = "; ".join(v)
         out[s.name] = "" if v is None and s.kind in ("text", "ints") else v
     return out
 

@@ -141,12 +141,14 @@ class PipelineCache:
         self.lock = threading.Lock()
 
     def get(self, cfg: RenderConfig):
-        key = (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.flow)
+        from ..video.stylize import model_kwargs, models_key
+        key = (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.flow) \
+            + models_key(cfg)
         with self.lock:
             if key != self.key:
                 self.pipe = None
                 self.pipe = FrescoPipeline.from_pretrained(cfg.model, controlnet_type=key[1], device=cfg.device,
-                                                           dtype=cfg.dtype, flow=cfg.flow)
+                                                           dtype=cfg.dtype, flow=cfg.flow, **model_kwargs(cfg))
                 self.key = key
             return self.pipe
 

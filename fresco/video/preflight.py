@@ -14,8 +14,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..addon_specs import is_single_file, parse_controlnets
 from ..config import RenderConfig
 from ..constants import CONTROLNET_IDS, TINY_NAMES, VIDEO_SUFFIXES
+from ..models import addons
 from .io import VideoInfo
 from .outdir import check_not_input
 
@@ -207,10 +209,16 @@ def check_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], devi
         raise ValueError(f"output: '{out}' is a folder; choose another --output")
     local_only = False
     if default_model:
-        local_only = check_model_available(cfg.model, "unet/config.json", "sd_path")
+        # the user's single file, LoRAs, embeddings, IP-Adapter: one line naming a bad file
+        addons.check_files(cfg.model, cfg.model_config, addons.user_addons(cfg), cfg.ip_image)
+        if not is_single_file(cfg.model):
+            local_only = check_model_available(cfg.model, "unet/config.json", "sd_path")
         if cfg.use_controlnet and cfg.model not in TINY_NAMES:  # the tiny model brings its own ControlNet
-            local_only |= check_model_available(CONTROLNET_IDS[cfg.controlnet_type], "config.json",
-                                                "controlnet_type")
+            key = "controlnets" if cfg.controlnets else "controlnet_type"
+            ids = [c.model for c in parse_controlnets(cfg.controlnets)] if cfg.controlnets else \
+                [CONTROLNET_IDS[cfg.controlnet_type]]
+            for cn in ids:
+                local_only |= check_model_available(cn, "config.json", key)
     if not cfg.force:
         on_gpu = device.type == "cuda"
         dtype_bytes = 4 if cfg.dtype == "float32" or (cfg.dtype == "auto" and not on_gpu) else 2

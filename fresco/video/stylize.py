@@ -1,8 +1,9 @@
 """The one-batch FRESCO pipeline (fresco.pipeline) behind the renderer's `BatchStylizer` interface: frames and the
 anchors' per-step latents in (a sequence or a callable), stylised frames out, frames 0 and N-1's latents reported
 per step through a callback. Prompts are built per keyframe as the published script does (fresco.pipeline.prompts),
-and the model loads with the config's VAE and annotator weights. With `use_salinecy` each batch's background map (saliency,
-docs/flow_and_saliency.md) goes to the pipeline, so both background smoothings run."""
+and the model loads with the config's VAE, annotator weights and the models users bring (fresco.models.addons). With
+`use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md) goes to the pipeline, so both
+background smoothings run."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import addon_specs
 from ..config import RenderConfig
+from ..models import addons
 from ..models.flow import FlowEstimator, get_flow_estimator
 from ..models.saliency import SaliencyEstimator, background_mask, get_saliency_estimator
 from ..pipeline import FrescoPipeline
@@ -24,7 +27,20 @@ def pipeline_key(cfg: RenderConfig) -> tuple:
     """What decides `load_pipeline(cfg)`'s result: renders with equal keys can share one pipeline (a Ray actor
     keeps one per key for the jobs it runs)."""
     return (cfg.model, cfg.controlnet_type if cfg.use_controlnet else None, cfg.device, cfg.dtype, cfg.vae,
-            cfg.annotator_path, cfg.flow_name, cfg.gmflow_path, cfg.raft_path)
+            cfg.annotator_path, cfg.flow_name, cfg.gmflow_path, cfg.raft_path) + models_key(cfg)
+
+
+def models_key(cfg: RenderConfig) -> tuple:
+    """What decides the user models `model_kwargs(cfg)` loads (part of pipeline_key)."""
+    return (cfg.model_config, tuple(cfg.loras or ()), cfg.fuse_lora, tuple(cfg.embeddings or ()), cfg.ip_adapter,
+            cfg.ip_scale, str(cfg.controlnets) if cfg.use_controlnet else None)
+
+
+def model_kwargs(cfg: RenderConfig) -> dict:
+    """FrescoPipeline.from_pretrained's keywords for the models users bring (fresco.models.addons): the single-file
+    model's config folder, several ControlNets, and the LoRAs / embeddings / IP-Adapter."""
+    controlnets = addon_specs.parse_controlnets(cfg.controlnets) if cfg.use_controlnet and cfg.controlnets else None
+    return dict(model_config=cfg.model_config, controlnets=controlnets, addons=addons.user_addons(cfg))
 
 
 def flow_estimator(cfg: RenderConfig) -> FlowEstimator:
@@ -43,7 +59,7 @@ def load_pipeline(cfg: RenderConfig, flow: Optional[FlowEstimator] = None, local
     return FrescoPipeline.from_pretrained(cfg.model, controlnet_type=cfg.controlnet_type if cfg.use_controlnet
                                           else None, device=cfg.device, dtype=cfg.dtype, flow=flow,
                                           vae=cfg.vae, annotator_path=cfg.annotator_path, log=log or _log,
-                                          local_files_only=local_files_only)
+                                          local_files_only=local_files_only, **model_kwargs(cfg))
 
 
 def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_files_only: bool = False,
@@ -60,6 +76,10 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_fi
     pipe = pipe or load_pipeline(cfg, flow, local_files_only, log)
     if flow is not None:
         pipe.flow = flow
+    if cfg.ip_image is not None:
+        from PIL import Image
+        with Image.open(cfg.ip_image) as im:
+            pipe.set_ip_adapter_image(im.convert("RGB"))
     if cfg.use_salinecy and saliency is None:
         if not cfg.sod_path:
             raise ValueError("sod_path: use_salinecy needs the EGNet checkpoint (or turn saliency off with "
