@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from .video.outdir import check_output_name
+from .video.outdir import check_output_name, check_output_root
 
 from . import settings as settings_mod
 from .models.flow import FLOW_ESTIMATORS
@@ -130,6 +130,8 @@ class RenderConfig:
         if w < 64 or h < 64 or w % 64 or h % 64:
             raise ValueError(f"size: both sides must be multiples of 64 and >= 64 (the UNet downsamples the 1/8 "
                              f"latent 3 times), got {w}x{h}")
+        if max(w, h) > 16384:
+            raise ValueError(f"size: each side at most 16384 (the H.264 encoder's limit), got {w}x{h}")
         return w, h
 
     def validate(self) -> "RenderConfig":
@@ -163,6 +165,8 @@ class RenderConfig:
         need(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
         need(self.fps is None or float(self.fps) > 0, "fps", "must be > 0")
         check_output_name(self.output)
+        if self.save_path:
+            check_output_root(self.save_path)
         need(self.output.lower().endswith((".mp4", ".mov", ".mkv")) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
         need(self.max_frames is None or (isinstance(self.max_frames, int) and not isinstance(self.max_frames, bool)

@@ -3,6 +3,7 @@
 the outputs. Errors are the CLI's one-line messages. The Gradio layer (fresco.ui.app) only wires these up."""
 from __future__ import annotations
 
+import io
 import json
 import queue
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..config import RenderConfig
 from ..video import Batch, plan_batches, probe, processing_size, read_frames
+from ..video import safe_fs
 from ..video.render import STATE, BatchStylizer, Cancelled, RenderResult, render, select_keys
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, TypeError)
@@ -109,12 +111,13 @@ def finished_keys(save_path: str | Path) -> list[tuple[str, str]]:
 
 
 def zip_keys(keys_dir: Path, dest: Path) -> Path:
-    """The stylised keyframes as one zip next to them (rewritten each time)."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+    """The stylised keyframes as one zip next to them (rewritten each time, through the output folder's write
+    gate: never through a link)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         for p in sorted(Path(keys_dir).glob("*.png")):
             z.write(p, p.name)
-    tmp.replace(dest)
+    safe_fs.write_atomic(dest.parent, dest.name, buf.getvalue())
     return dest
 
 

@@ -1,8 +1,9 @@
 """The renderer's output folder, made safe for the user's files: which output names are allowed, the rule that the
-output never lands on or around the input, an exclusive lock per folder (a lock file holding the owner's pid and
-host), and the manifest of files the renderer wrote (kept in the state file). The renderer deletes or replaces
-only files listed in that manifest; anything else in the folder needs `overwrite`, and even then only the paths the
-renderer writes are replaced, never the user's other files."""
+output never lands on or around the input nor on a filesystem root or the home directory, an exclusive lock per
+folder (a lock file holding the owner's pid and host, created exclusively, never followed through a link), and the
+refusal of files the renderer did not write. What may be written or deleted is decided by fresco.video.safe_fs and
+the manifest of the state file: only files the renderer can prove it wrote; anything else in the folder needs
+`overwrite`, and even then only the paths the renderer writes are replaced, never the user's other files."""
 from __future__ import annotations
 
 import errno
@@ -10,9 +11,10 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 STATE = "state.json"
 LOCK = ".fresco.lock"
@@ -64,6 +66,17 @@ def check_not_input(input_path: str | os.PathLike, root: Path, output: str) -> N
                          f"folder outside it")
 
 
+def check_output_root(root: str | os.PathLike) -> None:
+    """Refuse an output folder that is a filesystem root or the user's home directory itself."""
+    r = Path(root).resolve()
+    if r.parent == r:
+        raise ValueError(f"save_path: '{root}' is a filesystem root; give a folder of its own, e.g. -o out/clip")
+    home = Path.home().resolve()
+    if r == home:
+        raise ValueError(f"save_path: '{root}' is your home directory; give a folder of its own inside it, e.g. "
+                         f"-o {home / 'fresco-out'}")
+
+
 def make_folder(root: Path) -> bool:
     """Create the output folder (and its parents); True when it did not exist. A clear error when it cannot be."""
     if root.is_dir():
@@ -91,12 +104,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _lock_record(text: str) -> Optional[dict]:
+    """The lock record in `text` ({"pid": int, "host": str, "started": str}), None when it is not one."""
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(d, dict) and set(d) == {"pid", "host", "started"} and isinstance(d["pid"], int) \
+        and isinstance(d["host"], str) and isinstance(d["started"], str)
+    return d if ok else None
+
+
 class FolderLock:
     """An exclusive `flock` on `<root>/.fresco.lock`, which holds the owner's pid, host and start time as JSON.
 
-    The kernel drops the lock when its process dies, so a lock file left by a killed render is free to take: the
-    taker says so (`stale`). release() removes the file while still holding the lock; acquire() re-checks that the
-    file it locked is still the one at the path, so two renders can never both hold a lock."""
+    The file is created with O_CREAT|O_EXCL|O_NOFOLLOW. An existing one is opened without following a link and is
+    used only when it is a regular file holding a lock record this program writes; anything else (a link, a folder,
+    the user's own file of that name) is an error naming it, and is never truncated or deleted. The kernel drops the
+    lock when its process dies, so a lock file left by a killed render is free to take: the taker says so
+    (`stale`). release() removes the file (only the one it locked) while still holding the lock; acquire()
+    re-checks that the file it locked is still the one at the path, so two renders can never both hold a lock."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -106,15 +133,43 @@ class FolderLock:
 
     @staticmethod
     def _describe(text: str) -> str:
+        d = _lock_record(text)
+        return f"pid {d['pid']} on host {d['host']}, started {d['started']}" if d else "an unknown process"
+
+    def _foreign(self, why: str) -> ValueError:
+        return ValueError(f"save_path: '{self.path}' {why}, not a lock fresco wrote; the render leaves it alone: "
+                          f"move it away or choose another -o")
+
+    def _open(self) -> tuple[int, bool]:
+        """(fd, created) of the lock file: created exclusively, or an existing regular file (no link followed)."""
         try:
-            d = json.loads(text)
-            return f"pid {d['pid']} on host {d['host']}, started {d['started']}"
-        except (ValueError, KeyError, TypeError):
-            return "an unknown process"
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return -1, False
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self._foreign("is a symbolic link") from None
+            if e.errno == errno.EISDIR:
+                raise self._foreign("is a folder") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._foreign("is not a regular file")
+        return fd, False
 
     def acquire(self) -> "FolderLock":
+        return self._acquire(20)
+
+    def _acquire(self, empty_tries: int) -> "FolderLock":
+        """acquire(), looking again up to `empty_tries` times at an existing lock file that is still empty."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd, created = self._open()
+            if fd < 0:
+                continue  # removed between our two opens: create it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -125,19 +180,24 @@ class FolderLock:
                                        f"it to finish or choose another -o") from None
                 raise
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
                 break
             os.close(fd)  # the previous holder removed the file between our open and flock: lock the new one
-        previous = os.read(fd, 4096).decode(errors="replace").strip()
-        if previous:
-            try:
-                pid, host = (lambda d: (int(d["pid"]), d["host"]))(json.loads(previous))
-                dead = host == socket.gethostname() and not _pid_alive(pid)
-            except (ValueError, KeyError, TypeError):
-                dead = False
+        if not created:
+            previous = os.read(fd, 4096).decode(errors="replace").strip()
+            d = _lock_record(previous)
+            if d is None and not previous and empty_tries > 0:
+                os.close(fd)  # a render that has just created the file writes its record next: look again
+                empty_tries -= 1
+                time.sleep(0.05)
+                return self._acquire(empty_tries)
+            if d is None:
+                os.close(fd)
+                raise self._foreign("holds no lock record (pid, host, started)" if previous else "is empty")
+            dead = d["host"] == socket.gethostname() and not _pid_alive(d["pid"])
             self.stale = (f"took over the stale lock of {self._describe(previous)}"
                           f"{', which is no longer running' if dead else ''}")
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -153,7 +213,10 @@ class FolderLock:
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            if os.fstat(self._fd).st_ino == os.lstat(self.path).st_ino:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
         finally:
             os.close(self._fd)
             self._fd = None
@@ -165,36 +228,9 @@ class FolderLock:
         self.release()
 
 
-def foreign(root: Path, rels: Iterable[str], owned: set) -> list[Path]:
-    """The paths among `rels` (relative to root) that exist and are not in the manifest `owned`; for a folder,
-    every file inside it that is not owned."""
-    out = []
-    for rel in rels:
-        p = root / rel
-        if p.is_dir():
-            out += [f for f in sorted(p.iterdir()) if f"{rel}/{f.name}" not in owned]
-        elif (p.exists() or p.is_symlink()) and rel not in owned:
-            out.append(p)
-    return out
-
-
 def refuse_foreign(paths: list[Path]) -> None:
     """The error for files the renderer would replace but did not write (allowed only with --overwrite)."""
     if paths:
         shown = ", ".join(f"'{p}'" for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ValueError(f"output: {shown} already exist(s) and were not written by fresco (not in its state "
                          f"file); use --overwrite to replace them, or choose another -o/--output")
-
-
-def remove_owned(root: Path, owned: Iterable[str]) -> None:
-    """Delete the files of the manifest `owned` (paths relative to root); folders are removed only when empty."""
-    dirs = set()
-    for rel in owned:
-        p = root / rel
-        if p.is_file() or p.is_symlink():
-            p.unlink()
-        if "/" in rel:
-            dirs.add(root / rel.rsplit("/", 1)[0])
-    for d in sorted(dirs, key=lambda d: -len(d.parts)):
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()

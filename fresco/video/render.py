@@ -5,9 +5,9 @@ file) are ever deleted or replaced without --overwrite (fresco.video.outdir)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -25,11 +25,10 @@ from fresco_kernels import get_backend
 from ..config import RenderConfig
 from ..models.flow import FlowEstimator
 from ..pipeline.core import AnchorCallback, AnchorSource
-from . import preflight
+from . import preflight, safe_fs
 from .io import VideoInfo, VideoWriter, probe, processing_size, read_frames, read_timed_frames
 from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
-from .outdir import (KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, foreign, make_folder,
-                     refuse_foreign, remove_owned)
+from .outdir import KEYS, LATENTS, PREVIEW, STATE, FolderLock, check_not_input, make_folder, refuse_foreign
 from .propagate import propagate
 from .stylize import flow_estimator
 
@@ -82,20 +81,11 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_png(path: Path, img: np.ndarray) -> None:
+def _png(img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError(f"could not encode {path}")
-    _atomic_write_bytes(path, buf.tobytes())
+        raise RuntimeError(f"could not encode a {img.shape} image as PNG")
+    return buf.tobytes()
 
 
 def _load_png(path: Path) -> np.ndarray:
@@ -120,9 +110,11 @@ def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> s
 
 class _State:
     """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
-    manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
-    path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
-    The file is first written once the model is loaded and the first batch starts."""
+    manifest `files` (paths relative to the folder) of everything the renderer wrote there, with `hashes` (each
+    file's [size, sha256], recorded before it is moved into place) that prove which files are the renderer's.
+    Written atomically through fresco.video.safe_fs; a path enters the manifest before it is written, a batch
+    counts only once its keyframes and latents are on disk. The file is first written once the model is loaded and
+    the first batch starts. A loaded manifest is untrusted: an entry outside the folder refuses the folder."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -130,8 +122,9 @@ class _State:
         self.data: dict = {}
 
     def load(self) -> Optional[dict]:
-        if not self.path.exists():
+        if not (self.path.exists() or self.path.is_symlink()):
             return None
+        safe_fs.inside(self.root, STATE)
         try:
             with open(self.path) as f:
                 self.data = json.load(f)
@@ -144,22 +137,47 @@ class _State:
             batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
             self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
                                         for f in _batch_files(b))
+        safe_fs.check_manifest(self.root, self.path, self.data["files"], self.data.setdefault("hashes", {}))
         return self.data
 
     def owned(self) -> set:
         return set(self.data.get("files", []))
 
     def save(self) -> None:
-        _atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+        safe_fs.write_atomic(self.root, STATE, json.dumps(self.data, indent=1).encode())
+
+    def foreign(self, rels: Sequence[str]) -> list[Path]:
+        """The files at `rels` that the renderer cannot prove it wrote."""
+        return safe_fs.foreign(self.root, rels, self.data.get("files", []), self.data.get("hashes", {}))
+
+    def record(self, rel: str, digest: list) -> None:
+        """Remember `digest` ([size, sha256]) as content the renderer wrote at `rel` (the last two are kept)."""
+        hashes = self.data.setdefault("hashes", {})
+        hashes[rel] = [d for d in hashes.get(rel, []) if d != digest][-1:] + [digest]
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write `data` as the manifest entry `rel`: its hash is saved in the state before the file is moved into
+        place, so a file at `rel` is always one the state can prove."""
+        tmp = safe_fs.write_temp(self.root, rel, data)
+        self.record(rel, safe_fs.digest(data))
+        self.save()
+        safe_fs.commit(self.root, rel, tmp)
+
+    def record_files(self, rels: Sequence[str]) -> None:
+        """Record the hashes of files written outside `write` (the video or PNG frames) and save."""
+        for rel in rels:
+            d = safe_fs.file_digest(safe_fs.inside(self.root, rel))
+            if d is not None:
+                self.record(rel, d)
+        self.save()
 
     def claim(self, rels: Sequence[str], overwrite: bool) -> None:
         """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
         unless `overwrite`."""
         if not overwrite:
-            refuse_foreign(foreign(self.root, rels, self.owned()))
+            refuse_foreign(self.foreign(rels))
         for rel in rels:
-            if "/" in rel:
-                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            safe_fs.writable(self.root, rel)
         self.data["files"] = sorted(self.owned() | set(rels))
         self.save()
 
@@ -230,13 +248,13 @@ def _batch_frames(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], bat
                      f"than on the first pass)")
 
 
-def _preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> None:
-    """Input keyframes on the top row, their stylised versions below."""
+def _preview(sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> bytes:
+    """The preview PNG: input keyframes on the top row, their stylised versions below."""
     def row(imgs):
         scaled = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
                              interpolation=cv2.INTER_AREA) for im in imgs]
         return np.concatenate(scaled, axis=1)
-    _save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))
+    return _png(np.concatenate([row(sources), row(outputs)], axis=0))
 
 
 def _preflight(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], device: torch.device,
@@ -404,7 +422,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
     old = state.load()
     if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old.get("done"))):
         # only what the earlier render wrote goes; with no batch finished there is nothing to lose
-        remove_owned(root, old.get("files", []))
+        safe_fs.remove_proven(root, old["files"], old["hashes"])
         state.path.unlink()
         old = None
     elif old is not None and old["fingerprint"] != fp:
@@ -416,7 +434,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
         if n < 2:
             raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
         warnings = []
-        if not info.is_folder and n != info.n_frames:
+        expected = info.n_frames if cfg.max_frames is None else min(info.n_frames, cfg.max_frames)
+        if not info.is_folder and n != expected:
             msg = f"input: the header of '{cfg.file_path}' promises {info.n_frames} frames but {n} decode"
             if cfg.strict:
                 raise ValueError(f"{msg} (a truncated or damaged file); --strict refuses it")
@@ -449,7 +468,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
         # every path this render will write, checked before the model loads; PNG frames go only into a folder
         # that holds nothing but the renderer's own files
         planned = [f for b in todo for f in _batch_files(b)] + _output_files(cfg, n) + [cfg.output]
-        refuse_foreign(foreign(root, planned, state.owned()))
+        refuse_foreign(state.foreign(planned))
     if todo:
         runner.start()
         state.save()  # the render has really started: from here on the folder is resumable
@@ -475,10 +494,10 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
             state.claim(_batch_files(b), cfg.overwrite)
             new_keys = {k: root / KEYS / f"{k:05d}.png" for k in b.frames[b.n_anchors:]}
             for (k, path), img in zip(new_keys.items(), images[b.n_anchors:]):
-                _save_png(path, img)
-            buf = root / LATENTS / f"{b.index:04d}.pt"
-            torch.save(record, buf.with_name(f".{buf.name}.tmp"))
-            os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
+                state.write(f"{KEYS}/{k:05d}.png", _png(img))
+            buf = io.BytesIO()
+            torch.save(record, buf)
+            state.write(f"{LATENTS}/{b.index:04d}.pt", buf.getvalue())
             state.data["done"] = sorted(set(state.data["done"]) | {b.index})
             state.save()
             progress_note["done"] = len(state.data["done"])
@@ -512,7 +531,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
             yield img
 
     state.claim(_output_files(cfg, n), cfg.overwrite)
-    out_path = root / cfg.output
+    out_path = safe_fs.writable(root, cfg.output)
     with VideoWriter(out_path, fps, size, audio_from=None if info.is_folder else info.path, crf=cfg.crf,
                      time_base=info.time_base if vfr_rate is not None else None) as writer:
         count = 0
@@ -533,8 +552,9 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
         if count != n:
             raise RuntimeError(f"input: decoded {count} frames now but {n} on the first pass")
     timings["propagation_s"] = time.perf_counter() - t
+    state.record_files([f for f in _output_files(cfg, n) if f != PREVIEW])
     preview = root / PREVIEW
-    _preview(preview, sources, outputs)
+    state.write(PREVIEW, _preview(sources, outputs))
     state.data["complete"] = True
     state.save()
     timings["total_s"] = time.perf_counter() - t0
