@@ -33,8 +33,8 @@ class UI:
         self.out_root = Path(out_root)
         self.root = Path(out_root if root is None else root).expanduser().resolve()
         guard.check_under_root(str(self.out_root), self.root)
-        self.default_stylizer = make_stylizer is None
-        self.make_stylizer = make_stylizer or jobs.pipeline_stylizer(jobs.PipelineCache())
+        self._pipeline = jobs.pipeline_stylizer(jobs.PipelineCache())
+        self.make_stylizer = make_stylizer or self._pipeline
         self.jobs: dict[str, jobs.Job] = {}
         self.demo = None
 
@@ -93,7 +93,7 @@ class UI:
         finished keys, and at the end of step 3 the outputs."""
         try:
             cfg = self.config(values, keep, source, out_dir)
-            guard.preflight(cfg, self.default_stylizer)
+            guard.preflight(cfg, default_model=self.make_stylizer is self._pipeline)
         except Exception as e:  # noqa: BLE001
             jobs.log_traceback(e)
             yield {"status": _status(jobs.error_line(e), True)}

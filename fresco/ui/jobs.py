@@ -107,7 +107,9 @@ def plan_keyframes(cfg: RenderConfig, thumb_height: int = 128) -> KeyframePlan:
 def finished_keys(save_path: str | Path) -> list[tuple[str, str]]:
     """(png path, caption) of every stylised keyframe in an output folder, in frame order."""
     d = Path(save_path) / "keys"
-    return [(str(p), f"key {int(p.stem)}") for p in sorted(d.glob("*.png"))] if d.is_dir() else []
+    if d.is_symlink() or not d.is_dir():  # the renderer never writes through a link: nothing of its own to show
+        return []
+    return [(str(p), f"key {int(p.stem)}") for p in sorted(d.glob("*.png")) if not p.is_symlink()]
 
 
 def zip_keys(keys_dir: Path, dest: Path) -> Path:

@@ -44,6 +44,9 @@ def writable(root: Path, rel: str) -> Path:
     cur = root
     for p in rel.split("/")[:-1]:
         cur = cur / p
+        if cur.exists() and not cur.is_dir():
+            raise ValueError(f"save_path: '{cur}' is a file where the renderer keeps a folder; move it away or "
+                             f"choose another -o")
         if not cur.is_dir():
             cur.mkdir()
         inside(root, str(cur.relative_to(root)))
