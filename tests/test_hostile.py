@@ -10,10 +10,11 @@ import socket
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import pytest
 
 from fresco import cli
-from fresco.video import make_synthetic_clip, preflight
+from fresco.video import make_synthetic_clip, preflight, synthetic_frame
 from fresco.video.outdir import LOCK
 
 TINY = ["--model", "tiny-random", "--size", "64x64", "--steps", "2", "--warmup-steps", "1", "--end-opt-step", "1",
@@ -42,7 +43,7 @@ def decoy(tmp_path):
     (d / "keys").mkdir(parents=True)
     (d / "thesis.docx").write_bytes(b"four years of work")
     (d / "secret.txt").write_text("not for the web")
-    (d / "photo.png").write_bytes(Path(__file__).read_bytes()[:64])
+    cv2.imwrite(str(d / "photo.png"), synthetic_frame(0, (64, 64)))
     before = snapshot(d)
     yield d
     assert snapshot(d) == before, "the decoy folder outside the output root changed"
