@@ -24,6 +24,7 @@ from .plan import run_plan
 from .score_cli import add_parser as add_score
 from .score_cli import run as run_score
 from .ui import launch
+from .ui.guard import auth_pairs
 
 
 def _knob_flags(p: argparse.ArgumentParser) -> None:
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "this machine")
     ui.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     ui.add_argument("--out", default="out", help="folder under which each input's output folder is made (out)")
+    ui.add_argument("--root", help="the folder the page may write and serve under (default: --out); typed output "
+                                   "folders must resolve inside it")
+    ui.add_argument("--auth", metavar="USER:PASS", help="require this login (needed with --listen/--share)")
+    ui.add_argument("--auth-file", dest="auth_file", metavar="FILE", help="logins, one USER:PASS a line")
+    ui.add_argument("--no-auth", dest="no_auth", action="store_true",
+                    help="serve --listen/--share without a login (prints a warning)")
     add_score(sub)
     return parser
 
@@ -152,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
+            auth = auth_pairs(args.auth, args.auth_file, args.no_auth, args.listen or args.share)
             try:
                 launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
-                       share=args.share, out_root=args.out)
+                       share=args.share, out_root=args.out, root=args.root, auth=auth)
             except OSError as e:  # port taken, no network for --share
                 raise RuntimeError(f"ui: could not serve{' the share link' if args.share else ''}: "
                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 from . import addon_specs, patch_params
 from . import settings as settings_mod
 from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS,
-                        PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name)
+                        PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
 from .knobs import Range, check_value, is_knob, knob, value_type, yaml_key
 from .patch_params import PatchParams
 from .prompts import parse_extra_prompts, published_pair
@@ -183,6 +183,8 @@ class RenderConfig:
         if w < 64 or h < 64 or w % 64 or h % 64:
             raise ValueError(f"size: both sides must be multiples of 64 and >= 64 (the UNet downsamples the 1/8 "
                              f"latent 3 times), got {w}x{h}")
+        if max(w, h) > 16384:
+            raise ValueError(f"size: each side at most 16384 (the H.264 encoder's limit), got {w}x{h}")
         return w, h
 
     def validate(self) -> "RenderConfig":
@@ -211,6 +213,8 @@ class RenderConfig:
             need(not used or getattr(self, key) is None or Path(getattr(self, key)).is_file(), key,
                  f"no such checkpoint file (a relative path is read from the working directory, {Path.cwd()})")
         check_output_name(self.output)
+        if self.save_path:
+            check_output_root(self.save_path)
         need(self.output.lower().endswith(VIDEO_SUFFIXES) or "." not in Path(self.output).name,
              "output", "a video name (.mp4/.mov/.mkv) or a folder name for PNG frames")
         for key in ("added_prompt", "negative_prompt", "annotator_path"):

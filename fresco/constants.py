@@ -61,3 +61,14 @@ def check_output_name(output: str) -> None:
     if output.lower() in (r.lower() for r in RESERVED):
         raise ValueError(f"output: {output!r} is a name the renderer uses itself in the output folder "
                          f"({', '.join(RESERVED)}); choose another")
+
+
+def check_output_root(root: str | os.PathLike) -> None:
+    """Refuse an output folder that is a filesystem root or the user's home directory itself."""
+    r = Path(root).resolve()
+    if r.parent == r:
+        raise ValueError(f"save_path: '{root}' is a filesystem root; give a folder of its own, e.g. -o out/clip")
+    home = Path.home().resolve()
+    if r == home:
+        raise ValueError(f"save_path: '{root}' is your home directory; give a folder of its own inside it, e.g. "
+                         f"-o {home / 'fresco-out'}")

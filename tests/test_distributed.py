@@ -75,16 +75,24 @@ def test_load_jobs_forms(tmp_path, clips):
 @pytest.mark.parametrize("text,match", [
     ("jobs: []\n", "non-empty list"),
     ("config: {prompt: x}\ninputs: '/nonexistent/*.mp4'\n", "matches no file"),
-    ("jobs:\n  - {prompt: x, file_path: a.mp4, save_path: o, sd_pth: y}\n", "job job0: "),
     ("jobs:\n  - {prompt: x, file_path: a.mp4, save_path: o}\n  - {prompt: y, file_path: b.mp4, save_path: o}\n",
      "same folder"),
     ("job: []\n", "unknown top-level keys"),
-], ids=["empty", "no-match", "bad-key", "same-output", "top-level"])
+], ids=["empty", "no-match", "same-output", "top-level"])
 def test_load_jobs_errors(tmp_path, text, match):
     p = tmp_path / "jobs.yaml"
     p.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_jobs(p)
+
+
+def test_load_jobs_keeps_a_bad_job_as_an_error(tmp_path):
+    p = tmp_path / "jobs.yaml"
+    p.write_text("jobs:\n  - {prompt: x, file_path: a.mp4, save_path: o, sd_pth: y}\n"
+                 "  - {prompt: x, file_path: b.mp4, save_path: p}\n")
+    bad, good = load_jobs(p)
+    assert bad.config is None and bad.error.startswith("job job0: ") and "sd_pth" in bad.error
+    assert good.error is None and good.config.save_path == "p"
 
 
 def test_fleet_equals_sequential_and_bad_job_fails_alone(tmp_path, clips, one_thread):

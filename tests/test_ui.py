@@ -99,7 +99,8 @@ def test_page_config_interval_added_prompt_and_default_folder(tmp_path):
                     "/videos/dance.mp4", "")
     assert (cfg.mininterv, cfg.maxinterv) == (7, 7) and cfg.prompt == "a fox, best quality"
     assert cfg.save_path == str(tmp_path / "out" / "dance")
-    assert ui.config(_values(), {"run_ebsynth": True}, "/v.mp4", " mine ").save_path == "mine"
+    mine = tmp_path / "out" / "mine"
+    assert ui.config(_values(), {"run_ebsynth": True}, "/v.mp4", f" {mine} ").save_path == str(mine)
 
 
 def test_input_description_and_errors(clip, tmp_path):
@@ -189,8 +190,9 @@ def test_cli_ui_flags(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr("fresco.ui.launch", lambda **kw: seen.update(kw))
     assert cli.main(["ui", "--model", "tiny-random"]) == 0
-    assert seen == dict(model="tiny-random", host="127.0.0.1", port=None, share=False, out_root="out")
-    assert cli.main(["ui", "--listen", "--share", "--port", "8000"]) == 0
+    assert seen == dict(model="tiny-random", host="127.0.0.1", port=None, share=False, out_root="out", root=None,
+                        auth=None)
+    assert cli.main(["ui", "--listen", "--share", "--port", "8000", "--auth", "u:p"]) == 0
     assert (seen["host"], seen["share"], seen["port"]) == ("0.0.0.0", True, 8000)
     assert cli.main(["ui", "--port", "0"]) == 2
     assert capsys.readouterr().err.strip() == "fresco: error: --port: must be in 1..65535, got 0"

@@ -27,9 +27,11 @@ JOB_ERRORS = (ValueError, FileNotFoundError, TypeError)
 
 @dataclass
 class Job:
-    """One render: a name for the tables and its complete settings."""
+    """One render: a name for the tables and its complete settings; `error` (and no config) for a job whose
+    settings were refused when the jobs file was read: it fails alone, the others run."""
     name: str
-    config: RenderConfig
+    config: Optional[RenderConfig]
+    error: Optional[str] = None
 
 
 @dataclass
@@ -78,7 +80,8 @@ def load_jobs(path: str | os.PathLike) -> list[Job]:
         inputs: "clips/*.mp4"              # ... for every input the glob matches
         save_root: out                     # each input renders into save_root/<input name> (default: out)
 
-    Every job's settings are validated here, so a bad key fails before any rendering starts."""
+    Every job's settings are validated here, each on its own: a job with a bad key or value comes back with its
+    one-line `error` (and is reported failed by `render_many`) while the others run."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"jobs: '{path}' does not exist (a YAML file of render jobs)")
@@ -122,10 +125,11 @@ def load_jobs(path: str | os.PathLike) -> list[Job]:
         try:
             cfg = cfgmod.from_mapping(keys, f"job {name}")
             cfg.validate()
-        except ValueError as e:
-            raise ValueError(f"job {name}: {e}") from None
+        except (ValueError, TypeError) as e:
+            jobs.append(Job(name, None, f"job {name}: {e}"))
+            continue
         jobs.append(Job(name, cfg))
-    outs = [str(Path(j.config.save_path).resolve()) for j in jobs]
+    outs = [str(Path(j.config.save_path).resolve()) for j in jobs if j.config is not None]
     dup = sorted({o for o in outs if outs.count(o) > 1})
     if dup:
         raise ValueError(f"jobs: several jobs write into the same folder {dup[0]}; give each its own save_path")
@@ -202,6 +206,11 @@ def render_many(jobs: Sequence[Job], *, ray: bool = True, address: Optional[str]
     jobs = list(jobs)
     if not jobs:
         raise ValueError("jobs: nothing to render")
+    good = [j for j in jobs if j.error is None]
+    if len(good) < len(jobs):
+        done = iter(render_many(good, ray=ray, address=address, num_actors=num_actors, max_retries=max_retries,
+                                progress=progress, on_event=on_event) if good else [])
+        return [next(done) if j.error is None else JobResult(j.name, "failed", error=j.error) for j in jobs]
     if not ray:
         return _render_sequential(jobs, progress, on_event)
     r = connect(address)

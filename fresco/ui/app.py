@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import RenderConfig
-from . import form, jobs
+from ..pipeline.prompts import format_extra_prompts
+from . import form, guard, jobs
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings (read at import)
 import gradio as gr  # noqa: E402 -- this module is the Gradio layer; fresco.ui imports it only with Gradio present
@@ -23,13 +24,17 @@ def _status(text: str, error: bool = False) -> str:
 
 class UI:
     """The page's state and handlers. `make_stylizer` (tests: a stand-in) turns a config and a step callback into
-    a BatchStylizer; by default the cached FrescoPipeline."""
+    a BatchStylizer; by default the cached FrescoPipeline. The page serves and writes only under `root` (default
+    `out_root`): typed output folders must resolve under it; typed inputs are read, never served."""
 
     def __init__(self, model: Optional[str] = None, out_root: str | Path = "out",
-                 make_stylizer: Optional[jobs.StylizerFactory] = None):
+                 make_stylizer: Optional[jobs.StylizerFactory] = None, root: Optional[str | Path] = None):
         self.defaults = RenderConfig(sd_path=model) if model else RenderConfig()
         self.out_root = Path(out_root)
-        self.make_stylizer = make_stylizer or jobs.pipeline_stylizer(jobs.PipelineCache())
+        self.root = Path(out_root if root is None else root).expanduser().resolve()
+        guard.check_under_root(str(self.out_root), self.root)
+        self._pipeline = jobs.pipeline_stylizer(jobs.PipelineCache())
+        self.make_stylizer = make_stylizer or self._pipeline
         self.jobs: dict[str, jobs.Job] = {}
         self.demo = None
 
@@ -53,7 +58,10 @@ class UI:
             values["save_path"] = out_dir.strip()
         elif source:
             values["save_path"] = str(self.out_root / Path(source.rstrip("/")).stem)
-        return form.build_config(values, keep, validate=validate)
+        cfg = form.build_config(values, keep, validate=validate)
+        if cfg.save_path:
+            guard.check_under_root(cfg.save_path, self.root)
+        return cfg
 
     def open_input(self, path: Optional[str], values: dict, keep: dict) -> tuple[Optional[str], str]:
         """(chosen source, its description or the error line)."""
@@ -85,11 +93,11 @@ class UI:
         finished keys, and at the end of step 3 the outputs."""
         try:
             cfg = self.config(values, keep, source, out_dir)
+            guard.preflight(cfg, default_model=self.make_stylizer is self._pipeline)
         except Exception as e:  # noqa: BLE001
             jobs.log_traceback(e)
             yield {"status": _status(jobs.error_line(e), True)}
             return
-        self._allow(cfg.save_path)
         job = jobs.Job(cfg, stage, self.make_stylizer)
         self.jobs[session] = job
         try:
@@ -139,7 +147,10 @@ class UI:
         """(YAML path to download, status)."""
         try:
             cfg = self.config(values, keep, source, out_dir, validate=False)
-            path = Path(tempfile.mkdtemp(prefix="fresco-ui-")) / "fresco.yaml"
+            # in Gradio's own upload folder, which it serves anyway: the UI writes nowhere else outside its root
+            from gradio.utils import get_upload_folder
+            os.makedirs(get_upload_folder(), exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix="fresco-ui-", dir=get_upload_folder())) / "fresco.yaml"
             return str(form.save_settings(cfg, path)), f"settings saved as {path.name}"
         except Exception as e:  # noqa: BLE001
             jobs.log_traceback(e)
@@ -159,13 +170,6 @@ class UI:
         except Exception as e:  # noqa: BLE001
             jobs.log_traceback(e)
             return _status(jobs.error_line(e), True), None
-
-    def _allow(self, path: Optional[str]) -> None:
-        """Let the page show files of an output folder outside the served ones (the user chose it)."""
-        if path and self.demo is not None and getattr(self.demo, "allowed_paths", None) is not None:
-            p = str(Path(path).resolve())
-            if p not in self.demo.allowed_paths:
-                self.demo.allowed_paths.append(p)
 
     # ---- the page ----
     def build(self) -> gr.Blocks:
@@ -261,11 +265,8 @@ class UI:
             def on_path(data: dict):
                 values, keep_v, _, _ = split(data)
                 src, text = self.open_input(data[in_path], values, keep_v)
-                if src:
-                    self._allow(src)
-                    shown = src if Path(src).is_file() else None
-                    return src, text, shown
-                return None, text, gr.update()
+                # a typed path is read by the renderer, never served: the player keeps what it showed
+                return (src or None), text, gr.update()
             in_path.submit(on_path, {in_path, *key_inputs}, [source, in_info, in_video])
 
             def on_describe(data: dict):
@@ -335,12 +336,13 @@ class UI:
         return demo
 
     def serve(self, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
-              block: bool = True) -> str:
-        """Serve the built page on host:port (Gradio's default port when None; a public link only with `share`);
-        files under the output root may be served. Returns the local URL (when not `block`)."""
+              block: bool = True, auth: Optional[list[tuple[str, str]]] = None) -> str:
+        """Serve the built page on host:port (Gradio's default port when None; a public link only with `share`),
+        behind the (user, password) logins `auth` when given; files under the root (and Gradio's own uploads) may
+        be served, nothing else. Returns the local URL (when not `block`)."""
         self.out_root.mkdir(parents=True, exist_ok=True)
         self.demo.launch(server_name=host, server_port=port, share=share, css=CSS, ssr_mode=False,
-                         allowed_paths=[str(self.out_root.resolve())], prevent_thread_lock=not block,
+                         allowed_paths=[str(self.root)], prevent_thread_lock=not block, auth=auth,
                          show_error=False, quiet=not block)
         return self.demo.local_url
 
@@ -358,14 +360,18 @@ class UI:
             return gr.Number(value, precision=0 if s.kind == "int" else None, **common)
         if s.kind == "ints" and value is not None:
             value = ", ".join(str(i) for i in value)
+        if s.name == "extra_prompts":
+            value = format_extra_prompts(value)
         return gr.Textbox("" if value is None else str(value), lines=2 if s.name in ("prompt", "negative_prompt")
                           else 1, **common)
 
 
 def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
-           out_root: str = "out", block: bool = True) -> UI:
-    """Build and serve the page (see `UI.serve`); returns the UI when not `block`."""
-    ui = UI(model=model, out_root=out_root)
+           out_root: str = "out", block: bool = True, root: Optional[str] = None,
+           auth: Optional[list[tuple[str, str]]] = None) -> UI:
+    """Build and serve the page (see `UI.serve`; `root`: the folder it serves and writes under, default
+    `out_root`); returns the UI when not `block`."""
+    ui = UI(model=model, out_root=out_root, root=root)
     ui.build()
-    ui.serve(host, port, share, block)
+    ui.serve(host, port, share, block, auth)
     return ui

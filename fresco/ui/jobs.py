@@ -3,6 +3,7 @@
 the outputs. Errors are the CLI's one-line messages. The Gradio layer (fresco.ui.app) only wires these up."""
 from __future__ import annotations
 
+import io
 import json
 import queue
 import sys
@@ -24,6 +25,7 @@ from ..video.render import Cancelled, RenderResult, render
 from ..video.runner import BatchStylizer
 from ..video.source import select_keys
 from ..video.stylize import make_stylizer
+from ..video import safe_fs
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, TypeError)
 
@@ -110,16 +112,19 @@ def plan_keyframes(cfg: RenderConfig, thumb_height: int = 128) -> KeyframePlan:
 def finished_keys(save_path: str | Path) -> list[tuple[str, str]]:
     """(png path, caption) of every stylised keyframe in an output folder, in frame order."""
     d = Path(save_path) / "keys"
-    return [(str(p), f"key {int(p.stem)}") for p in sorted(d.glob("*.png"))] if d.is_dir() else []
+    if d.is_symlink() or not d.is_dir():  # the renderer never writes through a link: nothing of its own to show
+        return []
+    return [(str(p), f"key {int(p.stem)}") for p in sorted(d.glob("*.png")) if not p.is_symlink()]
 
 
 def zip_keys(keys_dir: Path, dest: Path) -> Path:
-    """The stylised keyframes as one zip next to them (rewritten each time)."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+    """The stylised keyframes as one zip next to them (rewritten each time, through the output folder's write
+    gate: never through a link)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         for p in sorted(Path(keys_dir).glob("*.png")):
             z.write(p, p.name)
-    tmp.replace(dest)
+    safe_fs.write_atomic(dest.parent, dest.name, buf.getvalue())
     return dest
 
 

@@ -243,6 +243,9 @@ class VideoWriter:
                 if has_audio:
                     self._audio = _AudioCopy(str(audio_from), self._out)
         else:
+            if self._tmp.is_symlink():
+                raise ValueError(f"output: '{self._tmp}' is a symbolic link; the frames are never written through "
+                                 f"a link")
             self._tmp.mkdir(parents=True, exist_ok=True)
 
     def write(self, img: np.ndarray, t: Fraction | None = None) -> None:

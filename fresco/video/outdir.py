@@ -1,9 +1,10 @@
 """The renderer's output folder, made safe for the user's files (the names it uses there: fresco.constants): the
 rule that the output never lands on or around the input, an exclusive lock per folder (a lock file holding the
-owner's pid and host), the state file with the manifest of files the renderer wrote, and the fingerprint of the
-settings and input that decide the keyframes. The renderer deletes or replaces only files listed in that manifest;
-anything else in the folder needs `overwrite`, and even then only the paths the renderer writes are replaced, never
-the user's other files."""
+owner's pid and host, created exclusively, never followed through a link), the state file with the manifest of
+files the renderer wrote and their recorded size and SHA-256, and the fingerprint of the settings and input that
+decide the keyframes. Every write goes through fresco.video.safe_fs; the renderer deletes or replaces only files it
+can prove it wrote; anything else in the folder needs `overwrite`, and even then only the paths the renderer writes
+are replaced, never the user's other files."""
 from __future__ import annotations
 
 import errno
@@ -12,12 +13,14 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
 from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
+from . import safe_fs
 from .io import VideoInfo
 from .keyframes import Batch
 
@@ -75,12 +78,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _lock_record(text: str) -> Optional[dict]:
+    """The lock record in `text` ({"pid": int, "host": str, "started": str}), None when it is not one."""
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(d, dict) and set(d) == {"pid", "host", "started"} and isinstance(d["pid"], int) \
+        and isinstance(d["host"], str) and isinstance(d["started"], str)
+    return d if ok else None
+
+
 class FolderLock:
     """An exclusive `flock` on `<root>/.fresco.lock`, which holds the owner's pid, host and start time as JSON.
 
-    The kernel drops the lock when its process dies, so a lock file left by a killed render is free to take: the
-    taker says so (`stale`). release() removes the file while still holding the lock; acquire() re-checks that the
-    file it locked is still the one at the path, so two renders can never both hold a lock."""
+    The file is created with O_CREAT|O_EXCL|O_NOFOLLOW. An existing one is opened without following a link and is
+    used only when it is a regular file holding a lock record this program writes; anything else (a link, a folder,
+    the user's own file of that name) is an error naming it, and is never truncated or deleted. The kernel drops the
+    lock when its process dies, so a lock file left by a killed render is free to take: the taker says so
+    (`stale`). release() removes the file (only the one it locked) while still holding the lock; acquire()
+    re-checks that the file it locked is still the one at the path, so two renders can never both hold a lock."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -90,15 +107,43 @@ class FolderLock:
 
     @staticmethod
     def _describe(text: str) -> str:
+        d = _lock_record(text)
+        return f"pid {d['pid']} on host {d['host']}, started {d['started']}" if d else "an unknown process"
+
+    def _foreign(self, why: str) -> ValueError:
+        return ValueError(f"save_path: '{self.path}' {why}, not a lock fresco wrote; the render leaves it alone: "
+                          f"move it away or choose another -o")
+
+    def _open(self) -> tuple[int, bool]:
+        """(fd, created) of the lock file: created exclusively, or an existing regular file (no link followed)."""
         try:
-            d = json.loads(text)
-            return f"pid {d['pid']} on host {d['host']}, started {d['started']}"
-        except (ValueError, KeyError, TypeError):
-            return "an unknown process"
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return -1, False
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self._foreign("is a symbolic link") from None
+            if e.errno == errno.EISDIR:
+                raise self._foreign("is a folder") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._foreign("is not a regular file")
+        return fd, False
 
     def acquire(self) -> "FolderLock":
+        return self._acquire(20)
+
+    def _acquire(self, empty_tries: int) -> "FolderLock":
+        """acquire(), looking again up to `empty_tries` times at an existing lock file that is still empty."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd, created = self._open()
+            if fd < 0:
+                continue  # removed between our two opens: create it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -109,19 +154,24 @@ class FolderLock:
                                        f"it to finish or choose another -o") from None
                 raise
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
                 break
             os.close(fd)  # the previous holder removed the file between our open and flock: lock the new one
-        previous = os.read(fd, 4096).decode(errors="replace").strip()
-        if previous:
-            try:
-                pid, host = (lambda d: (int(d["pid"]), d["host"]))(json.loads(previous))
-                dead = host == socket.gethostname() and not _pid_alive(pid)
-            except (ValueError, KeyError, TypeError):
-                dead = False
+        if not created:
+            previous = os.read(fd, 4096).decode(errors="replace").strip()
+            d = _lock_record(previous)
+            if d is None and not previous and empty_tries > 0:
+                os.close(fd)  # a render that has just created the file writes its record next: look again
+                empty_tries -= 1
+                time.sleep(0.05)
+                return self._acquire(empty_tries)
+            if d is None:
+                os.close(fd)
+                raise self._foreign("holds no lock record (pid, host, started)" if previous else "is empty")
+            dead = d["host"] == socket.gethostname() and not _pid_alive(d["pid"])
             self.stale = (f"took over the stale lock of {self._describe(previous)}"
                           f"{', which is no longer running' if dead else ''}")
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -137,7 +187,10 @@ class FolderLock:
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            if os.fstat(self._fd).st_ino == os.lstat(self.path).st_ino:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
         finally:
             os.close(self._fd)
             self._fd = None
@@ -149,48 +202,12 @@ class FolderLock:
         self.release()
 
 
-def foreign(root: Path, rels: Iterable[str], owned: set) -> list[Path]:
-    """The paths among `rels` (relative to root) that exist and are not in the manifest `owned`; for a folder,
-    every file inside it that is not owned."""
-    out = []
-    for rel in rels:
-        p = root / rel
-        if p.is_dir():
-            out += [f for f in sorted(p.iterdir()) if f"{rel}/{f.name}" not in owned]
-        elif (p.exists() or p.is_symlink()) and rel not in owned:
-            out.append(p)
-    return out
-
-
 def refuse_foreign(paths: list[Path]) -> None:
     """The error for files the renderer would replace but did not write (allowed only with --overwrite)."""
     if paths:
         shown = ", ".join(f"'{p}'" for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ValueError(f"output: {shown} already exist(s) and were not written by fresco (not in its state "
                          f"file); use --overwrite to replace them, or choose another -o/--output")
-
-
-def remove_owned(root: Path, owned: Iterable[str]) -> None:
-    """Delete the files of the manifest `owned` (paths relative to root); folders are removed only when empty."""
-    dirs = set()
-    for rel in owned:
-        p = root / rel
-        if p.is_file() or p.is_symlink():
-            p.unlink()
-        if "/" in rel:
-            dirs.add(root / rel.rsplit("/", 1)[0])
-    for d in sorted(dirs, key=lambda d: -len(d.parts)):
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
@@ -206,9 +223,11 @@ def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> st
 
 class State:
     """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
-    manifest `files` (paths relative to the folder) of everything the renderer wrote there. Written atomically; a
-    path enters the manifest before it is written, a batch counts only once its keyframes and latents are on disk.
-    The file is first written once the model is loaded and the first batch starts."""
+    manifest `files` (paths relative to the folder) of everything the renderer wrote there, with `hashes` (each
+    file's [size, sha256], recorded before it is moved into place) that prove which files are the renderer's.
+    Written atomically through fresco.video.safe_fs; a path enters the manifest before it is written, a batch
+    counts only once its keyframes and latents are on disk. The file is first written once the model is loaded and
+    the first batch starts. A loaded manifest is untrusted: an entry outside the folder refuses the folder."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -216,8 +235,9 @@ class State:
         self.data: dict = {}
 
     def load(self) -> Optional[dict]:
-        if not self.path.exists():
+        if not (self.path.exists() or self.path.is_symlink()):
             return None
+        safe_fs.inside(self.root, STATE)
         try:
             with open(self.path) as f:
                 self.data = json.load(f)
@@ -230,22 +250,47 @@ class State:
             batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(self.data.get("batches", []))]
             self.data["files"] = sorted(f for b in batches if b.index in self.data.get("done", [])
                                         for f in batch_files(b))
+        safe_fs.check_manifest(self.root, self.path, self.data["files"], self.data.setdefault("hashes", {}))
         return self.data
 
     def owned(self) -> set:
         return set(self.data.get("files", []))
 
     def save(self) -> None:
-        atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode())
+        safe_fs.write_atomic(self.root, STATE, json.dumps(self.data, indent=1).encode())
+
+    def foreign(self, rels: Sequence[str]) -> list[Path]:
+        """The files at `rels` that the renderer cannot prove it wrote."""
+        return safe_fs.foreign(self.root, rels, self.data.get("files", []), self.data.get("hashes", {}))
+
+    def record(self, rel: str, digest: list) -> None:
+        """Remember `digest` ([size, sha256]) as content the renderer wrote at `rel` (the last two are kept)."""
+        hashes = self.data.setdefault("hashes", {})
+        hashes[rel] = [d for d in hashes.get(rel, []) if d != digest][-1:] + [digest]
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write `data` as the manifest entry `rel`: its hash is saved in the state before the file is moved into
+        place, so a file at `rel` is always one the state can prove."""
+        tmp = safe_fs.write_temp(self.root, rel, data)
+        self.record(rel, safe_fs.digest(data))
+        self.save()
+        safe_fs.commit(self.root, rel, tmp)
+
+    def record_files(self, rels: Sequence[str]) -> None:
+        """Record the hashes of files written outside `write` (the video or PNG frames) and save."""
+        for rel in rels:
+            d = safe_fs.file_digest(safe_fs.inside(self.root, rel))
+            if d is not None:
+                self.record(rel, d)
+        self.save()
 
     def claim(self, rels: Sequence[str], overwrite: bool) -> None:
         """Enter `rels` in the manifest (and save) before writing them; refuse files the renderer did not write
         unless `overwrite`."""
         if not overwrite:
-            refuse_foreign(foreign(self.root, rels, self.owned()))
+            refuse_foreign(self.foreign(rels))
         for rel in rels:
-            if "/" in rel:
-                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            safe_fs.writable(self.root, rel)
         self.data["files"] = sorted(self.owned() | set(rels))
         self.save()
 

@@ -1,5 +1,6 @@
-"""The PNG files of a render: keyframes written atomically and read back (RGB uint8), and the preview sheet (input
-keyframes above, their stylised versions below)."""
+"""The PNG files of a render, as bytes for the output folder's one write path (fresco.video.outdir.State.write):
+keyframes encoded and read back (RGB uint8), and the preview sheet (input keyframes above, their stylised versions
+below)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,15 +8,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .outdir import atomic_write_bytes
 
-
-def save_png(path: Path, img: np.ndarray) -> None:
-    """Write the RGB uint8 image `img` as a PNG at `path`, atomically (a reader never sees half a file)."""
+def png_bytes(img: np.ndarray) -> bytes:
+    """The RGB uint8 image `img` encoded as a PNG."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError(f"could not encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
+        raise RuntimeError(f"could not encode a {img.shape} image as PNG")
+    return buf.tobytes()
 
 
 def load_png(path: Path) -> np.ndarray:
@@ -26,10 +25,10 @@ def load_png(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def save_preview(path: Path, sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> None:
-    """Input keyframes on the top row, their stylised versions below."""
+def preview_png(sources: list[np.ndarray], outputs: list[np.ndarray], height: int = 160) -> bytes:
+    """The preview sheet as PNG bytes: input keyframes on the top row, their stylised versions below."""
     def row(imgs):
         scaled = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
                              interpolation=cv2.INTER_AREA) for im in imgs]
         return np.concatenate(scaled, axis=1)
-    save_png(path, np.concatenate([row(sources), row(outputs)], axis=0))
+    return png_bytes(np.concatenate([row(sources), row(outputs)], axis=0))

@@ -5,7 +5,7 @@ file) are ever deleted or replaced without --overwrite. `render` runs the stages
 preflight.py, source.py (input, key plan), outdir.py (lock, state, manifest, fingerprint), runner.py and pngs.py."""
 from __future__ import annotations
 
-import os
+import io
 import sys
 import time
 from collections import deque
@@ -21,15 +21,15 @@ from tqdm.auto import tqdm
 from fresco_kernels import get_backend
 
 from ..config import RenderConfig
-from ..constants import KEYS, LATENTS, PREVIEW
+from ..constants import KEYS, LATENTS, PREVIEW, SCORE_FILES
 from ..models.flow import FlowEstimator
 from ..score import score_render
 from . import preflight
 from .io import VideoInfo, VideoWriter, probe, processing_size
 from .keyframes import Batch, plan_batches
-from .outdir import (FolderLock, State, batch_files, fingerprint, foreign, make_folder, output_files, refuse_foreign,
-                     remove_owned)
-from .pngs import load_png, save_png, save_preview
+from . import safe_fs
+from .outdir import FolderLock, State, batch_files, fingerprint, make_folder, output_files, refuse_foreign
+from .pngs import load_png, png_bytes, preview_png
 from .preflight import check_render
 from .runner import BatchStylizer, LocalRunner, Runner
 from .source import batch_frames, plan_keys, read_input
@@ -155,7 +155,7 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
         # every path this render will write, checked before the model loads; PNG frames go only into a folder
         # that holds nothing but the renderer's own files
         planned = [f for b in todo for f in batch_files(b)] + output_files(cfg, plan.n) + [cfg.output]
-        refuse_foreign(foreign(root, planned, state.owned()))
+        refuse_foreign(state.foreign(planned))
     if todo:
         t = time.perf_counter()
         finished = _stylize_batches(cfg, info, size, root, state, plan, todo, runner, stop_after, progress,
@@ -172,11 +172,12 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
     out_path, sources, outputs = _propagate(cfg, info, size, root, state, plan, fps, runner, progress, on_frame,
                                             should_stop)
     timings["propagation_s"] = time.perf_counter() - t
-    save_preview(root / PREVIEW, sources, outputs)
+    state.write(PREVIEW, preview_png(sources, outputs))
     state.data["complete"] = True
     state.save()
     if cfg.score:
         score_render(cfg, out_path, plan.n, timings)
+        state.record_files(SCORE_FILES)
     timings["total_s"] = time.perf_counter() - t0
     return RenderResult(out_path, root / KEYS, root / PREVIEW, plan.keys, plan.batches, plan.n, float(fps), size,
                         timings, list(state.data.get("warnings", [])))
@@ -189,7 +190,7 @@ def _plan(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path,
     old = state.load()
     if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old.get("done"))):
         # only what the earlier render wrote goes; with no batch finished there is nothing to lose
-        remove_owned(root, old.get("files", []))
+        safe_fs.remove_proven(root, old["files"], old["hashes"])
         state.path.unlink()
         old = None
     elif old is not None and old["fingerprint"] != fp:
@@ -241,11 +242,11 @@ def _stylize_batches(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], 
             raise RuntimeError(f"stylizer returned {images.shape} {images.dtype}, expected {expect} uint8")
         state.claim(batch_files(b), cfg.overwrite)
         new_keys = {k: root / KEYS / f"{k:05d}.png" for k in b.frames[b.n_anchors:]}
-        for (k, path), img in zip(new_keys.items(), images[b.n_anchors:]):
-            save_png(path, img)
-        buf = root / LATENTS / f"{b.index:04d}.pt"
-        torch.save(record, buf.with_name(f".{buf.name}.tmp"))
-        os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
+        for k, img in zip(new_keys, images[b.n_anchors:]):
+            state.write(f"{KEYS}/{k:05d}.png", png_bytes(img))
+        buf = io.BytesIO()
+        torch.save(record, buf)
+        state.write(f"{LATENTS}/{b.index:04d}.pt", buf.getvalue())
         state.data["done"] = sorted(set(state.data["done"]) | {b.index})
         state.save()
         progress_note["done"] = len(state.data["done"])
@@ -278,7 +279,7 @@ def _propagate(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: 
             yield img
 
     state.claim(output_files(cfg, n), cfg.overwrite)
-    out_path = root / cfg.output
+    out_path = safe_fs.writable(root, cfg.output)
     with VideoWriter(out_path, fps, size, audio_from=None if info.is_folder else info.path, crf=cfg.crf,
                      time_base=info.time_base if vfr_rate is not None else None) as writer:
         count = 0
@@ -299,4 +300,5 @@ def _propagate(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: 
         bar.close()
         if count != n:
             raise RuntimeError(f"input: decoded {count} frames now but {n} on the first pass")
+    state.record_files([f for f in output_files(cfg, n) if f not in (PREVIEW,) + SCORE_FILES])
     return out_path, sources, outputs

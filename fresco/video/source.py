@@ -78,7 +78,8 @@ def plan_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
     if n < 2:
         raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
     warnings = []
-    if not info.is_folder and n != info.n_frames:
+    expected = info.n_frames if cfg.max_frames is None else min(info.n_frames, cfg.max_frames)
+    if not info.is_folder and n != expected:
         msg = f"input: the header of '{cfg.file_path}' promises {info.n_frames} frames but {n} decode"
         if cfg.strict:
             raise ValueError(f"{msg} (a truncated or damaged file); --strict refuses it")

@@ -1,0 +1,65 @@
+"""What the web UI may touch and who may use it: output folders typed in the page must resolve (links followed)
+under the UI's root; a server reachable from the network needs a login (`--auth USER:PASS`, `--auth-file`) or an
+explicit `--no-auth`; a render passes the CLI's preflight (device, size, memory, model) before it starts."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..config import RenderConfig
+from ..video import preflight as pf
+from ..video.io import probe, processing_size
+
+
+def check_under_root(save_path: str, root: Path) -> None:
+    """Refuse an output folder that does not resolve, symbolic links included, to `root` or a folder under it."""
+    resolved = Path(save_path).expanduser().resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(f"save_path: '{save_path}' is outside the UI's output root '{root}'; give a folder under "
+                         f"it (fresco ui --root DIR serves another root)")
+
+
+def _pair(text: str, where: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user.strip() or not password:
+        raise ValueError(f"{where}: expected USER:PASS with a non-empty user and password")
+    return user.strip(), password
+
+
+def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exposed: bool
+               ) -> Optional[list[tuple[str, str]]]:
+    """The (user, password) logins of `fresco ui`, None for none. A server on every interface or behind a share
+    link (`exposed`) needs --auth, --auth-file or an explicit --no-auth (which prints a warning)."""
+    if no_auth and (auth or auth_file):
+        raise ValueError("--no-auth: give either --no-auth or --auth/--auth-file, not both")
+    pairs = []
+    if auth:
+        pairs.append(_pair(auth, "--auth"))
+    if auth_file:
+        try:
+            lines = Path(auth_file).read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"--auth-file: cannot read '{auth_file}': {e.strerror or e}") from None
+        for i, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                pairs.append(_pair(line.strip(), f"--auth-file: '{auth_file}' line {i}"))
+        if not pairs:
+            raise ValueError(f"--auth-file: '{auth_file}' holds no USER:PASS line")
+    if exposed and not pairs and not no_auth:
+        raise ValueError("--listen: a server reachable from the network needs a login: give --auth USER:PASS, "
+                         "--auth-file FILE (one USER:PASS a line), or --no-auth to serve without one")
+    if exposed and no_auth:
+        print("fresco: warning: --no-auth: anyone who can reach this server can run renders and read their "
+              "outputs", file=sys.stderr)
+    return pairs or None
+
+
+def preflight(cfg: RenderConfig, default_model: bool) -> None:
+    """The CLI's checks before a render loads or writes anything: settings, device, input, output folder, model
+    availability (when the UI loads its own pipeline: `default_model`) and the memory estimate (unless force)."""
+    cfg = cfg.validate()
+    device = pf.check_device(cfg.device)
+    info = probe(cfg.file_path, cfg.fps)
+    size = cfg.frame_size() or processing_size(info.width, info.height, cfg.short_side)
+    pf.check_render(cfg, info, size, device, default_model)

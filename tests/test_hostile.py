@@ -1,0 +1,366 @@
+"""Issue 23: hostile input through the real entry points (`fresco.cli.main` for render and render-many, the web UI
+over HTTP with gradio's client). In every test a decoy folder beside the output root holds files a hostile state
+file, lock, link or typed path aims at; it is hashed before and after and must not change. The UI tests use the
+render tests' stand-in stylizer (except the preflight test, which needs the UI's own tiny-model pipeline); the CLI
+renders use the tiny random model at 64x64."""
+import hashlib
+import json
+import os
+import socket
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import pytest
+
+from fresco import cli
+from fresco.video import make_synthetic_clip, preflight, synthetic_frame
+from fresco.video.outdir import LOCK
+
+TINY = ["--model", "tiny-random", "--size", "64x64", "--steps", "2", "--warmup-steps", "1", "--end-opt-step", "1",
+        "--opt-iters", "1", "--s-min", "4", "--s-max", "4", "--batch-size", "4", "-q"]
+
+
+def snapshot(d: Path) -> dict:
+    """Every entry under `d` (links not followed): file -> sha256, link -> its target, folder -> 'dir'."""
+    out = {}
+    for p in sorted(d.rglob("*")):
+        rel = str(p.relative_to(d))
+        out[rel] = ("link", os.readlink(p)) if p.is_symlink() else "dir" if p.is_dir() else \
+            hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_synthetic_clip(tmp_path_factory.mktemp("hostile") / "clip.mp4", 12, (64, 64), fps=Fraction(24))
+
+
+@pytest.fixture
+def decoy(tmp_path):
+    """A folder of the user's that no render may touch; checked by hash after the test."""
+    d = tmp_path / "decoy"
+    (d / "keys").mkdir(parents=True)
+    (d / "thesis.docx").write_bytes(b"four years of work")
+    (d / "secret.txt").write_text("not for the web")
+    cv2.imwrite(str(d / "photo.png"), synthetic_frame(0, (64, 64)))
+    before = snapshot(d)
+    yield d
+    assert snapshot(d) == before, "the decoy folder outside the output root changed"
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    """`fresco ARGV` in this process: (exit code, stderr)."""
+    rc = cli.main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("fresco: error:")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------ the manifest is untrusted input
+def _state(o: Path, files: list, done: list) -> None:
+    o.mkdir(parents=True, exist_ok=True)
+    (o / "state.json").write_text(json.dumps({"fingerprint": "0" * 16, "n_frames": 12, "size": [64, 64], "fps": "24",
+                                              "keys": [0, 4, 8, 11], "batches": [[[0, 4, 8, 11], 0]], "done": done,
+                                              "complete": False, "warnings": [], "files": files}))
+
+
+@pytest.mark.parametrize("mode", ["plain", "overwrite", "no-resume"])
+@pytest.mark.parametrize("entry", ["dotdot", "absolute", "link"])
+def test_manifest_entries_outside_the_folder_refuse_it(clip, tmp_path, decoy, capsys, entry, mode):
+    o = tmp_path / "o"
+    o.mkdir()
+    if entry == "link":
+        (o / "shelf").symlink_to(decoy)
+    rel = {"dotdot": "../decoy/thesis.docx", "absolute": str(decoy / "thesis.docx"), "link": "shelf/thesis.docx"}
+    # a plain render replaces an unfinished render of other settings; a finished batch needs a flag
+    _state(o, ["keys/00004.png", rel[entry]], done=[] if mode == "plain" else [0])
+    flags = {"plain": [], "overwrite": ["--overwrite"], "no-resume": ["--no-resume"]}[mode]
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *flags, *TINY)
+    assert rc == 2
+    line = one_line(err)
+    assert rel[entry] in line and "refuses this folder" in line
+    assert (o / "state.json").exists()
+
+
+def test_only_files_proven_by_hash_are_deleted(clip, tmp_path, decoy, capsys):
+    """A manifest naming the user's video.mp4 (a generated name, but no recorded hash) and notes.txt: --no-resume
+    deletes neither, and the render refuses to replace the video it cannot prove it wrote."""
+    o = tmp_path / "o"
+    _state(o, ["video.mp4", "notes.txt"], done=[0])
+    (o / "video.mp4").write_bytes(b"my video")
+    (o / "notes.txt").write_text("mine")
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, "--no-resume", *TINY)
+    assert rc == 2 and "not written by fresco" in one_line(err)
+    assert (o / "video.mp4").read_bytes() == b"my video" and (o / "notes.txt").read_text() == "mine"
+
+
+def test_a_render_proves_and_replaces_its_own_files(clip, tmp_path, decoy, capsys):
+    o = tmp_path / "o"
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 0, err[-3000:]
+    state = json.loads((o / "state.json").read_text())
+    assert set(state["hashes"]) == set(state["files"])
+    (o / "notes.txt").write_text("mine")
+    rc, err = run(capsys, "render", clip, "--prompt", "y", "-o", o, "--overwrite", *TINY)
+    assert rc == 0, err[-3000:]
+    assert (o / "notes.txt").read_text() == "mine" and (o / "video.mp4").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------- lock
+@pytest.mark.parametrize("kind", ["link", "user-file", "folder"])
+def test_a_foreign_lock_file_is_an_error_and_left_alone(clip, tmp_path, decoy, capsys, kind):
+    o = tmp_path / "o"
+    o.mkdir()
+    if kind == "link":
+        (o / LOCK).symlink_to(decoy / "thesis.docx")
+    elif kind == "user-file":
+        (o / LOCK).write_text("my own notes, named oddly")
+    else:
+        (o / LOCK).mkdir()
+    before = snapshot(o)
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 2
+    line = one_line(err)
+    assert str(o / LOCK) in line and "not a lock fresco wrote" in line
+    assert snapshot(o) == before
+
+
+def test_a_stale_lock_of_ours_is_still_taken_over(clip, tmp_path, capsys):
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / LOCK).write_text(json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname(), "started": "earlier"}))
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 0 and "took over the stale lock" in err and not (o / LOCK).exists()
+
+
+# --------------------------------------------------------------------------------------------------------- writes
+@pytest.mark.parametrize("name", ["keys", "latents", "frames"])
+def test_a_link_inside_the_output_folder_is_never_followed(clip, tmp_path, decoy, capsys, name):
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / name).symlink_to(decoy / "keys", target_is_directory=True)
+    output = ["--output", "frames"] if name == "frames" else []
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *output, *TINY)
+    assert rc == 2
+    line = one_line(err)
+    assert f"'{o / name}' is a symbolic link" in line
+    assert not (o / "state.json").exists()
+
+
+def test_output_at_a_filesystem_root_is_refused(tmp_path, capsys):
+    # the input does not exist: the main branch fails on it without writing, this one refuses the folder first
+    rc, err = run(capsys, "render", tmp_path / "missing.mp4", "--prompt", "x", "-o", "/", *TINY)
+    assert rc == 2 and "save_path: '/' is a filesystem root" in one_line(err)
+
+
+def test_output_at_the_home_directory_is_refused(clip, tmp_path, decoy, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
+    before = snapshot(home)
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", home, *TINY)
+    assert rc == 2 and "is your home directory" in one_line(err)
+    assert snapshot(home) == before
+
+
+# ----------------------------------------------------------------------------------------- silently wrong
+def test_max_frames_is_not_a_truncation(clip, tmp_path, capsys):
+    o = tmp_path / "o"
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, "--max-frames", "8", "--strict", *TINY)
+    assert rc == 0, err[-3000:]
+    assert "truncated" not in err
+    assert json.loads((o / "state.json").read_text())["n_frames"] == 8
+
+
+def test_over_wide_size_is_one_line_and_leaves_nothing(clip, tmp_path, capsys):
+    o = tmp_path / "o"
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY, "--size", "64x65536")
+    assert rc == 2 and one_line(err).startswith("fresco: error: size: ")
+    assert not o.exists()
+
+
+def test_each_refused_path_is_listed_once(clip, tmp_path, capsys):
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / "video.mp4").write_bytes(b"my video")
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 2
+    assert one_line(err).count(str(o / "video.mp4")) == 1
+
+
+def test_render_many_runs_the_good_jobs_and_reports_the_bad(clip, tmp_path, decoy, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    tiny = ("sd_path: tiny-random, size: 64x64, num_inference_steps: 2, num_warmup_steps: 1, end_opt_step: 1, "
+            "opt_iters: 1, mininterv: 4, maxinterv: 4, batch_size: 4")
+    jobs.write_text(f"jobs:\n"
+                    f"  - {{name: bad, prompt: x, file_path: '{clip}', save_path: '{tmp_path / 'a'}', batch_size: 1}}\n"
+                    f"  - {{name: good, prompt: x, file_path: '{clip}', save_path: '{tmp_path / 'b'}', {tiny}}}\n")
+    rc = cli.main(["render-many", str(jobs), "-q"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    rows = {ln.split()[0]: ln for ln in out.splitlines()[1:]}
+    assert "failed" in rows["bad"] and "batch_size" in rows["bad"]
+    assert "done" in rows["good"] and (tmp_path / "b" / "video.mp4").is_file()
+    assert not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------------------------------------ web UI: CLI
+@pytest.fixture
+def launched(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("fresco.ui.launch", lambda **kw: seen.update(kw))
+    return seen
+
+
+def test_ui_listen_without_auth_refuses_to_start(launched, capsys):
+    rc, err = run(capsys, "ui", "--listen")
+    assert rc == 2 and "--auth USER:PASS" in one_line(err) and "--no-auth" in err
+    assert launched == {}
+
+
+def test_ui_auth_forms(launched, tmp_path, capsys):
+    rc, err = run(capsys, "ui", "--listen", "--auth", "ann:pw1")
+    assert rc == 0 and launched["auth"] == [("ann", "pw1")] and launched["host"] == "0.0.0.0"
+    f = tmp_path / "logins"
+    f.write_text("# logins\nann:pw1\n\nbob:pw:2\n")
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", f)
+    assert rc == 0 and launched["auth"] == [("ann", "pw1"), ("bob", "pw:2")]
+    rc, err = run(capsys, "ui", "--listen", "--no-auth")
+    assert rc == 0 and launched["auth"] is None and "warning: --no-auth" in err
+    rc, err = run(capsys, "ui", "--listen", "--auth", "nopassword")
+    assert rc == 2 and "--auth: expected USER:PASS" in one_line(err)
+
+
+# ----------------------------------------------------------------------------------------------- web UI: HTTP
+gr = pytest.importorskip("gradio", reason="the web UI needs the [ui] extra")
+
+
+class Page:
+    """A launched UI on 127.0.0.1 driven through gradio's client (one session: the page's state persists)."""
+
+    def __init__(self, ui):
+        from gradio_client import Client
+        ui.build()
+        self.ui = ui
+        self.url = ui.serve(port=_free_port(), block=False).rstrip("/")
+        self.client = Client(self.url, verbose=False)
+        self.api = self.client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+
+    def call(self, api: str, **by_label):
+        """Call endpoint `api` with the widgets whose label starts with a key of `by_label`; the others keep the
+        page's defaults."""
+        kw = {}
+        for p in self.api[api]["parameters"]:
+            hit = [v for k, v in by_label.items() if p["label"].startswith(k)]
+            if hit:
+                kw[p["parameter_name"]] = hit[0]
+            elif not p["parameter_has_default"]:
+                kw[p["parameter_name"]] = ""
+        return self.client.predict(api_name=api, **kw)
+
+    def open(self, path, out_dir=""):
+        return self.call("/on_path", **{"…or a video file": str(path), "Output folder": out_dir})
+
+    def keyframes(self, out_dir="", **settings):
+        """Step 2 (render keyframes): the final status line."""
+        return self.call("/go", **{"Output folder": out_dir, **SETTINGS, **settings})[0]
+
+    def served(self, path) -> int:
+        import httpx
+        return httpx.get(f"{self.url}/gradio_api/file={path}", timeout=30).status_code
+
+    def close(self):
+        self.client.close()
+        self.ui.demo.close()
+
+
+SETTINGS = {"prompt": "a fox", "processing size": "64x64", "steps": 4, "SDEdit warm-up steps": 1,
+            "keyframes per batch": 3, "s_min": 5, "s_max": 5, "model": "tiny-random"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def page(tmp_path):
+    from fresco.ui.app import UI
+    from test_ui import stand_in_factory
+    pages = []
+
+    def make(**kw):
+        p = Page(UI(**{"out_root": tmp_path / "root" / "out", "make_stylizer": stand_in_factory(), **kw}))
+        pages.append(p)
+        return p
+    yield make
+    for p in pages:
+        p.close()
+
+
+@pytest.mark.slow
+def test_ui_typed_output_folder_outside_the_root_is_refused_and_not_served(clip, tmp_path, decoy, page):
+    p = page()
+    p.open(clip)
+    status = p.keyframes(out_dir=str(decoy))
+    assert "fresco-error" in status and "outside the UI's output root" in status
+    assert p.served(decoy / "secret.txt") != 200
+    # a link under the root that points out of it is outside too
+    (tmp_path / "root" / "out").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "root" / "out" / "escape").symlink_to(decoy, target_is_directory=True)
+    status = p.keyframes(out_dir=str(tmp_path / "root" / "out" / "escape"))
+    assert "outside the UI's output root" in status
+
+
+@pytest.mark.slow
+def test_ui_typed_input_is_read_but_never_served(tmp_path, decoy, page):
+    p = page()
+    p.open(decoy)  # a folder holding one image
+    for name in ("secret.txt", "thesis.docx", "photo.png"):
+        assert p.served(decoy / name) != 200
+
+
+@pytest.mark.slow
+def test_ui_default_extra_prompts_are_accepted(clip, tmp_path, decoy, page):
+    p = page()
+    p.open(clip)
+    status = p.keyframes()  # every other widget at the page's own default, extra prompts included
+    assert status.startswith("keyframes done"), status
+
+
+@pytest.mark.slow
+def test_ui_root_widens_on_purpose(clip, tmp_path, decoy, page):
+    p = page(root=tmp_path / "root")
+    p.open(clip)
+    status = p.keyframes(out_dir=str(tmp_path / "root" / "other"))  # under --root, not under --out
+    assert status.startswith("keyframes done"), status
+    assert (tmp_path / "root" / "other" / "keys").is_dir()
+    assert p.served(tmp_path / "root" / "other" / "state.json") == 200
+    assert "outside the UI's output root" in p.keyframes(out_dir=str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.slow
+def test_ui_runs_the_cli_memory_preflight(clip, tmp_path, decoy, monkeypatch):
+    """The UI's own pipeline (tiny model) is what the estimate must count: with free memory between the estimate
+    without a model and the one with it, the CLI refuses, and so must the page, before writing anything."""
+    from fresco.ui.app import UI
+    low = preflight.estimate_memory((64, 64), 3, None, 4, False, True).host
+    high = preflight.estimate_memory((64, 64), 3, "tiny", 4, False, True).host
+    assert low < high
+    monkeypatch.setattr(preflight, "host_available", lambda: (low + high) // 2)
+    p = Page(UI(model="tiny-random", out_root=tmp_path / "root" / "out"))
+    try:
+        p.open(clip)
+        status = p.keyframes()
+    finally:
+        p.close()
+    assert "fresco: error: size: 64x64 needs about" in status
+    assert not (tmp_path / "root" / "out" / "clip").exists()
