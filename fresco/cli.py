@@ -15,11 +15,11 @@ import fresco_kernels as fk
 
 from . import __version__
 from . import config as cfgmod
+from . import ui as web_ui
 from .distributed.cli import add_parser as add_render_many
 from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
 from .models.test_models import write_test_models
-from .ui import launch
 
 
 def _knob_flags(p: argparse.ArgumentParser) -> None:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
             try:
-                launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
+                web_ui.launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
                        share=args.share, out_root=args.out)
             except OSError as e:  # port taken, no network for --share
                 raise RuntimeError(f"ui: could not serve{' the share link' if args.share else ''}: "
