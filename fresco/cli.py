@@ -15,6 +15,7 @@ import fresco_kernels as fk
 
 from . import __version__
 from . import config as cfgmod
+from . import ui as web_ui
 from .distributed.cli import add_parser as add_render_many
 from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
@@ -23,7 +24,6 @@ from .plan import add_parser as add_plan
 from .plan import run_plan
 from .score_cli import add_parser as add_score
 from .score_cli import run as run_score
-from .ui import launch
 from .ui.guard import auth_pairs
 
 
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
             auth = auth_pairs(args.auth, args.auth_file, args.no_auth, args.listen or args.share)
             try:
-                launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
-                       share=args.share, out_root=args.out, root=args.root, auth=auth)
+                web_ui.launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
+                              share=args.share, out_root=args.out, root=args.root, auth=auth)
             except OSError as e:  # port taken, no network for --share
                 raise RuntimeError(f"ui: could not serve{' the share link' if args.share else ''}: "
                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

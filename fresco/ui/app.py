@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import RenderConfig
-from ..pipeline.prompts import format_extra_prompts
+from ..prompts import format_extra_prompts
 from . import form, guard, jobs
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings (read at import)

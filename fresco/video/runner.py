@@ -14,7 +14,8 @@ from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
 from .keyframes import Batch
 from .propagate import propagate
-from .stylize import flow_estimator, make_stylizer
+from . import stylize
+from .stylize import flow_estimator
 
 
 class BatchStylizer(Protocol):
@@ -87,8 +88,9 @@ class LocalRunner:
         if self.stylizer is None and self.make_stylizer is not None:
             self.stylizer = self.make_stylizer(self.cfg)
         elif self.stylizer is None:
-            self.stylizer = make_stylizer(self.cfg, progress=self.progress, local_files_only=self.local_files_only,
-                                          flow=self._flow())
+            # looked up at call time: a test or an embedding program may replace the default
+            self.stylizer = stylize.make_stylizer(self.cfg, progress=self.progress,
+                                                  local_files_only=self.local_files_only, flow=self._flow())
 
     def run_batches(self, batches, load_anchors, finish, n_batches: int) -> None:
         self.start()
