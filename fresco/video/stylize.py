@@ -1,6 +1,6 @@
 """The one-batch FRESCO pipeline (fresco.pipeline) behind the renderer's `BatchStylizer` interface: frames and the
 anchors' per-step latents in (a sequence or a callable), stylised frames out, frames 0 and N-1's latents reported
-per step through a callback. Prompts are built per keyframe as the published script does (fresco.pipeline.prompts),
+per step through a callback. Prompts are built per keyframe as the published script does (fresco.prompts),
 and the model loads with the config's VAE, annotator weights and the models users bring (fresco.models.addons). With
 `use_salinecy` each batch's background map (saliency, docs/flow_and_saliency.md) goes to the pipeline, so both
 background smoothings run."""
