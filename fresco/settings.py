@@ -95,6 +95,9 @@ class FrescoSettings:
                                   "default: the global switch (fresco_kernels.use_backend / FRESCO_BACKEND)",
                                   type=str, choices=BACKENDS)
     vae_chunk: int = knob(1, "frames per VAE encode/decode call")
+    threads: Optional[int] = knob(None, "intra-op CPU threads (torch, the C++ ops, OpenCV); the same render gives "
+                                  "the same bytes at the same count (default: torch's, the core count; a resumed "
+                                  "render keeps the count it started with)", type=int)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -126,6 +129,7 @@ class FrescoSettings:
                 need(v in choices, f.name, f"one of {choices}")
         need(self.num_inference_steps >= 1, "num_inference_steps", "must be >= 1")
         need(self.vae_chunk >= 1, "vae_chunk", "must be >= 1")
+        need(self.threads is None or self.threads >= 1, "threads", "must be >= 1")
         need(self.opt_iters >= 0, "opt_iters", "must be >= 0")
         need(self.spatial_attention_steps >= 0, "spatial_attention_steps", "must be >= 0")
         if self.strength is not None and self.num_warmup_steps is not None:

@@ -27,7 +27,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                  "repeat_noise", "batch_size"),
     "Optimisation": ("opt_iters", "opt_lr", "spatial_weight", "loss_reduction", "adain_eps", "opt_layers"),
     "FreeU": ("use_freeu",),
-    "Run": ("seed", "backend", "device", "flow", "vae_chunk"),
+    "Run": ("seed", "backend", "device", "flow", "vae_chunk", "threads"),
     "Frames": ("size", "short_side", "fps"),
     "Output": ("output", "crf", "resume", "overwrite"),
 }

@@ -22,6 +22,7 @@ import torch
 
 from fresco_kernels import get_backend
 
+from .. import threads as threads_mod
 from ..config import RenderConfig
 from ..models.flow import FlowEstimator
 from ..pipeline.core import AnchorCallback, AnchorSource
@@ -109,7 +110,7 @@ def _fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> s
     """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
     skip = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
             "max_process",
-            "propagation"}
+            "propagation", "threads"}  # threads: recorded in the state file, a resume keeps them
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     p = Path(info.path)
     st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
@@ -283,6 +284,8 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
 
 class Runner(Protocol):
     """Where a render's work runs. `start()`: load what the batches need (before the state file is written).
+    `use_threads(n)` (optional): the render's intra-op thread count, for a runner whose work runs in other
+    processes; called before `start()`.
     `run_batches(batches, load_anchors, finish, n)`: run the stream of (batch, frames) in order; batch k's anchors
     are batch k-1's per-step record (`load_anchors(k-1)` reads a finished one from disk); call `finish(batch,
     images, record)` for each finished batch (any order). `propagate(frames, keys, load_key)`: the stylised stream
@@ -371,6 +374,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     created = make_folder(root)
     lock = FolderLock(root)
     progress_note = {"done": 0, "total": None}
+    threads_before = threads_mod.current()  # _render_locked sets the render's thread count
     try:
         lock.acquire()
         if lock.stale:
@@ -386,6 +390,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         raise Interrupted(f"interrupted after batch {progress_note['done']}/{progress_note['total']}; run the same "
                           f"command to resume") from None
     finally:
+        threads_mod.restore(threads_before)
         lock.release()
         if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()
@@ -430,11 +435,20 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
         state.data = {"fingerprint": fp, "n_frames": n, "size": list(size), "fps": str(info.fps),
                       "vfr_fps": None if vfr_rate is None else str(vfr_rate), "keys": keys,
                       "batches": [[list(b.frames), b.n_anchors] for b in batches], "done": [], "complete": False,
-                      "warnings": warnings, "files": []}
+                      "warnings": warnings, "files": [],
+                      "threads": cfg.settings.threads or threads_mod.current()[0]}
     else:
         keys, n = state.data["keys"], state.data["n_frames"]
         batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
         _log(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished")
+    # a resumed render keeps the thread count it started with (float reductions depend on it)
+    threads = state.data.setdefault("threads", cfg.settings.threads or threads_mod.current()[0])
+    if cfg.settings.threads not in (None, threads):
+        _log(f"fresco: note: threads: resuming with the {threads} thread(s) this render started with, not "
+             f"{cfg.settings.threads}")
+    threads_mod.set_threads(threads)
+    if hasattr(runner, "use_threads"):
+        runner.use_threads(threads)
     vfr_rate = Fraction(state.data["vfr_fps"]) if state.data.get("vfr_fps") else None
     fps = vfr_rate or info.fps
     progress_note.update(done=len(state.data["done"]), total=len(batches))
