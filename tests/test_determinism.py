@@ -168,6 +168,38 @@ def test_cli_render_same_bytes_in_separate_processes(clip, tmp_path, method, thr
     assert state["threads"] == int(threads_arg)
 
 
+KILL_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_render import StandInStylizer, _cfg
+from fresco.video.render import render
+cfg = _cfg({clip!r}, {out!r}, propagation="flow", mininterv=4, maxinterv=4, threads=1)
+render(cfg, stylizer=StandInStylizer(keep=False), progress=False,
+       on_frame=lambda done, total: print(f"frame {{done}}", flush=True) or time.sleep(0.3))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_propagation_resumes_to_the_same_bytes(clip, tmp_path):
+    import signal
+    kw = dict(propagation="flow", mininterv=4, maxinterv=4, threads=1)
+    whole = render(_cfg(clip, tmp_path / "whole", **kw), stylizer=StandInStylizer(keep=False), progress=False)
+    code = KILL_CHILD.format(tests=str(ROOT / "tests"), clip=str(clip), out=str(tmp_path / "killed"))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        for line in child.stdout:
+            if line.startswith("frame 3"):  # propagating, the mp4 half written
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "video.mp4").exists()
+    res = render(_cfg(clip, tmp_path / "killed", **kw), stylizer=StandInStylizer(keep=False), progress=False)
+    assert _digest(res.video) == _digest(whole.video)
+
+
 class ThreadSpy(StandInStylizer):
     """Records the intra-op thread count each batch ran with."""
 
