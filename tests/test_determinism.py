@@ -223,9 +223,11 @@ def test_threads_setting_used_recorded_and_kept_on_resume(clip, tmp_path, capfd)
     spy = ThreadSpy()
     assert render(_cfg(clip, tmp_path / "part", threads=1, **kw), stylizer=spy, stop_after=1, progress=False) is None
     capfd.readouterr()
-    spy = ThreadSpy()
-    res = render(_cfg(clip, tmp_path / "part", threads=2, **kw), stylizer=spy, progress=False)
+    spy, handed = ThreadSpy(), []
+    res = render(_cfg(clip, tmp_path / "part", threads=2, **kw), make_stylizer=lambda c: handed.append(c) or spy,
+                 progress=False)
     assert spy.seen and set(spy.seen) == {1}
+    assert [c.settings.threads for c in handed] == [1]  # what the stylizer (the pipeline's settings) is given
     assert "resuming with the 1 thread(s) this render started with, not 2" in capfd.readouterr().err
     assert _digest(res.video) == _digest(whole.video)
     assert torch.get_num_threads() == before
