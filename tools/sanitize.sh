@@ -52,7 +52,7 @@ for method in patch flow; do
     "${ASAN_ENV[@]}" HF_HUB_OFFLINE=1 $PY -m fresco.cli render "$OUT/clip.mp4" -o "$OUT/render-$method" \
         --model tiny-random --prompt "a test" --size 64x64 --steps 2 --warmup-steps 0 --interval 4 --opt-iters 1 \
         --propagation $method --overwrite > "$OUT/render-$method.log" 2>&1
-    note "whole render ($method propagation) under ASan+UBSan: ok, $(ls "$OUT/render-$method")"
+    note "whole render ($method propagation) under ASan+UBSan: ok ($(ls "$OUT/render-$method" | tr "\n" " "))"
 done
 if ls "$OUT"/asan.* "$OUT"/ubsan.* >/dev/null 2>&1; then
     note "sanitizer reports:"; cat "$OUT"/asan.* "$OUT"/ubsan.* | tee -a "$LOG"; exit 1
