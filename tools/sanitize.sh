@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make sanitize` (issue 24): the C++ CPU kernels (csrc/) built once more with AddressSanitizer +
 # UndefinedBehaviorSanitizer into build/sanitize/ (the normal fresco_kernels/_C*.so is untouched) and the ops' CPU
-# tests plus one small whole render run against that build; then the shipped build under valgrind memcheck on
+# tests plus two small whole renders (patch, flow) run against it; then the shipped build under valgrind memcheck on
 # every C++ op at small shapes. Any sanitizer report fails the run. Summary lines go to $LOG.
 #   PY: the python with torch (default .venv/bin/python); LOG: default build/sanitize/summary.txt
 set -euo pipefail
