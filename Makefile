@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo ui demo-ops bench-e2e-video bench-propagation test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check
+.PHONY: install demo ui demo-ops bench-e2e-video bench-propagation test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -104,3 +104,12 @@ bench-propagation: $(STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --timing 512 --out $(OUT)/propagation
 	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --seed 2 --out $(OUT)/propagation-heldout
+
+# issue 24: the C++ kernels built once more with -fsanitize=address,undefined into build/sanitize/ (the normal .so is
+# untouched) and loaded instead of it (FRESCO_C_LIB=build/sanitize/_C_asan.so, with LD_PRELOAD of g++'s libasan.so
+# and libstdc++.so and ASAN_OPTIONS=detect_leaks=0, since python itself is not instrumented): the ops'
+# CPU tests and a small whole render (patch and flow) must give no report; then the shipped .so under valgrind
+# memcheck on every C++ op at small shapes (tools/sanitize_ops.py). Needs g++ and valgrind (apt-get install valgrind).
+# Summary lines: build/sanitize/summary.txt.
+sanitize: $(STAMP)
+	PY=$(BIN)/python tools/sanitize.sh

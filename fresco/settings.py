@@ -92,6 +92,10 @@ class FrescoSettings:
                                   "default: the global switch (fresco_kernels.use_backend / FRESCO_BACKEND)",
                                   type=str, choices=BACKENDS, group="Run")
     vae_chunk: int = knob(1, "frames per VAE encode/decode call", range=(1, None), group="Run")
+    threads: Optional[int] = knob(None, "intra-op CPU threads (torch, the C++ ops, OpenCV); the same render gives "
+                                  "the same bytes at the same count (default: torch's, the core count; a resumed "
+                                  "render keeps the count it started with)", type=int, range=(1, None), group="Run",
+                                  fingerprint=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -27,6 +27,8 @@ def load_cpp() -> bool:
     _cpp_state["tried"] = True
     here = os.path.dirname(__file__)
     libs = glob.glob(os.path.join(here, "_C*.so")) + glob.glob(os.path.join(here, "_C*.pyd"))
+    if os.environ.get("FRESCO_C_LIB"):  # another build of the same kernels (`make sanitize`'s instrumented one)
+        libs = [os.environ["FRESCO_C_LIB"]]
     if _config.NO_CPP:
         _cpp_state["reason"] = "disabled by FRESCO_NO_CPP=1"
         return False

@@ -1,12 +1,14 @@
-"""Golden checksums: a short render with the tiny random-weight model through `fresco.video.render`, and one
-FrescoPipeline call with every constraint on (both backends), hashed and compared with values recorded before the issue-9 refactor
-(at a84f3b0). A refactor that is meant to keep behaviour must keep these bytes.
+"""Golden outputs: a short render with the tiny random-weight model through `fresco.video.render`, and one
+FrescoPipeline call with every constraint on (both backends), compared with arrays stored in tests/golden/. A
+refactor that is meant to keep behaviour must keep these outputs.
 
-The input clip is written as PNG frames and the render's output as a PNG folder, so no video encoder or decoder
-build enters the hashes; the hashes are of the pixel arrays, not of file bytes. They are tied to this float
-arithmetic (x86-64 CPU, torch's CPU kernels, the C++ ops): a different platform may need them re-recorded (set
-FRESCO_GOLDEN_PRINT=1 to print the current values)."""
-import hashlib
+They are compared with a stated tolerance, not as pinned bytes: float results depend on the vector ISA (ATen's
+AVX2 / AVX-512 kernels, oneDNN, BLAS) and on the thread count, and the L1 feature optimisation amplifies rounding.
+Tolerances (`_close`): images (uint8) may differ by at most IMAGE_MEAN levels on average and IMAGE_P99 levels at
+the 99th percentile of pixels; float arrays by at most FLOAT_MEAN x their mean magnitude on average. What is
+exact stays exact: the keyframe indices and the batch plan. Re-record (after a change meant to alter the output)
+with FRESCO_GOLDEN_RECORD=1; the input clip is written as PNG frames and the render's output as a PNG folder, so no
+video codec enters these arrays."""
 import os
 from pathlib import Path
 
@@ -18,39 +20,42 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from fresco.config import RenderConfig  # noqa: E402
-from fresco.video.render import render  # noqa: E402
 from fresco.video import make_synthetic_clip, read_frames, synthetic_frame  # noqa: E402
+from fresco.video.pngs import load_png as _load_png  # noqa: E402
+from fresco.video.render import render  # noqa: E402
 
-# the render: re-recorded on branch fidelity (issue 11), which changes what a render does on purpose: each keyframe's
-# prompt gets the published added prompt and the published negative prompt is used, and the batch plan follows the
-# published final-batch rule for N = 4 (keys 0, 4, ..., 20: batches (0, 4, 8) and (0, 8, 12, 16, 20), as
-# run_fresco.py's sublists [[0, 4, 8], [12, 16, 20]], instead of (0, 4, 8, 12) and (0, 12, 16, 20)); the pipeline
-# hashes, recorded
-# at a84f3b0 (before the issue-9 refactor), are unchanged by it
-GOLDEN_RENDER_KEYS = "9928ef88a86f900d2fd85600c159117e5ca37df46c9ecd8ec19dceabaf9eef2f"
-GOLDEN_RENDER_FRAMES = "b8a38e3fd3996066ff2a802a8a578b47f641ec998a7318030aad8fd6688920b6"
-GOLDEN_PIPELINE = {"fused": "c48545e84a89b00597deedd8727b10cbf64395014eb442537b6f351b59b171ff",
-                   "reference": "5b19448f81843e3efcc878be7c75ba38d8c5aaa9e1a73ca4de6a845d113daffd"}
+GOLDEN = Path(__file__).parent / "golden"
+IMAGE_MEAN, IMAGE_P99 = 1.0, 8
+FLOAT_MEAN = 0.05
 
-
-def _sha(arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-# one intra-op thread (conftest): reductions split across threads round differently, and the L1 optimisation
-# amplifies rounding (tests/test_pipeline.py), so the hashes would depend on the core count
+# one intra-op thread (conftest): the stored arrays were recorded at one thread, so the tolerance only has to cover
+# the vector ISA
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _check(name: str, got: str, want: str) -> None:
-    if os.environ.get("FRESCO_GOLDEN_PRINT"):
-        print(f"{name} = {got!r}")
-    assert got == want, f"{name}: the output changed (got {got}, recorded {want})"
+def _close(name: str, got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{name}: {got.shape} {got.dtype} vs {want.shape} " \
+                                                                f"{want.dtype}"
+    d = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    if got.dtype == np.uint8:
+        mean, p99 = d.mean(), np.percentile(d, 99)
+        assert mean <= IMAGE_MEAN and p99 <= IMAGE_P99, f"{name}: mean |diff| {mean:.3f} (<= {IMAGE_MEAN}), 99th " \
+                                                        f"percentile {p99:.1f} (<= {IMAGE_P99}) levels"
+    else:
+        scale = np.abs(want).mean() + 1e-12
+        assert d.mean() <= FLOAT_MEAN * scale, f"{name}: mean |diff| {d.mean():.3g} > {FLOAT_MEAN} x {scale:.3g}"
+
+
+def _check(file: str, arrays: dict) -> None:
+    path = GOLDEN / file
+    if os.environ.get("FRESCO_GOLDEN_RECORD"):
+        GOLDEN.mkdir(exist_ok=True)
+        np.savez_compressed(path, **arrays)
+        pytest.skip(f"recorded {path}")
+    want = np.load(path)
+    assert sorted(want.files) == sorted(arrays)
+    for k, v in arrays.items():
+        _close(f"{file}:{k}", v, want[k])
 
 
 def test_golden_render(tmp_path):
@@ -58,15 +63,15 @@ def test_golden_render(tmp_path):
     cfg = RenderConfig(file_path=str(clip), save_path=str(tmp_path / "out"), prompt="a watercolor painting",
                        sd_path="tiny-random", size="64x64", num_inference_steps=4, num_warmup_steps=1,
                        end_opt_step=2, opt_iters=2, mininterv=4, maxinterv=4, batch_size=4, output="frames",
-                       device="cpu", propagation="flow")  # the bytes recorded at a84f3b0 are the flow blend's
+                       device="cpu", propagation="flow")
     result = render(cfg, progress=False)
-    assert len(result.batches) == 2
-    from fresco.video.pngs import load_png as _load_png
-    keys = [_load_png(result.keys_dir / f"{k:05d}.png") for k in result.keys]
-    frames = list(read_frames(result.video))
-    assert len(frames) == 24
-    _check("GOLDEN_RENDER_KEYS", _sha(keys), GOLDEN_RENDER_KEYS)
-    _check("GOLDEN_RENDER_FRAMES", _sha(frames), GOLDEN_RENDER_FRAMES)
+    # exact: the keyframe selection and the batch plan (the published final-batch rule for N = 4)
+    assert result.keys == [0, 4, 8, 12, 16, 20]
+    assert [b.frames for b in result.batches] == [(0, 4, 8), (0, 8, 12, 16, 20)]
+    keys = np.stack([_load_png(result.keys_dir / f"{k:05d}.png") for k in result.keys])
+    frames = np.stack(list(read_frames(result.video)))
+    assert frames.shape == (24, 64, 64, 3)
+    _check("render.npz", {"keys": keys, "frames": frames})
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
@@ -77,5 +82,5 @@ def test_golden_pipeline(backend):
     bg = torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(3))
     out = pipe(frames, "a painting of shapes", num_inference_steps=6, opt_iters=2, seed=1, background=bg,
                backend=backend, return_anchor_record=True)
-    _check(f"GOLDEN_PIPELINE[{backend!r}]",
-           _sha([out.images, out.latents.numpy()] + [r.numpy() for r in out.anchor_record]), GOLDEN_PIPELINE[backend])
+    _check(f"pipeline-{backend}.npz", {"images": out.images, "latents": out.latents.numpy(),
+                                       "anchor_record": np.stack([r.numpy() for r in out.anchor_record])})

@@ -31,6 +31,9 @@ class WavefrontWorker:
     board, and propagates segments of the video."""
 
     def __init__(self, cfg: RenderConfig):
+        if cfg.settings.threads is not None:  # the render's count (Ray's default is OMP_NUM_THREADS=1)
+            from ..threads import set_threads
+            set_threads(cfg.settings.threads)
         self.cfg = cfg
         self._stylizer = None
         self._propagate = None
@@ -82,6 +85,10 @@ class WavefrontRunner:
 
     def start(self) -> None:
         """Actors and their models start with the first batch (each loads its model once)."""
+
+    def use_threads(self, n: int) -> None:
+        """The render's intra-op thread count (a resume's recorded one), for every actor started after this."""
+        self.cfg = self.cfg.replace(threads=n)
 
     def _start(self, n: int):
         if self._pool is None:

@@ -25,6 +25,7 @@ from ..models.flow import FlowEstimator, batch_flows, get_flow_estimator
 from ..models.sd import (CONTROL_TYPES, TINY, Components, load_components, make_scheduler, resolve_device,
                          resolve_dtype, tiny_components)
 from ..settings import FrescoSettings
+from ..threads import intra_op_threads
 from .attention import FrescoController, install_processors, restore_processors
 from ..addon_specs import PREPROCESSORS
 from .control import control_maps
@@ -347,6 +348,12 @@ class FrescoPipeline:
         called after each run step with the steps run so far and the run steps in all (front ends' progress; an
         exception it raises stops the batch)."""
         s = self._settings(settings, overrides)
+        if s.threads is not None and s.threads != torch.get_num_threads():
+            with intra_op_threads(s.threads):
+                return self(frames, prompt, negative_prompt, settings=s, prompt_embeds=prompt_embeds,
+                            negative_prompt_embeds=negative_prompt_embeds, control_images=control_images,
+                            background=background, anchor_latents=anchor_latents, on_anchor_record=on_anchor_record,
+                            return_anchor_record=return_anchor_record, progress=progress, step_callback=step_callback)
         batch = self._prepare(frames, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                               control_images, background, s)
         anchors = self._anchor_source(anchor_latents, batch)

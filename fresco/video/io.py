@@ -20,6 +20,28 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FOLDER_FPS = Fraction(30)
 
 
+def _cpu_has_avx512() -> bool:
+    """Whether this CPU (and OS) runs AVX-512 code, as numpy's runtime dispatch detected it."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return bool(features.get("AVX512F"))
+
+
+def x264_options(crf: int) -> dict[str, str]:
+    """libx264 options of every H.264 file fresco writes: `crf`, preset medium, and on a CPU with AVX-512 the
+    encoder's assembly capped at AVX2. x264's AVX-512 macroblock-tree pass (mbtree_propagate_list) handles 8
+    macroblocks per step without masking the ones past the end of a row, so when the width is not a multiple of
+    128 pixels it adds costs read from uninitialised memory: the same frames then encode to different bytes from
+    run to run (up to dozens of levels apart once decoded). The AVX2 code handles the row's end; its output is the
+    same on every run, and the same as on an AVX2-only machine."""
+    opts = {"crf": str(crf), "preset": "medium"}
+    if _cpu_has_avx512():  # any AVX-512 CPU also has what x264's "AVX2" level names (AVX2, FMA3, BMI1/2, LZCNT)
+        opts["x264-params"] = "asm=AVX2"
+    return opts
+
+
 def _av():
     try:
         import av
@@ -235,7 +257,7 @@ class VideoWriter:
             self._vs = self._out.add_stream("libx264", rate=self.fps)
             self._vs.width, self._vs.height = w, h
             self._vs.pix_fmt = "yuv420p"
-            self._vs.options = {"crf": str(crf), "preset": "medium"}
+            self._vs.options = x264_options(crf)
             self._vs.codec_context.time_base = self.time_base
             if audio_from is not None and not Path(audio_from).is_dir():
                 with av.open(str(audio_from)) as c:
@@ -352,6 +374,7 @@ def make_synthetic_clip(path: str | os.PathLike, n_frames: int = 96, size: tuple
         vs = out.add_stream("libx264", rate=fps)
         vs.width, vs.height = size
         vs.pix_fmt = "yuv420p"
+        vs.options = x264_options(23)  # libx264's default crf
         aus = out.add_stream("aac", rate=rate, layout="mono")
         n_samples = int(rate * n_frames / fps)
         sample = 0

@@ -2,7 +2,7 @@
 other frames, streamed output; resumable from the output folder after a crash or Ctrl-C (one finished batch at a
 time). The output folder is locked while a render runs, and only files the render wrote (its manifest in the state
 file) are ever deleted or replaced without --overwrite. `render` runs the stages in order; the parts live by job in
-preflight.py, source.py (input, key plan), outdir.py (lock, state, manifest, fingerprint), runner.py and pngs.py."""
+preflight.py, source.py (input, key plan, resume), outdir.py (lock, state, manifest, fingerprint), runner.py and pngs.py."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,19 +19,20 @@ from tqdm.auto import tqdm
 
 from fresco_kernels import get_backend
 
+from .. import threads as threads_mod
 from ..config import RenderConfig
 from ..constants import KEYS, LATENTS, PREVIEW, SCORE_FILES
 from ..models.flow import FlowEstimator
 from ..score import score_render
 from . import preflight
 from .io import VideoInfo, VideoWriter, probe, processing_size
-from .keyframes import Batch, plan_batches
+from .keyframes import Batch
 from . import safe_fs
-from .outdir import FolderLock, State, batch_files, fingerprint, make_folder, output_files, refuse_foreign
+from .outdir import FolderLock, State, batch_files, make_folder, output_files, refuse_foreign
 from .pngs import load_png, png_bytes, preview_png
 from .preflight import check_render
 from .runner import BatchStylizer, LocalRunner, Runner
-from .source import batch_frames, plan_keys, read_input
+from .source import Plan, batch_frames, plan_render, read_input
 
 PREVIEW_KEYS = 6
 
@@ -104,6 +104,7 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
     created = make_folder(root)
     lock = FolderLock(root)
     progress_note = {"done": 0, "total": None}
+    threads_before = threads_mod.current()  # _render_locked sets the render's thread count
     try:
         lock.acquire()
         if lock.stale:
@@ -119,18 +120,10 @@ def render(cfg: RenderConfig, stylizer: Optional[BatchStylizer] = None,
         raise Interrupted(f"interrupted after batch {progress_note['done']}/{progress_note['total']}; run the same "
                           f"command to resume") from None
     finally:
+        threads_mod.restore(threads_before)
         lock.release()
         if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()
-
-
-@dataclass
-class _Plan:
-    """The keyframe plan of a render: from the state file when resuming, else selected from the input."""
-    keys: list[int]
-    n: int
-    batches: list[Batch]
-    vfr_rate: Optional[Fraction]
 
 
 def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, runner: Runner,
@@ -141,7 +134,11 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
     `progress_note` tracks finished/total batches for Ctrl-C."""
     t0 = time.perf_counter()
     state = State(root)
-    plan = _plan(cfg, info, size, root, state)
+    plan = plan_render(cfg, info, size, root, state)
+    threads = threads_mod.render_threads(state.data, cfg.settings.threads)
+    threads_mod.set_threads(threads)
+    if hasattr(runner, "use_threads"):
+        runner.use_threads(threads)
     fps = plan.vfr_rate or info.fps
     progress_note.update(done=len(state.data["done"]), total=len(plan.batches))
     timings = {"keyframes_s": time.perf_counter() - t0, "diffusion_s": 0.0, "propagation_s": 0.0}
@@ -183,39 +180,8 @@ def _render_locked(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], ro
                         timings, list(state.data.get("warnings", [])))
 
 
-def _plan(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, state: State) -> _Plan:
-    """The keyframe plan: the state file's when it holds a render of these settings to resume, else (after
-    removing what an earlier render wrote, when it is to be replaced) keys selected from one decode of the input."""
-    fp = fingerprint(cfg, info, size)
-    old = state.load()
-    if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old.get("done"))):
-        # only what the earlier render wrote goes; with no batch finished there is nothing to lose
-        safe_fs.remove_proven(root, old["files"], old["hashes"])
-        state.path.unlink()
-        old = None
-    elif old is not None and old["fingerprint"] != fp:
-        raise ValueError(f"save_path: '{root}' holds a render of other settings or another input; use --overwrite "
-                         f"to replace it or choose another folder")
-
-    if old is None:
-        keys, n, vfr_rate, warnings = plan_keys(cfg, info, size)
-        for w in warnings:
-            _log(f"fresco: warning: {w}")
-        batches = plan_batches(keys, cfg.batch_size)
-        state.data = {"fingerprint": fp, "n_frames": n, "size": list(size), "fps": str(info.fps),
-                      "vfr_fps": None if vfr_rate is None else str(vfr_rate), "keys": keys,
-                      "batches": [[list(b.frames), b.n_anchors] for b in batches], "done": [], "complete": False,
-                      "warnings": warnings, "files": []}
-    else:
-        keys, n = state.data["keys"], state.data["n_frames"]
-        batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
-        _log(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished")
-    vfr_rate = Fraction(state.data["vfr_fps"]) if state.data.get("vfr_fps") else None
-    return _Plan(keys, n, batches, vfr_rate)
-
-
 def _stylize_batches(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, state: State,
-                     plan: _Plan, todo: list[Batch], runner: Runner, stop_after: Optional[int], progress: bool,
+                     plan: Plan, todo: list[Batch], runner: Runner, stop_after: Optional[int], progress: bool,
                      progress_note: dict, on_batch, should_stop) -> bool:
     """Run the unfinished batches `todo` through the runner; each finished batch's keys and per-step anchor record
     go to disk before the state says it is done. False when `stop_after` batches ran and the render stops there."""
@@ -262,7 +228,7 @@ def _stylize_batches(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], 
     return not stopped
 
 
-def _propagate(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, state: State, plan: _Plan,
+def _propagate(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, state: State, plan: Plan,
                fps, runner: Runner, progress: bool, on_frame, should_stop) -> tuple[Path, list, list]:
     """Every frame from the stylised keys through the runner's propagation into the output video (or frames);
     returns the output's path and the preview keys' source and stylised frames."""

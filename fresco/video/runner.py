@@ -53,6 +53,8 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
 
 class Runner(Protocol):
     """Where a render's work runs. `start()`: load what the batches need (before the state file is written).
+    `use_threads(n)` (optional): the render's intra-op thread count (on resume the one its state file recorded)
+    for the settings the runner hands to its stylizers and processes; called before `start()`.
     `run_batches(batches, load_anchors, finish, n)`: run the stream of (batch, frames) in order; batch k's anchors
     are batch k-1's per-step record (`load_anchors(k-1)` reads a finished one from disk); call `finish(batch,
     images, record)` for each finished batch (any order). `propagate(frames, keys, load_key)`: the stylised stream
@@ -83,6 +85,9 @@ class LocalRunner:
         if self.flow is None:
             self.flow = flow_estimator(self.cfg)
         return self.flow
+
+    def use_threads(self, n: int) -> None:
+        self.cfg = self.cfg.replace(threads=n)
 
     def start(self) -> None:
         if self.stylizer is None and self.make_stylizer is not None:

@@ -1,16 +1,22 @@
-"""The input of a render, streamed: its frames at the processing size, the keyframe selection from one decode, and
-the frames of each batch from another (holding only one batch and its anchors)."""
+"""The input of a render, streamed: its frames at the processing size, the keyframe selection from one decode, the
+render's keyframe plan (resumed from the state file or selected anew), and the frames of each batch from another
+decode (holding only one batch and its anchors)."""
 from __future__ import annotations
 
 import itertools
+import sys
+from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..config import RenderConfig
+from . import safe_fs
 from .io import VideoInfo, read_timed_frames
-from .keyframes import Batch, fixed_keyframes, frame_errors, select_keyframes
+from .keyframes import Batch, fixed_keyframes, frame_errors, plan_batches, select_keyframes
+from .outdir import State, fingerprint
 
 
 def read_input(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]):
@@ -88,3 +94,44 @@ def plan_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
         warnings.append(f"input: variable frame rate (header {float(info.fps):.3g} fps, average "
                         f"{float(vfr_rate):.3g} fps); the output keeps the source's timestamps")
     return keys, n, vfr_rate, warnings
+
+
+@dataclass
+class Plan:
+    """The keyframe plan of a render: from the state file when resuming, else selected from the input."""
+    keys: list[int]
+    n: int
+    batches: list[Batch]
+    vfr_rate: Optional[Fraction]
+
+
+def plan_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, state: State) -> Plan:
+    """The keyframe plan: the state file's when it holds a render of these settings to resume, else (after
+    removing what an earlier render wrote, when it is to be replaced) keys selected from one decode of the input."""
+    fp = fingerprint(cfg, info, size)
+    old = state.load()
+    if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old.get("done"))):
+        # only what the earlier render wrote goes; with no batch finished there is nothing to lose
+        safe_fs.remove_proven(root, old["files"], old["hashes"])
+        state.path.unlink()
+        old = None
+    elif old is not None and old["fingerprint"] != fp:
+        raise ValueError(f"save_path: '{root}' holds a render of other settings or another input; use --overwrite "
+                         f"to replace it or choose another folder")
+
+    if old is None:
+        keys, n, vfr_rate, warnings = plan_keys(cfg, info, size)
+        for w in warnings:
+            print(f"fresco: warning: {w}", file=sys.stderr, flush=True)
+        batches = plan_batches(keys, cfg.batch_size)
+        state.data = {"fingerprint": fp, "n_frames": n, "size": list(size), "fps": str(info.fps),
+                      "vfr_fps": None if vfr_rate is None else str(vfr_rate), "keys": keys,
+                      "batches": [[list(b.frames), b.n_anchors] for b in batches], "done": [], "complete": False,
+                      "warnings": warnings, "files": []}
+    else:
+        keys, n = state.data["keys"], state.data["n_frames"]
+        batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
+        print(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished",
+              file=sys.stderr, flush=True)
+    vfr_rate = Fraction(state.data["vfr_fps"]) if state.data.get("vfr_fps") else None
+    return Plan(keys, n, batches, vfr_rate)
