@@ -12,6 +12,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytest.importorskip("diffusers")
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"`: the quick loop (README)
+
 from fresco.config import RenderConfig  # noqa: E402
 from fresco.distributed import load_jobs, render_many, render_wavefront  # noqa: E402
 from fresco.video import fixed_keyframes, make_synthetic_clip, plan_batches, read_frames  # noqa: E402

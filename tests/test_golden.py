@@ -30,7 +30,7 @@ FLOAT_MEAN = 0.05
 
 # one intra-op thread (conftest): the stored arrays were recorded at one thread, so the tolerance only has to cover
 # the vector ISA
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # slow: a whole render and two batches
 
 
 def _close(name: str, got: np.ndarray, want: np.ndarray) -> None:

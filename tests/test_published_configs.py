@@ -21,8 +21,11 @@ from published_configs import PUBLISHED_CONFIGS, write_config  # noqa: E402
 SPEED = ["--size", "64x64", "--steps", "2", "--warmup-steps", "0", "--end-opt-step", "1", "--opt-iters", "1",
          "--max-frames", "8", "-q"]
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"`: the quick loop (README)
+
 # run in the subprocess: write the stand-ins, render each config, and record per config what ran (the pipeline's
 # event counts, the background maps it got, the annotator and flow calls) into record.json
+
 _SCRIPT = '''
 import functools, json, sys
 from collections import Counter

@@ -21,6 +21,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from fresco.video import make_synthetic_clip, probe, read_frames  # noqa: E402
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"`: the quick loop (README)
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
