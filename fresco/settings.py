@@ -95,6 +95,8 @@ class FrescoSettings:
                                   "default: the global switch (fresco_kernels.use_backend / FRESCO_BACKEND)",
                                   type=str, choices=BACKENDS)
     vae_chunk: int = knob(1, "frames per VAE encode/decode call")
+    compile: bool = knob(False, "torch.compile the UNet's blocks and the ControlNet with FRESCO's processors in "
+                                "place (inductor; the first batch at a size compiles, later ones reuse it)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
