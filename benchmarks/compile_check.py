@@ -110,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cond, uncond = torch.randn(77, dim, generator=g), torch.randn(77, dim, generator=g)
     batches = [(*m, cond, uncond) for m in made]
     info = dict(model="tiny-random" if args.tiny else "sd15-random", size=f"{h}x{w}", n=args.n,
-                device=torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.processor()}, "
+                device=torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.machine()}, "
                 f"{torch.get_num_threads()} threads)", torch=torch.__version__)
     rows = [_row(pipe, batches, "every constraint", args.backend, args.steps, args.opt_iters),
             _row(pipe, batches, "no feature optimisation", args.backend, args.steps, args.opt_iters,
