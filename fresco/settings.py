@@ -96,6 +96,9 @@ class FrescoSettings:
                                   "the same bytes at the same count (default: torch's, the core count; a resumed "
                                   "render keeps the count it started with)", type=int, range=(1, None), group="Run",
                                   fingerprint=False)
+    compile: bool = knob(False, "torch.compile the UNet's blocks and the ControlNet with FRESCO's processors in "
+                                "place (inductor; the first batch at a size compiles, later ones reuse it)",
+                         group="Run")
 
     def __post_init__(self) -> None:
         for f in fields(self):

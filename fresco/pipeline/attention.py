@@ -28,6 +28,11 @@ class FrescoController:
     settings.backend (None: the global switch, resolved here once)."""
 
     def __init__(self, settings: Optional[FrescoSettings] = None, cfg_chunks: int = 2):
+        self.reset(settings, cfg_chunks)
+
+    def reset(self, settings: Optional[FrescoSettings] = None, cfg_chunks: int = 2) -> None:
+        """The state of a new controller for `settings`, set in place (a compiled pipeline keeps one controller:
+        its graphs guard on the objects they read)."""
         self.mode = "off"
         self.settings = settings or FrescoSettings()
         self.backend = self.settings.backend or get_backend()
@@ -50,6 +55,9 @@ class FrescoController:
         # decoder block index -> [B, hw, C] normalised input features of the reference pass
         self.ref_features: Dict[int, torch.Tensor] = {}
         self.events: Counter = Counter()
+        # False under torch.compile: the events are keyed on the step index, so the pipeline counts them after
+        # each UNet call (count_run_call) instead of the processors inside the graph
+        self.counting = not self.settings.compile
 
     def set_step(self, step: int, timestep: int, *, cross_frame: bool, spatial: bool, temporal: bool,
                  optimize: bool) -> None:
@@ -59,6 +67,16 @@ class FrescoController:
 
     def count(self, kind: str, layer) -> None:
         self.events[(kind, self.step, layer)] += 1
+
+    def count_run_call(self, layers) -> None:
+        """The events the processors of `layers` count in one UNet call (when `counting` is off)."""
+        if self.counting or self.mode != "run":
+            return
+        for layer in layers:
+            for kind, on in (("spatial_attention", self.spatial), ("cross_frame_attention", self.cross_frame),
+                             ("temporal_attention", self.temporal)):
+                if on:
+                    self.count(kind, layer)
 
     def clear(self) -> None:
         """Drop everything recorded for the batch (called when the batch is done)."""
@@ -126,7 +144,8 @@ class FrescoAttnProcessor:
             q_ref = _heads(attn.to_q(ref), heads)
             k_ref = _heads(attn.to_k(ref), heads)
             q_guided = _tokens(F.scaled_dot_product_attention(q_ref, k_ref * c.spatial_scale_k, _heads(q, heads)))
-            c.count("spatial_attention", self.name)
+            if c.counting:
+                c.count("spatial_attention", self.name)
         else:
             q_guided = q
         if run and c.cross_frame:
@@ -135,8 +154,12 @@ class FrescoAttnProcessor:
                 out = cross_frame_attention_reference(q_guided, k, v, keep, heads, c.cfg_chunks)
             else:
                 K, V = cross_frame_kv(k, v, keep, c.cfg_chunks)
+                # frame 0's tokens are always kept (cross_frame_keep): the length is >= hw, which tells a compiled
+                # graph (where it is a data-dependent size) that the attention is not over an empty key set
+                torch._check(K.shape[1] >= hw)
                 out = cross_frame_attention(q_guided, K, V, heads, c.cfg_chunks)
-            c.count("cross_frame_attention", self.name)
+            if c.counting:
+                c.count("cross_frame_attention", self.name)
         else:
             out = _tokens(F.scaled_dot_product_attention(_heads(q_guided, heads), _heads(k, heads),
                                                          _heads(v, heads)))
@@ -144,7 +167,8 @@ class FrescoAttnProcessor:
             fwd_mapping, segment = c.inputs.trajectories[hw]
             out = trajectory_attention(q, k, out.to(q.dtype), fwd_mapping, segment, c.temporal_scale_k, heads,
                                        c.cfg_chunks, check_mapping=False, backend=c.backend)
-            c.count("temporal_attention", self.name)
+            if c.counting:
+                c.count("temporal_attention", self.name)
         out = attn.to_out[0](out.to(q.dtype))
         out = attn.to_out[1](out)
         if input_ndim == 4:
@@ -159,16 +183,24 @@ def fresco_layer_names(unet) -> list:
     return [n for n in unet.attn_processors if n.startswith(FRESCO_BLOCKS) and n.endswith("attn1.processor")]
 
 
-def install_processors(unet, controller: FrescoController) -> Tuple[dict, list]:
+def install_processors(unet, controller: FrescoController, cache: Optional[Dict[str, FrescoAttnProcessor]] = None
+                       ) -> Tuple[dict, list]:
     """Put a FrescoAttnProcessor on every FRESCO layer, keep the others; returns (the previous processors, to hand
-    to `restore_processors`, and the names of the replaced layers)."""
+    to `restore_processors`, and the names of the replaced layers). cache: processors kept between calls (layer
+    name -> processor), reused while they drive `controller`, so compiled graphs see the same objects."""
     previous = dict(unet.attn_processors)
     names = fresco_layer_names(unet)
     if not names:
         raise ValueError("unet: no self-attention layers in up_blocks.2/3; FRESCO needs SD1.5's UNet structure")
     new = dict(previous)
     for n in names:
-        new[n] = FrescoAttnProcessor(n[: -len(".processor")], controller)
+        layer = n[: -len(".processor")]
+        proc = cache.get(layer) if cache is not None else None
+        if proc is None or proc.controller is not controller:
+            proc = FrescoAttnProcessor(layer, controller)
+            if cache is not None:
+                cache[layer] = proc
+        new[n] = proc
     unet.set_attn_processor(new)
     return previous, names
 

@@ -7,7 +7,8 @@ layers (fresco.pipeline.attention), forward pre-hooks on unet.up_blocks[i] (fres
 module's own
 denoising loop around `unet(...)` / `controlnet(...)`; UNet2DConditionModel.forward is never copied or replaced.
 FreeU is the published variant (fresco.pipeline.freeu), also through hooks. Processors and hooks are removed after
-every call, so the components stay usable as a normal pipeline."""
+every call, so the components stay usable as a normal pipeline. With settings.compile the UNet's blocks and the
+ControlNet run compiled (fresco.pipeline.compiled) until a call without it."""
 from __future__ import annotations
 
 import time
@@ -21,13 +22,14 @@ from tqdm.auto import tqdm
 
 from fresco_kernels import get_backend
 
+from ..addon_specs import PREPROCESSORS
 from ..models.flow import FlowEstimator, batch_flows, get_flow_estimator
-from ..models.sd import (CONTROL_TYPES, TINY, Components, load_components, make_scheduler, resolve_device,
-                         resolve_dtype, tiny_components)
+from ..models.sd import (TINY, Components, load_components, make_scheduler, resolve_device, resolve_dtype,
+                         tiny_components)
 from ..settings import FrescoSettings
 from ..threads import intra_op_threads
-from .attention import FrescoController, install_processors, restore_processors
-from ..addon_specs import PREPROCESSORS
+from .attention import FrescoAttnProcessor, FrescoController, install_processors, restore_processors
+from .compiled import DEFAULT_BACKEND, CompiledBlocks, sync_compiled
 from .control import control_maps
 from .freeu import FreeU
 from .inputs import BatchInputs
@@ -179,6 +181,12 @@ class FrescoPipeline:
         # decoder block i's input is the latent downsampled by the upsamplers from block i on
         self.block_down = [2 ** sum(1 for b in ups[i:] if getattr(b, "upsamplers", None)) for i in range(4)]
         self.size_multiple = self.vae_factor * self.block_down[0]
+        # settings.compile: torch.compile's backend, the compiled forwards, and the one controller and processor
+        # set a compiled pipeline reuses (fresco.pipeline.compiled)
+        self.compile_backend: object = DEFAULT_BACKEND
+        self._compiled: Optional[CompiledBlocks] = None
+        self._controller: Optional[FrescoController] = None
+        self._processors: Dict[str, FrescoAttnProcessor] = {}
 
     @classmethod
     def from_pretrained(cls, model: str = TINY, controlnet=None, controlnet_type: Optional[str] = "canny",
@@ -361,7 +369,10 @@ class FrescoPipeline:
         callbacks = [on_anchor_record] if on_anchor_record is not None else []
         if record is not None:
             callbacks.append(lambda j, latents: record.append(latents))
-        previous, _ = install_processors(self.unet, batch.ctrl)
+        self._compiled = sync_compiled(self._compiled, self.unet, self.controlnet, s.compile, self.compile_backend)
+        reuse = dict(cache=self._processors) if s.compile else {}  # compiled graphs guard on the processors
+        previous, names = install_processors(self.unet, batch.ctrl, **reuse)
+        batch.layers = [n[: -len(".processor")] for n in names]
         hooks = None
         freeu = None
         try:
@@ -422,7 +433,7 @@ class FrescoPipeline:
             and any(warmup <= i < schedule["end_opt_step"] for i in range(s.num_inference_steps))
         need_flow = s.cross_frame_attention or s.temporal_attention or (optimize_on and s.temporal_loss) or smoothing
         batch = _Batch(settings=s, schedule=schedule, n=n, size=(H, W), stages=_Stages(dev),
-                       ctrl=FrescoController(s), gen=torch.Generator(device=dev).manual_seed(int(s.seed)),
+                       ctrl=self._batch_controller(s), gen=torch.Generator(device=dev).manual_seed(int(s.seed)),
                        smoothing=smoothing, optimize_on=optimize_on)
         stages = batch.stages
         imgs = imgs.to(dev)
@@ -461,6 +472,16 @@ class FrescoPipeline:
         with stages("encode"):
             batch.latent_x0 = self.vae_encode(imgs_pm1, batch.gen, s.vae_chunk)
         return batch
+
+    def _batch_controller(self, s: FrescoSettings) -> FrescoController:
+        """A new controller for the batch; under compile the pipeline's one controller, reset in place."""
+        if not s.compile:
+            return FrescoController(s)
+        if self._controller is None:
+            self._controller = FrescoController(s)
+        else:
+            self._controller.reset(s)
+        return self._controller
 
     def _control_images(self, control_images, frames: np.ndarray) -> Optional[List[np.ndarray]]:
         """The user's condition images, one [N, H, W, 3] uint8 array per ControlNet, checked against `frames` (None:
@@ -535,8 +556,8 @@ class FrescoPipeline:
             ctrl.record_features = spatial_loss
             t_ref = batch.timesteps[-1]
             x_ref = self.scheduler.add_noise(batch.latent_x0, batch.noise, torch.tensor([t_ref], device=self.device))
-            self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), t_ref, encoder_hidden_states=batch.embeds,
-                      added_cond_kwargs=batch.added_cond, return_dict=False)
+            self.unet(torch.cat([x_ref, x_ref]).to(self.dtype), torch.tensor(t_ref, device=self.device),
+                      encoder_hidden_states=batch.embeds, added_cond_kwargs=batch.added_cond, return_dict=False)
             ctrl.mode = "off"
 
     def _denoise(self, batch: "_Batch", anchors: Optional[Callable[[int], torch.Tensor]],
@@ -585,6 +606,8 @@ class FrescoPipeline:
         """The classifier-free-guided noise prediction (ControlNet residuals when there is a ControlNet)."""
         s = batch.settings
         x_in = torch.cat([latents, latents]).to(self.dtype)
+        # a tensor timestep (diffusers makes one of an int anyway): compiled graphs do not guard on its value
+        t = torch.tensor(t, device=self.device)
         down = mid = None
         if self.controlnet is not None:
             scales = [s.cond_scale if x is None else x for x in self.control_scales or [None]]
@@ -594,6 +617,7 @@ class FrescoPipeline:
         eps = self.unet(x_in, t, encoder_hidden_states=batch.embeds, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid, added_cond_kwargs=batch.added_cond,
                         return_dict=False)[0].float()
+        batch.ctrl.count_run_call(batch.layers)
         eps_u, eps_c = eps.chunk(2)
         return eps_u + s.guidance_scale * (eps_c - eps_u)
 
@@ -624,6 +648,7 @@ class _Batch:
     timesteps: List[int] = field(default_factory=list)
     noise: Optional[torch.Tensor] = None
     latent_x0: Optional[torch.Tensor] = None
+    layers: List[str] = field(default_factory=list)
 
     @property
     def spatial_on(self) -> bool:
