@@ -290,6 +290,20 @@ def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
             "threads": torch.get_num_threads()}
 
 
+def cpu_time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), gap: int = 3) -> dict:
+    """CPU seconds (this process, all threads: robust to a shared machine's load, unlike wall time) per in-between
+    frame of each method through fresco.video.propagate, flows included, on the crossing clip at size² with keys
+    0 and gap + 1."""
+    frames = make_clip("crossing", size, n=gap + 2)
+    styled = {0: stylize(frames[0]), gap + 1: stylize(frames[-1])}
+    out = {"size": size, "threads": torch.get_num_threads()}
+    for m in methods:
+        t0 = time.process_time()
+        run_method(m, frames, [0, gap + 1], styled)
+        out[f"cpu_s_per_frame_{m}"] = (time.process_time() - t0) / gap
+    return out
+
+
 def markdown(rows: List[dict]) -> str:
     lines = ["| clip | style | size | interval | method | PSNR dB | sharpness | warp error x input "
              "| worst frame vs flow dB | s/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -318,6 +332,8 @@ def main(argv=None) -> int:
                     help="texture seed of the clips (0: the tuning clips; 1, 2, ...: held-out clips, same motions)")
     ap.add_argument("--timing", type=int, default=0, help="also time the patch method at this size (e.g. 512)")
     ap.add_argument("--timing-only", action="store_true", help="only the timing row (needs --timing)")
+    ap.add_argument("--cpu-timing", type=int, default=0,
+                    help="CPU seconds per in-between frame of flow, patch and auto at this size (then exit)")
     ap.add_argument("--device", default="cpu", help="device of the timing row (cuda: the Triton kernels)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
@@ -331,6 +347,9 @@ def main(argv=None) -> int:
         ap.error(f"--frames must be >= 3, got {args.frames}")
     if args.windows < 1:
         ap.error(f"--windows must be >= 1, got {args.windows}")
+    if args.cpu_timing:
+        print(json.dumps(cpu_time_methods(args.cpu_timing)))
+        return 0
     rows = []
     real = real_windows(args.real, args.size, args.frames, args.windows, args.real_clips) if args.real and not args.timing_only else []
     jobs = [(name, clip) for name, clip in real] + [(c, None) for c in ([] if args.timing_only else args.clips)]

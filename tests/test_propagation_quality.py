@@ -82,3 +82,8 @@ def test_real_windows_read_a_clip_folder(tmp_path):
     assert wins[0][1][0].shape == (32, 32, 3) and wins[0][0] != wins[1][0]
     with pytest.raises(SystemExit):
         pq.real_windows(str(tmp_path), 32, 50, 1)  # no clip that long
+
+
+def test_cpu_timing_of_each_method():
+    t = pq.cpu_time_methods(48, gap=1)
+    assert t["size"] == 48 and all(t[f"cpu_s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))
