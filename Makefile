@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: install demo ui demo-ops bench-e2e-video bench-propagation test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
+.PHONY: real-clips install demo ui demo-ops bench-e2e-video bench-propagation test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -113,3 +113,18 @@ bench-propagation: $(STAMP)
 # Summary lines: build/sanitize/summary.txt.
 sanitize: $(STAMP)
 	PY=$(BIN)/python tools/sanitize.sh
+
+# issue 25: real footage for the propagation benchmark, from Debian's opencv-doc (apt-get download + dpkg -x, no
+# root needed) into the ignored $(REAL_CLIPS); nothing is committed. Then e.g.
+#   python -m benchmarks.propagation_quality --real $(REAL_CLIPS) --size 256 --intervals 10 --style pencil
+REAL_CLIPS ?= .cache/real-clips
+real-clips:
+	mkdir -p $(REAL_CLIPS)/deb
+	test -n "$$(ls $(REAL_CLIPS)/deb/opencv-doc_*.deb 2>/dev/null)" || (cd $(REAL_CLIPS)/deb && apt-get download opencv-doc)
+	dpkg -x $$(ls $(REAL_CLIPS)/deb/opencv-doc_*.deb | head -1) $(REAL_CLIPS)/pkg
+	for f in Megamind.avi vtest.avi tree.avi; do \
+		cp $$(find $(REAL_CLIPS)/pkg -name $$f | head -1) $(REAL_CLIPS)/$$f; done
+	for f in box cup; do \
+		gunzip -c $$(find $(REAL_CLIPS)/pkg -name $$f.mp4.gz | head -1) > $(REAL_CLIPS)/$$f.mp4; done
+	rm -rf $(REAL_CLIPS)/pkg
+	ls -l $(REAL_CLIPS)

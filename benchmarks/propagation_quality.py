@@ -2,8 +2,13 @@
 deterministic per-frame "style" S (bilateral smoothing + colour quantisation + dark Canny edges); the propagation
 methods see only the keyframes' S(frame) and are scored on every in-between frame against S(frame).
 
-    python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch]
-                                             [--seed 0] [--timing 512] [--out DIR]
+    python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch auto]
+                                             [--seed 0] [--style flat|pencil] [--timing 512] [--out DIR]
+    python -m benchmarks.propagation_quality --real .cache/real-clips [--frames 31] [--windows 2] ...
+
+--real DIR: real footage (`make real-clips`: Debian opencv-doc's Megamind, vtest, tree, box and cup), `--windows`
+windows of `--frames` frames spread over each clip, resized so the long side is --size; the procedural clips follow
+as a second table unless --clips is given empty (`--clips`).
 
 Reports per clip, interval and method: mean PSNR (dB), sharpness (gradient energy / the target's), temporal
 stability (fresco.score's warp error of the whole clip along the input's DIS flow, as a multiple of the input's
@@ -17,7 +22,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -149,6 +154,52 @@ def stylize(frame: np.ndarray) -> np.ndarray:
     return out
 
 
+def stylize_pencil(frame: np.ndarray) -> np.ndarray:
+    """The textured style: OpenCV's pencilSketch colour output (pencil strokes that follow the content's edges and
+    shading, over the frame's smoothed colours). [H, W, 3] uint8 RGB -> [H, W, 3] uint8 RGB."""
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    _, colour = cv2.pencilSketch(bgr, sigma_s=40, sigma_r=0.08, shade_factor=0.06)
+    return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+
+
+STYLES = {"flat": stylize, "pencil": stylize_pencil}
+REAL_CLIPS = ("Megamind.avi", "vtest.avi", "tree.avi", "box.mp4", "cup.mp4")
+
+
+def real_windows(folder: str, size: int, frames: int, windows: int, names: Sequence[str] = REAL_CLIPS
+                 ) -> List[tuple]:
+    """[(name, [frames] of [H, W, 3] uint8 RGB)]: `windows` windows of `frames` consecutive frames per clip of
+    REAL_CLIPS found in `folder`, spread evenly over the clip, resized so the long side is `size` (even sides)."""
+    import pathlib
+    out = []
+    for name in names:
+        path = pathlib.Path(folder) / name
+        if not path.is_file():
+            continue
+        cap = cv2.VideoCapture(str(path))
+        allf = []
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            allf.append(bgr)
+        cap.release()
+        if len(allf) < frames:
+            continue
+        h, w = allf[0].shape[:2]
+        k = size / max(h, w)
+        dsize = (max(2, int(round(w * k / 2)) * 2), max(2, int(round(h * k / 2)) * 2))
+        starts = np.linspace(0, len(allf) - frames, windows + 2)[1:-1] if windows > 1 else [(len(allf) - frames) / 2]
+        for s0 in starts:
+            s0 = int(s0)
+            clip = [cv2.cvtColor(cv2.resize(f, dsize, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+                    for f in allf[s0:s0 + frames]]
+            out.append((f"{path.stem}@{s0}", clip))
+    if not out:
+        raise SystemExit(f"--real: no clip of {REAL_CLIPS} with >= {frames} frames in {folder} (make real-clips)")
+    return out
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
@@ -161,7 +212,7 @@ def grad_energy(x: np.ndarray) -> float:
 
 def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], styled: Dict[int, np.ndarray],
                **opts) -> List[np.ndarray]:
-    """The whole stylised clip by `method` ("nearest" | "flow" | "patch") from the keys' styled frames only."""
+    """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto") from the keys' styled frames only."""
     if method == "nearest":
         ks = np.array(keys)
         return [styled[int(ks[np.argmin(np.abs(ks - i))])] for i in range(len(frames))]
@@ -171,28 +222,37 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
 
 
 def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
-             patch_params=None) -> List[dict]:
+             patch_params=None, style: str = "flat", frames: Optional[List[np.ndarray]] = None) -> List[dict]:
     """Rows (one per method) of one clip of n frames with keys every `interval` frames (the last frame included);
     seed: of the clip's textures (0: the clips the defaults were tuned on; others: held-out clips, same motions);
-    patch_params: the patch method's `PatchParams` (None: the defaults)."""
-    frames = make_clip(clip, size, n, seed=seed)
-    target = [stylize(f) for f in frames]
+    patch_params: the patch method's `PatchParams` (None: the defaults); style: a STYLES name; frames: the clip
+    itself (a real one) instead of the procedural `clip`."""
+    if frames is None:
+        frames = make_clip(clip, size, n, seed=seed)
+    target = [STYLES[style](f) for f in frames]
     keys = list(range(0, len(frames), interval))
+    if keys[-1] != len(frames) - 1:
+        keys.append(len(frames) - 1)
     styled = {k: target[k] for k in keys}
     between = [i for i in range(len(frames)) if i not in set(keys)]
     rows, per_frame = [], {}
-    base = {"clip": clip, "size": size, "interval": interval}
+    base = {"clip": clip, "size": size, "interval": interval, "style": style}
     rows.append({**base, "method": "target", "psnr": 99.0, "sharpness": 1.0, "s_per_frame": 0.0,
                  **warp_stability(frames, target)})
     for m in methods:
         t0 = time.perf_counter()
-        out = run_method(m, frames, keys, styled, **({"patch_params": patch_params} if m == "patch" else {}))
+        log: list = []
+        extra = {"patch_params": patch_params} if m in ("patch", "auto") else {}
+        out = run_method(m, frames, keys, styled, **extra, **({"auto_log": log} if m == "auto" else {}))
         secs = (time.perf_counter() - t0) / len(between)
         p = [psnr(out[i], target[i]) for i in between]
         sharp = np.mean([grad_energy(out[i]) for i in between]) / np.mean([grad_energy(target[i]) for i in between])
         per_frame[m] = p
         rows.append({**base, "method": m, "psnr": float(np.mean(p)), "sharpness": float(sharp), "s_per_frame": secs,
                      **warp_stability(frames, out)})
+        if log:
+            rows[-1]["auto_patch_gaps"] = f"{sum(c == 'patch' for _, c, _, _ in log)}/{len(log)}"
+            rows[-1]["auto_log"] = log
     if "flow" in per_frame:
         for r in rows[1:]:
             r["worst_vs_flow_db"] = float(np.min(np.array(per_frame[r["method"]]) - np.array(per_frame["flow"])))
@@ -232,13 +292,28 @@ def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
             "threads": torch.get_num_threads()}
 
 
+def cpu_time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), gap: int = 3) -> dict:
+    """CPU seconds (this process, all threads: robust to a shared machine's load, unlike wall time) per in-between
+    frame of each method through fresco.video.propagate, flows included, on the crossing clip at size² with keys
+    0 and gap + 1."""
+    frames = make_clip("crossing", size, n=gap + 2)
+    styled = {0: stylize(frames[0]), gap + 1: stylize(frames[-1])}
+    out = {"size": size, "threads": torch.get_num_threads()}
+    for m in methods:
+        t0 = time.process_time()
+        run_method(m, frames, [0, gap + 1], styled)
+        out[f"cpu_s_per_frame_{m}"] = (time.process_time() - t0) / gap
+    return out
+
+
 def markdown(rows: List[dict]) -> str:
-    lines = ["| clip | size | interval | method | PSNR dB | sharpness | warp error x input | worst frame vs flow dB "
-             "| s/frame |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| clip | style | size | interval | method | PSNR dB | sharpness | warp error x input "
+             "| worst frame vs flow dB | s/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['clip']} | {r['size']} | {r['interval']} | {r['method']} | {r['psnr']:.2f} | "
+        lines.append(f"| {r['clip']} | {r.get('style', 'flat')} | {r['size']} | {r['interval']} | {r['method']} | "
+                     f"{r['psnr']:.2f} | "
                      f"{r['sharpness']:.3f} | {r['warp_x_floor']:.2f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} "
-                     f"| {r['s_per_frame']:.3f} |")
+                     f"| {r['s_per_frame']:.3f} |" + (f" patch gaps {r['auto_patch_gaps']}" if "auto_patch_gaps" in r else ""))
     return "\n".join(lines)
 
 
@@ -246,12 +321,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--intervals", type=int, nargs="+", default=[10, 30])
-    ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=CLIPS)
-    ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch"], choices=["nearest", "flow", "patch"])
+    ap.add_argument("--clips", nargs="*", default=list(CLIPS), choices=CLIPS,
+                    help="procedural clips (none: only the real ones)")
+    ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch", "auto"],
+                    choices=["nearest", "flow", "patch", "auto"])
+    ap.add_argument("--style", default="flat", choices=sorted(STYLES), help="the per-frame target style")
+    ap.add_argument("--real", default=None, metavar="DIR", help="also real clips from DIR (make real-clips)")
+    ap.add_argument("--frames", type=int, default=31, help="frames per window of a real clip")
+    ap.add_argument("--windows", type=int, default=2, help="windows per real clip")
+    ap.add_argument("--real-clips", nargs="+", default=list(REAL_CLIPS), choices=REAL_CLIPS, help="which real clips")
     ap.add_argument("--seed", type=int, default=0,
                     help="texture seed of the clips (0: the tuning clips; 1, 2, ...: held-out clips, same motions)")
     ap.add_argument("--timing", type=int, default=0, help="also time the patch method at this size (e.g. 512)")
     ap.add_argument("--timing-only", action="store_true", help="only the timing row (needs --timing)")
+    ap.add_argument("--cpu-timing", type=int, default=0,
+                    help="CPU seconds per in-between frame of flow, patch and auto at this size (then exit)")
     ap.add_argument("--device", default="cpu", help="device of the timing row (cuda: the Triton kernels)")
     ap.add_argument("--patch", nargs="+", default=[], metavar="NAME=VALUE",
                     help="PatchParams fields of the patch method, e.g. em_iters=2 pm_iters=2 search_radius=8")
@@ -269,17 +353,33 @@ def main(argv=None) -> int:
                                 else int(v) for k, v in (item.split("=", 1) for item in args.patch)})
     except (ValueError, TypeError) as e:
         ap.error(f"--patch: {e}")
+    if args.frames < 3:
+        ap.error(f"--frames must be >= 3, got {args.frames}")
+    if args.windows < 1:
+        ap.error(f"--windows must be >= 1, got {args.windows}")
+    if args.cpu_timing:
+        print(json.dumps(cpu_time_methods(args.cpu_timing)))
+        return 0
     rows = []
-    for clip in ([] if args.timing_only else args.clips):
+    real = real_windows(args.real, args.size, args.frames, args.windows, args.real_clips) if args.real and not args.timing_only else []
+    jobs = [(name, clip) for name, clip in real] + [(c, None) for c in ([] if args.timing_only else args.clips)]
+    for clip, frames in jobs:
         for interval in args.intervals:
-            rows += evaluate(clip, args.size, interval, args.methods, seed=args.seed, patch_params=params)
-            print(markdown([r for r in rows if r["clip"] == clip and r["interval"] == interval]), flush=True)
-    md = markdown(rows)
+            new = evaluate(clip, args.size, interval, args.methods, seed=args.seed, patch_params=params,
+                           style=args.style, frames=frames)
+            for r in new:
+                r["real"] = frames is not None
+            rows += new
+            print(markdown(new), flush=True)
+    md = "\n\n".join(markdown([r for r in rows if r["real"] == real]) for real in (True, False)
+                       if any(r["real"] == real for r in rows))
     summary = []
-    for interval in (args.intervals if rows else []):
-        for m in ["target", *args.methods]:
-            sel = [r for r in rows if r["interval"] == interval and r["method"] == m]
-            summary.append(f"interval {interval} {m}: mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
+    for real, interval, m in [(real, i, m) for real in (True, False) for i in (args.intervals if rows else [])
+                              for m in ["target", *args.methods]]:
+        sel = [r for r in rows if r["interval"] == interval and r["method"] == m and r["real"] == real]
+        if sel:
+            summary.append(f"{'real' if real else 'procedural'} {args.style} {args.size}px interval {interval} {m}: "
+                           f"mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
                            f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, warp error "
                            f"x{np.mean([r['warp_x_floor'] for r in sel]):.2f} the input's, worst frame vs flow "
                            f"{min(r.get('worst_vs_flow_db', float('nan')) for r in sel):+.2f} dB")

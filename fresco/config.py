@@ -97,7 +97,8 @@ class RenderConfig:
                                group="Run")
     raft_path: Optional[str] = knob(None, "torchvision RAFT-large weights (default: the torch hub cache)")
     propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: patch (guided patch synthesis from both keys, "
-                                                 "Ebsynth-style) or flow (flow-warp blend of the two keys)",
+                                                 "Ebsynth-style), flow (flow-warp blend of the two keys) or auto "
+                                                 "(per gap, the one that rebuilds the gap's source frames better)",
                             choices=PROPAGATION_METHODS, group=patch_params.GROUP, fingerprint=False)
     device: str = knob("auto", "auto, cpu, cuda, cuda:1, ...", group="Run", fingerprint=False)
     dtype: str = knob("auto", "weights' dtype (auto: float16 on CUDA, else float32)", choices=DTYPES, group="Model")

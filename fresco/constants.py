@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# non-keyframes: guided patch synthesis from both keys (Ebsynth-style) or a flow-warp blend of the two keys
-PROPAGATION_METHODS = ("patch", "flow")
+# non-keyframes: guided patch synthesis from both keys (Ebsynth-style), a flow-warp blend of the two keys, or auto
+# (per gap, the one whose rebuilt source frames match the gap's frames better: fresco.video.propagate)
+PROPAGATION_METHODS = ("patch", "flow", "auto")
 DEFAULT_PROPAGATION = "patch"  # the better one on benchmarks/propagation_quality.py (benchmarks/RESULTS.md)
 # optical flow estimators (fresco.models.flow)
 FLOW_ESTIMATORS = ("dis", "raft", "gmflow")

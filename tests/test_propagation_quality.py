@@ -55,8 +55,35 @@ def test_evaluate_rows_small():
     assert by["flow"]["warp_x_floor"] < by["nearest"]["warp_x_floor"] and by["target"]["warp_x_floor"] > 0
 
 
-@pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"]])
+@pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"], ["--style", "oil"],
+                                  ["--frames", "2"], ["--windows", "0"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         pq.main(argv)
     assert e.value.code == 2
+
+
+def test_pencil_style_is_deterministic_and_textured():
+    f = pq.make_clip("crossing", 64, n=1)[0]
+    s = pq.stylize_pencil(f)
+    assert s.shape == f.shape and s.dtype == np.uint8 and np.array_equal(s, pq.stylize_pencil(f))
+    assert not np.array_equal(s, f) and pq.grad_energy(s) > 0
+
+
+def test_real_windows_read_a_clip_folder(tmp_path):
+    import cv2
+    frames = pq.make_clip("crossing", 64, n=12)
+    vw = cv2.VideoWriter(str(tmp_path / "tree.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    for f in frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+    wins = pq.real_windows(str(tmp_path), 32, 5, 2)
+    assert [len(c) for _, c in wins] == [5, 5] and wins[0][0].startswith("tree@")
+    assert wins[0][1][0].shape == (32, 32, 3) and wins[0][0] != wins[1][0]
+    with pytest.raises(SystemExit):
+        pq.real_windows(str(tmp_path), 32, 50, 1)  # no clip that long
+
+
+def test_cpu_timing_of_each_method():
+    t = pq.cpu_time_methods(48, gap=1)
+    assert t["size"] == 48 and all(t[f"cpu_s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))

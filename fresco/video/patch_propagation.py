@@ -64,9 +64,11 @@ def _positions(h: int, w: int, device) -> torch.Tensor:
 
 
 def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor, key_out: torch.Tensor,
-               key_guides: torch.Tensor, p: PatchParams, backend: Optional[str] = None) -> tuple:
+               key_guides: torch.Tensor, p: PatchParams, backend: Optional[str] = None,
+               with_source: bool = False) -> tuple:
     """One direction: frame [1, 3, H, W] from the key (source key_src, stylised key_out [1, 3, H, W], key_guides
-    from `_key_guides`) along to_key [1, 2, H, W] (frame -> key). Returns (out [3, H, W] 0..255, err [H, W])."""
+    from `_key_guides`) along to_key [1, 2, H, W] (frame -> key). Returns (out [3, H, W] 0..255, err [H, W]), and
+    with `with_source` also the key's source frame re-assembled the same way [3, H, W]: the rebuilt source)."""
     _, _, h, w = frame.shape
     scale = 255.0 / max(h, w)
     pos = _positions(h, w, frame.device)
@@ -98,10 +100,11 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
         use = _box(d_warp, p.patch_size) <= p.warp_margin * colour_error(frame[0], key_src[0], nnf[0], nnf[1],
                                                                           p.patch_size)
         out = torch.where(use, warp, out)
+        rebuilt = torch.cat([torch.where(use, src_warp, rebuilt[:3]), rebuilt[3:]])
         if k == 4:   # the same terms as the rebuild's error
             d_warp = d_warp + p.vote_edge_weight * ((edge_guide(src_warp[None])[0, 0] - target[3]) ** 2)
         err = torch.where(use, _box(d_warp, p.fuse_window), err)
-    return out, err
+    return (out, err, rebuilt[:3]) if with_source else (out, err)
 
 
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -243,8 +246,9 @@ def fuse(a: torch.Tensor, err_a: torch.Tensor, b: torch.Tensor, err_b: torch.Ten
 def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.Tensor,
               src_b: Optional[torch.Tensor], out_b: Optional[torch.Tensor],
               flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: PatchParams = PatchParams(),
-              backend: Optional[str] = None) -> Iterator[torch.Tensor]:
-    """Yield the stylised in-between frames of one gap in order, [3, H, W] float 0..255 each.
+              backend: Optional[str] = None, with_source: bool = False) -> Iterator[torch.Tensor]:
+    """Yield the stylised in-between frames of one gap in order, [3, H, W] float 0..255 each (with `with_source`:
+    [6, H, W], the rebuilt source frame, fused by the same per-pixel choice, in channels 3..5).
 
     frames: the M in-between source frames [3, H, W] 0..255 (after key a, before key b); src_a/out_a: key a's
     source and stylised frame [3, H, W]; src_b/out_b likewise or None (no later key: key a alone); flow: a
@@ -265,9 +269,11 @@ def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.
     gb = _key_guides(src_b[None], out_b[None]) if src_b is not None else None
     for j in range(m):
         fr = frames[j][None]
-        a, err_a = synthesize(fr, to_a[j], src_a[None], out_a[None], ga, params, backend)
+        a, err_a, *ra = synthesize(fr, to_a[j], src_a[None], out_a[None], ga, params, backend, with_source)
+        a = torch.cat([a, *ra])
         if src_b is None:
             yield a
             continue
-        b, err_b = synthesize(fr, to_b[j], src_b[None], out_b[None], gb, params, backend)
+        b, err_b, *rb = synthesize(fr, to_b[j], src_b[None], out_b[None], gb, params, backend, with_source)
+        b = torch.cat([b, *rb])
         yield fuse(a, err_a, b, err_b, (j + 1) / (m + 1), params.poisson, params.fuse_soften)

@@ -1,8 +1,10 @@
-"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Two methods:
+"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Three methods:
 "patch" (default, the published Ebsynth step as an op: guided patch synthesis from both keys,
 fresco.video.patch_propagation) and "flow": both keys are warped to the frame along optical flow and blended with
 weights that fall linearly with distance and are zero where a warp is occluded (fresco_kernels' occlusion test:
-forward-backward check OR photometric error). Runs on the GPU when the tensors are there; streams frames. Every op
+forward-backward check OR photometric error); "auto" runs both on each gap and keeps, for the whole gap, the one
+whose output rebuilds the gap's source frames better (`choose_by_rebuild`): each method applied to the keys'
+SOURCE frames reconstructs the in-between source frames, an error measurable without the stylised target. Runs on the GPU when the tensors are there; streams frames. Every op
 follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
@@ -58,16 +60,35 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+# auto: patch synthesis keeps a gap unless its rebuilt-source error exceeds the flow blend's by this factor (patch
+# synthesis re-assembles the source from the best-matching patches, so its rebuild error reads low for the same
+# quality of style; the factor offsets that bias)
+AUTO_PATCH_MARGIN = 1.0
+
+
+def rebuild_error(rebuilt: torch.Tensor, frame: torch.Tensor) -> float:
+    """Mean squared RGB error (0..255, summed over channels) of a rebuilt source frame [3, H, W] against the
+    frame [3, H, W]."""
+    return float(((rebuilt - frame) ** 2).sum(0).mean())
+
+
+def choose_by_rebuild(err_patch: float, err_flow: float, margin: float = AUTO_PATCH_MARGIN) -> str:
+    """The method `auto` keeps for a gap from the two methods' mean rebuilt-source errors over it."""
+    return "patch" if err_patch <= margin * err_flow else "flow"
+
+
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
               flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8,
               backend: Optional[str] = None, method: str = DEFAULT_PROPAGATION,
-              patch_params: Optional[PatchParams] = None) -> Iterator[np.ndarray]:
+              patch_params: Optional[PatchParams] = None, auto_log: Optional[list] = None) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
     load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
     fresco.video.patch_propagation, `patch_params` its `PatchParams`; the better one on
-    benchmarks/propagation_quality.py) or "flow" (`blend_from_keys`). Holds the frames between two keys (at most one
+    benchmarks/propagation_quality.py), "flow" (`blend_from_keys`) or "auto" (both; per gap the one whose
+    rebuilt source is better, `choose_by_rebuild`; `auto_log`, if given, gets (key a, choice, patch error, flow
+    error) per gap). Holds the frames between two keys (at most one
     gap) and two stylised keys; the flow blend works on `chunk` in-between frames at a time on `device`; both use
     the fresco_kernels `backend` (None: the global switch)."""
     if method not in PROPAGATION_METHODS:
@@ -89,6 +110,9 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend):
                     yield _to_image(o)
             return
+        if method == "auto":
+            yield from auto_gap(span)
+            return
         for s in range(0, len(pending), chunk):
             part = pending[s:s + chunk]
             x = torch.stack([_to_tensor(f, device) for f in part])
@@ -98,6 +122,33 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 out = blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend)
             for o in out:
                 yield _to_image(o)
+
+    def auto_gap(span: int | None) -> Iterator[np.ndarray]:
+        # both methods on the keys' stylised frames and, as extra channels, on their source frames; the gap keeps
+        # the method whose rebuilt source frames match the gap's frames better (at most one gap of outputs held)
+        if not pending:
+            return
+        cat_a = torch.cat([out_a, src_a])
+        cat_b = torch.cat([out_b, src_b]) if src_b is not None else None
+        patch_out, flow_out, err_p, err_f = [], [], 0.0, 0.0
+        with torch.no_grad():
+            xs = [_to_tensor(f, device) for f in pending]
+            for x, o in zip(xs, patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(),
+                                          backend, with_source=True)):
+                patch_out.append(_to_image(o[:3]))
+                err_p += rebuild_error(o[3:], x)
+            for s in range(0, len(xs), chunk):
+                x = torch.stack(xs[s:s + chunk])
+                js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
+                t = js / span if span else torch.zeros_like(js)
+                out = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend)
+                for xi, o in zip(x, out):
+                    flow_out.append(_to_image(o[:3]))
+                    err_f += rebuild_error(o[3:], xi)
+        choice = choose_by_rebuild(err_p, err_f)
+        if auto_log is not None:
+            auto_log.append((a, choice, err_p / len(xs), err_f / len(xs)))
+        yield from (patch_out if choice == "patch" else flow_out)
 
     n = 0
     for i, img in enumerate(frames):
