@@ -23,6 +23,8 @@ CONTROL_TYPES = tuple(CONTROLNET_IDS)
 # the names that select the tiny random-weight model in from_pretrained / the CLI
 TINY = "tiny"
 TINY_NAMES = (TINY, "tiny-random")
+# the tiny model's text encoder width (fresco.models.sd.text_config): what a textual-inversion embedding must match
+TINY_TEXT_WIDTH = 32
 # the VAE the published code always loads in place of the model's own
 PUBLISHED_VAE = "stabilityai/sd-vae-ft-mse"
 # `vae` values that select the model's own VAE

@@ -9,6 +9,7 @@ import pytest
 
 import fresco.config
 from fresco import cli, options_table
+from fresco.constants import PROPAGATION_METHODS
 from fresco.config import RenderConfig, fingerprint_keys, from_mapping, known_keys, load_yaml
 from fresco.knobs import Range, knob
 from fresco.patch_params import MAX_WEIGHT, PatchParams
@@ -65,6 +66,8 @@ def test_the_fingerprint_keys_are_the_ones_before_issue_22():
     """Output folders rendered before the knobs carried `fingerprint` must still resume: the same keys enter it."""
     skipped = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
                "max_process", "propagation"} | {k for k in known_keys() if k.startswith("patch_")}
+    # knobs added since, that change no keyframe: the thread count (a resume keeps the recorded one), --score
+    skipped |= {"threads", "score"}
     assert set(fingerprint_keys()) == set(known_keys()) - skipped
 
 
@@ -77,7 +80,7 @@ def test_patch_knobs_from_every_front_end(monkeypatch, tmp_path):
     yml.write_text("prompt: x\npatch_pm_iters: 2\npatch_poisson: true\n")
     assert from_mapping(load_yaml(yml)).patch == PatchParams(pm_iters=2, poisson=True)
     specs = {s.name: s for s in form.settings_fields()}
-    assert specs["propagation"].kind == "choice" and specs["propagation"].choices == ("patch", "flow")
+    assert specs["propagation"].kind == "choice" and specs["propagation"].choices == PROPAGATION_METHODS
     assert specs["patch_levels"].group == "Propagation" and specs["patch_size"].choices == (3, 5, 7, 9)
     back = form.build_config({**form.form_values(cfg), "patch_levels": "3", "file_path": "v", "save_path": "o"})
     assert back.patch == cfg.patch.__class__(**{**dataclasses.asdict(cfg.patch), "levels": 3})

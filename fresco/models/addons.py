@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..constants import TINY_NAMES, TINY_TEXT_WIDTH
 from ..addon_specs import (SD15_CONFIG_REPOS, SINGLE_FILE_SUFFIXES, ControlSpec, EmbeddingSpec, LoraSpec,
                            is_single_file, parse_embedding, parse_lora)
 
@@ -128,10 +129,8 @@ def embedding_vectors(path: str, key: str = "embedding") -> torch.Tensor:
 def text_width(model: str, model_config: Optional[str] = None) -> Optional[int]:
     """The text encoder's hidden size from its config.json (a folder, the model's config folder for a single file,
     or the Hugging Face cache), or None when it cannot be read without loading."""
-    from .sd import TINY_NAMES
     if model in TINY_NAMES:
-        from .sd import text_config
-        return text_config(True).hidden_size
+        return TINY_TEXT_WIDTH
     folder = None
     if is_single_file(model):
         try:

@@ -3,13 +3,16 @@ scheduler, optional ControlNet), and a tiny random-weight model with SD1.5's blo
 code, so that everything runs offline on CPU (tests, demo). Nothing here downloads unless a hub id is given."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..constants import CONTROL_TYPES, CONTROLNET_IDS, OWN_VAE, PUBLISHED_VAE, TINY, TINY_NAMES, TORCH_DTYPE_NAMES
+from ..constants import (CONTROL_TYPES, CONTROLNET_IDS, OWN_VAE, PUBLISHED_VAE, TINY, TINY_NAMES, TINY_TEXT_WIDTH,
+                         TORCH_DTYPE_NAMES)
+from .addons import apply_addons
 
 # SD1.5's scheduler: 1000 training steps, scaled-linear betas, leading spacing with steps_offset 1 (t = 951 ... 1
 # at 20 steps); used for the tiny in-code model only: a loaded model's DDPM scheduler is built from its own
@@ -83,11 +86,16 @@ def vae_config(tiny: bool = True) -> dict:
     return cfg
 
 
+def stand_in_seed(repo: str) -> int:
+    """The seed of a random-weight stand-in for `repo` (fresco make-test-models): the same weights on every run."""
+    return int(hashlib.sha1(repo.encode()).hexdigest()[:8], 16)
+
+
 def text_config(tiny: bool = True, vocab_size: int = 49408):
     from transformers import CLIPTextConfig
     if tiny:
         # the byte-level tokenizer's last two ids are <|startoftext|> and <|endoftext|>
-        return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        return CLIPTextConfig(vocab_size=vocab_size, hidden_size=TINY_TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
                               bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
     return CLIPTextConfig(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -246,7 +254,6 @@ def load_components(model: str, controlnet: Union[None, str, "torch.nn.Module"] 
 def _with_addons(parts: Components, addons) -> Components:
     """parts with `addons` (fresco.models.addons.Addons) loaded into them, when there are any."""
     if addons:
-        from .addons import apply_addons
         parts.addons = apply_addons(parts, addons)
         for m in (parts.unet, parts.text_encoder):  # the adapters' new parameters too
             m.eval().requires_grad_(False)

@@ -10,6 +10,9 @@ from typing import Dict, Union
 
 import torch
 
+from .sd import stand_in_seed as _seed
+from .sd import tiny_components
+
 # file names under DIR/user
 USER_FILES = {"checkpoint": "tiny-sd15.safetensors", "kohya_lora": "kohya-lora.safetensors",
               "diffusers_lora": "diffusers-lora.safetensors", "embedding": "tiny-style.safetensors",
@@ -186,8 +189,6 @@ def write_ip_adapter(path: Union[str, Path], parts, seed: int = 5, tokens: int =
 def write_user_files(root: Union[str, Path], sd_repo: str = "runwayml/stable-diffusion-v1-5") -> Dict[str, Path]:
     """Every user-file stand-in under root/user, for the stand-in model `sd_repo` (written by write_sd_model under
     root): the single-file checkpoint is that model's weights under the original names."""
-    from .test_models import _seed
-    from .sd import tiny_components
     user = Path(root) / "user"
     user.mkdir(parents=True, exist_ok=True)
     parts = tiny_components(seed=_seed(sd_repo), controlnet=False)

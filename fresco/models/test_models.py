@@ -31,6 +31,8 @@ from . import egnet, gmflow
 from .annotators import ANNOTATORS_REPO, HED_FILE, hed_state_dict
 from .midas import MIDAS_FILE, midas_state_dict
 from .sd import CONTROLNET_IDS, PUBLISHED_VAE, SD15_SCHEDULER, tiny_components
+from .sd import stand_in_seed as _seed
+from .test_addons import write_user_files
 
 # the base models of the published configs (config/*.yaml) and of the published web UI's model list
 PUBLISHED_SD_MODELS = ("runwayml/stable-diffusion-v1-5", "SG161222/Realistic_Vision_V2.0",
@@ -54,10 +56,6 @@ def snapshot_dir(hf_home: Union[str, Path], repo: str) -> Path:
     snap = root / "snapshots" / rev
     snap.mkdir(parents=True, exist_ok=True)
     return snap
-
-
-def _seed(repo: str) -> int:
-    return int(hashlib.sha1(repo.encode()).hexdigest()[:8], 16)
 
 
 def write_sd_model(hf_home: Union[str, Path], repo: str) -> Path:
@@ -149,6 +147,5 @@ def write_test_models(hf_home: Union[str, Path], sd_models: Optional[Sequence[st
     write_support_models(hf_home)
     written.extend(SUPPORT_FILES.values())
     if sd_models is None or "runwayml/stable-diffusion-v1-5" in sd_models:
-        from .test_addons import write_user_files
         written.extend(str(p.relative_to(hf_home)) for p in write_user_files(hf_home).values())
     return written
