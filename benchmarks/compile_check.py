@@ -15,7 +15,6 @@ Writes DIR/compile.json and DIR/compile.md."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from benchmarks.e2e import synthetic_batch
+from benchmarks.harness import write_results
 
 
 def _row(pipe, batches, label: str, backend_name: str, steps: int, opt_iters: int, **kw) -> Dict:
@@ -115,13 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = [_row(pipe, batches, "every constraint", args.backend, args.steps, args.opt_iters),
             _row(pipe, batches, "no feature optimisation", args.backend, args.steps, args.opt_iters,
                  feature_optimization=False)]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "compile.json"), "w") as f:
-        json.dump(dict(info=info, rows=rows), f, indent=1)
-    md = markdown(info, rows)
-    with open(os.path.join(args.out, "compile.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_results(args.out, "compile", dict(info=info, rows=rows), markdown(info, rows))
     ok = all(r["graphs_second_batch"] == 0 and r["events_equal"] for r in rows)
     return 0 if ok else 1
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from benchmarks.harness import machine
+from benchmarks.harness import machine, write_results
 from fresco.models import egnet, gmflow
 from fresco.models.flow import get_flow_estimator
 from fresco.models.saliency import background_mask, get_saliency_estimator
@@ -141,13 +141,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = run(a.device, sizes, a.pairs or (8 if gpu else 1), a.n or (8 if gpu else 2),
                    a.repeats or (10 if gpu else 2), set(filter(None, a.skip.split(","))), tmp)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "flow-models.json"), "w") as fh:
-        json.dump(dict(machine=info, rows=rows), fh, indent=1)
-    md = markdown(rows, info)
-    with open(os.path.join(a.out, "flow-models.md"), "w") as fh:
-        fh.write(md)
-    print(md)
+    write_results(a.out, "flow-models", dict(machine=info, rows=rows), markdown(rows, info))
     return 0
 
 

@@ -6,6 +6,7 @@ into the Markdown tables of RESULTS.md."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import time
@@ -74,6 +75,16 @@ def machine() -> Dict[str, Any]:
 
 
 @functools.lru_cache(None)
+def write_results(out: str, stem: str, data: Dict[str, Any], md: str) -> None:
+    """A benchmark's results in `out`: `stem`.json (`data`) and `stem`.md (`md`, also printed)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
 def copy_bandwidth_gbps() -> float:
     """Measured device copy bandwidth (read + write bytes / time of a large clone): the ceiling for GB/s shares."""
     n = (1 << 28) if ON_GPU else (1 << 24)

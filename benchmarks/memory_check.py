@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from benchmarks.harness import write_results
 from fresco import memory as M
 
 TINY_ROWS = [("tiny L3, N=2", "optimize", 2, 40, (8, 12), (64, 96), True, True, None),
@@ -142,12 +143,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = measured_rows(TINY_ROWS if a.tiny else M.MEASURED, device, a.tiny)
     rows += e2e_rows(a.out, a.tiny)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU: nothing measured"
-    with open(os.path.join(a.out, "memory-check.json"), "w") as f:
-        json.dump({"device": name, "seconds": time.perf_counter() - t0, "rows": rows}, f, indent=1)
-    md = markdown(rows, name)
-    with open(os.path.join(a.out, "memory-check.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_results(a.out, "memory-check", {"device": name, "seconds": time.perf_counter() - t0, "rows": rows},
+                  markdown(rows, name))
     return 0
 
 
