@@ -48,6 +48,7 @@ def test_failure_rules():
     assert "compile error" in failures([row(status="error", message="boom")])[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_ptxas(), reason="needs Triton's bundled ptxas")
 def test_quick_subset_compiles_every_kernel_spill_free_for_sm90(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT), "TRITON_CACHE_DIR": str(tmp_path / "c")}

@@ -61,6 +61,7 @@ def _fused(counts: Counter) -> dict:
     return {k: v for k, v in counts.items() if not k.startswith("reference:")}
 
 
+@pytest.mark.slow
 def test_global_switch_routes_a_whole_render(clip, tmp_path, calls):
     with fresco_kernels.use_backend("reference"):
         render(_cfg(clip, tmp_path / "ref"), progress=False)
@@ -75,6 +76,7 @@ def test_global_switch_routes_a_whole_render(clip, tmp_path, calls):
     assert calls["reference:cross_frame_attention"] == 0
 
 
+@pytest.mark.slow
 def test_cli_backend_flag_routes_a_whole_render(clip, tmp_path, calls):
     rc = cli.main(["render", str(clip), "--prompt", "x", "--model", "tiny-random", "--size", "64x64", "--steps", "4",
                    "--warmup-steps", "1", "--end-opt-step", "2", "--opt-iters", "1", "--interval", "3",

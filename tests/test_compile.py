@@ -85,6 +85,7 @@ def test_compile_knob_is_a_flag_and_a_setting():
         FrescoSettings(compile="yes")
 
 
+@pytest.mark.slow
 def test_compiled_equals_eager_without_recompiles_aot_eager():
     # measured max |latent diff| 0 here (both batches); aot_eager's decomposed ops may round differently elsewhere,
     # which the optimisation's L1 losses under Adam can flip into larger differences (see the inductor test), so the

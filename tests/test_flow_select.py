@@ -89,6 +89,7 @@ def test_bidirectional_estimators_run_once_per_pair():
     assert spy.calls["bidirectional"] == 2
 
 
+@pytest.mark.slow
 def test_render_gmflow_saliency_end_to_end(stand_ins, tmp_path, capsys, monkeypatch):
     """--flow gmflow --saliency with the stand-ins: both smoothings run in every batch; GMFlow serves the batches
     (one bidirectional pass of N pairs each) and the propagation."""

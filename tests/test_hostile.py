@@ -100,6 +100,7 @@ def test_only_files_proven_by_hash_are_deleted(clip, tmp_path, decoy, capsys):
     assert (o / "video.mp4").read_bytes() == b"my video" and (o / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_render_proves_and_replaces_its_own_files(clip, tmp_path, decoy, capsys):
     o = tmp_path / "o"
     rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)

@@ -218,6 +218,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_no_hw_by_hw_buffer():
     """2 images at 64x64 (one fp32 Gram = 64 MiB per image): the fused optimisation's peak resident memory rises by
     a fraction of one Gram, the reference's (probe check) by several."""

@@ -57,6 +57,7 @@ def expected_steps(pipe, steps=STEPS, strength=0.75):
     return list(range(warm, steps)), ts, s["end_opt_step"], s["bg_smoothing_steps"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hw", [(64, 64), (64, 128)])
 def test_end_to_end_backends_agree(pipe, hw):
     h, w = hw
@@ -80,6 +81,7 @@ def test_end_to_end_backends_agree(pipe, hw):
     assert err < LATENT_ATOL, err
 
 
+@pytest.mark.slow
 def test_constraints_fire_at_published_steps_and_layers(pipe):
     """Counts per (kind, step, layer) against the scaled schedule; 128x128 so all 4 decoder inputs are >= 2x2."""
     frames = make_frames(128, 128)
@@ -105,6 +107,7 @@ def test_constraints_fire_at_published_steps_and_layers(pipe):
     assert out.count("smooth_x0") == len(bg_steps) >= 1
 
 
+@pytest.mark.slow
 def test_tiny_decoder_input_is_left_and_counted(pipe):
     """At 64x64 the first decoder input is 1x1, where the warp and AdaIN are undefined: left alone, counted."""
     out = run(pipe, make_frames(64, 64))
@@ -128,6 +131,7 @@ def all_on(pipe):
     return frames, bg, run(pipe, frames, background=bg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
 def test_switching_a_constraint_off_removes_it(pipe, all_on, switch):
     frames, bg, ref = all_on
@@ -142,6 +146,7 @@ def test_switching_a_constraint_off_removes_it(pipe, all_on, switch):
     assert (out.latents - ref.latents).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["temporal_loss", "spatial_loss"])
 def test_switching_one_loss_off_changes_the_optimisation(pipe, all_on, loss):
     frames, bg, ref = all_on
@@ -150,6 +155,7 @@ def test_switching_one_loss_off_changes_the_optimisation(pipe, all_on, loss):
     assert (out.latents - ref.latents).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_all_off_is_plain_diffusers(pipe, monkeypatch):
     """With every constraint off the result equals a run in which FRESCO's processors and hooks are never
     installed: the switches leave nothing behind."""
@@ -191,6 +197,7 @@ def _unet_probe(pipe):
         return pipe.unet(x, 500, encoder_hidden_states=e).sample
 
 
+@pytest.mark.slow
 def test_diffusers_model_restored(pipe):
     before_types = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
     before = _unet_probe(pipe)
@@ -228,12 +235,14 @@ def test_diffusers_model_restored(pipe):
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
 
 
+@pytest.mark.slow
 def test_freeu_changes_output(pipe, all_on):
     frames, bg, ref = all_on
     out = run(pipe, frames, background=bg, use_freeu=True)
     assert (out.latents - ref.latents).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_anchor_latents_restored_and_recorded(pipe):
     frames = make_frames(64, 64)
     first = run(pipe, frames, return_anchor_record=True)
@@ -296,6 +305,7 @@ def test_prompt_embeddings_without_text_encoder(pipe):
         p(make_frames(64, 64, n=3), "text", num_inference_steps=4)
 
 
+@pytest.mark.slow
 def test_l2_loss_and_paper_settings(pipe, all_on):
     frames, bg, ref = all_on
     out = run(pipe, frames, loss_reduction="l2", spatial_weight=50.0, opt_lr=0.4, adain_eps=1e-5)
@@ -395,6 +405,7 @@ def test_package_exports_the_pipeline():
         fresco.Pipeline
 
 
+@pytest.mark.slow
 def test_from_pretrained_local_folder(tmp_path):
     """The real loading path, offline: the tiny components saved as a diffusers SD1.5 folder (+ a ControlNet folder)
     load with local_files_only=True and give the in-memory model's output exactly; a missing folder fails clearly."""

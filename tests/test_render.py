@@ -58,6 +58,7 @@ def clip(tmp_path_factory):
                                cut_at=40, audio=True)
 
 
+@pytest.mark.slow
 def test_render_preserves_count_fps_size(clip, tmp_path):
     st = StandInStylizer()
     res = render(_cfg(clip, tmp_path / "o"), stylizer=st, progress=False)
@@ -76,6 +77,7 @@ def test_render_preserves_count_fps_size(clip, tmp_path):
     assert state["complete"] and state["done"] == list(range(len(res.batches)))
 
 
+@pytest.mark.slow
 def test_anchors_restored_from_previous_batch(clip, tmp_path):
     st = StandInStylizer()
     res = render(_cfg(clip, tmp_path / "o"), stylizer=st, progress=False)
@@ -92,6 +94,7 @@ def test_anchors_restored_from_previous_batch(clip, tmp_path):
         assert all(torch.equal(a[0], f[0]) for a, f in zip(anchors, first))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(clip, tmp_path):
     # PNG frames out: compared bit for bit (the H.264 bytes themselves are not compared, see the report in git log)
     full = render(_cfg(clip, tmp_path / "full", output="frames"), stylizer=StandInStylizer(), progress=False)
@@ -110,6 +113,7 @@ def test_resume_after_kill_matches_uninterrupted(clip, tmp_path):
     assert all((full.video / n).read_bytes() == (res.video / n).read_bytes() for n in names)
 
 
+@pytest.mark.slow
 def test_changed_settings_need_overwrite(clip, tmp_path):
     render(_cfg(clip, tmp_path / "o"), stylizer=StandInStylizer(), stop_after=1, progress=False)
     with pytest.raises(ValueError, match="--overwrite"):
@@ -118,6 +122,7 @@ def test_changed_settings_need_overwrite(clip, tmp_path):
     assert res.video.exists()
 
 
+@pytest.mark.slow
 def test_fixed_interval_tail_frames_and_image_folder(tmp_path):
     folder = make_synthetic_clip(tmp_path / "frames", 23, (64, 64))
     res = render(_cfg(folder, tmp_path / "o", mininterv=5, maxinterv=5, fps=12.0, output="frames"),
@@ -127,6 +132,7 @@ def test_fixed_interval_tail_frames_and_image_folder(tmp_path):
     assert len(list((tmp_path / "o" / "frames").glob("*.png"))) == 23 and res.fps == 12.0
 
 
+@pytest.mark.slow
 def test_odd_input_size_is_resized(tmp_path):
     clip = make_synthetic_clip(tmp_path / "odd.mp4", 12, (98, 62))
     res = render(_cfg(clip, tmp_path / "o", size=None, short_side=64), stylizer=StandInStylizer(), progress=False)
@@ -219,6 +225,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
+@pytest.mark.slow
 def test_host_memory_does_not_grow_with_length(tmp_path):
     script = RSS_SCRIPT.format(tests=str(Path(__file__).parent))
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")

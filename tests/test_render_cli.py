@@ -15,6 +15,7 @@ def clip(tmp_path_factory):
     return make_synthetic_clip(tmp_path_factory.mktemp("cli") / "c.mp4", 60, (96, 64), fps=Fraction(30))
 
 
+@pytest.mark.slow
 def test_cli_render_with_config_and_overrides(clip, tmp_path, monkeypatch, capsys):
     import fresco.video.stylize
     made = []
@@ -58,6 +59,7 @@ def test_cli_info(capsys):
     assert "torch" in out and "fresco::flow_warp:" in out
 
 
+@pytest.mark.slow
 def test_cli_tiny_model_end_to_end(clip, tmp_path, capsys):
     pytest.importorskip("fresco.pipeline", reason="the one-batch pipeline (issue 5) is not in this checkout")
     rc = cli.main(["render", str(clip), "--prompt", "a fox", "--model", "tiny-random", "--size", "64x64",

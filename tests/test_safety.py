@@ -82,6 +82,7 @@ def test_output_in_or_around_an_image_folder_is_refused(tmp_path, capsys, save, 
 
 
 # --------------------------------------------------------------------------------------- 2: only our own files
+@pytest.mark.slow
 def test_user_files_in_the_output_are_never_deleted(clip, tmp_path):
     o = tmp_path / "o"
     (o / "frames").mkdir(parents=True)
@@ -141,6 +142,7 @@ def test_reserved_and_path_like_outputs_are_refused(clip, tmp_path, capsys, name
 
 
 # ------------------------------------------------------------------------ 4 + 12: lock, Ctrl-C, resume
+@pytest.mark.slow
 def test_lock_ctrl_c_and_resume(clip, tmp_path):
     # 24 frames, keys every 4, batches of 3: 3 batches (keys 0-8, 12, 16-20); the render is stopped (SIGSTOP) as
     # soon as one is finished, so at least one is left to interrupt
