@@ -362,6 +362,8 @@ class UI:
             value = ", ".join(str(i) for i in value)
         if s.name == "extra_prompts":
             value = format_extra_prompts(value)
+        if isinstance(value, list):  # a list knob (LoRAs, embeddings): its items joined by '; '
+            value = "; ".join(value)
         return gr.Textbox("" if value is None else str(value), lines=2 if s.name in ("prompt", "negative_prompt")
                           else 1, **common)
 
