@@ -278,5 +278,6 @@ def summary_table(results: Sequence[JobResult]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(results: Sequence[JobResult], file=sys.stdout) -> None:
-    print(summary_table(results), file=file)
+def print_summary(results: Sequence[JobResult], file=None) -> None:
+    """The summary table on `file` (default: sys.stdout as it is at the call, not at import)."""
+    print(summary_table(results), file=file or sys.stdout)
