@@ -187,6 +187,7 @@ def test_chunked_equals_unchunked():
                                    model(img0, img1, bidirectional=True, chunk_elems=1 << 30))
 
 
+@pytest.mark.slow
 def test_estimator_batched_bidirectional_and_padded(tmp_path):
     path = tmp_path / "g.pth"
     sd = _random_state(0.1)

@@ -132,6 +132,7 @@ def test_a_foreign_lock_file_is_an_error_and_left_alone(clip, tmp_path, decoy, c
     assert snapshot(o) == before
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_ours_is_still_taken_over(clip, tmp_path, capsys):
     o = tmp_path / "o"
     o.mkdir()

@@ -137,6 +137,7 @@ def check_warp_loss(feat, ff, bf, fo, bo, exact=True):
         assert_same(grad, ref_grad, f"{impl} grad")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frame", [0, 4])
 def test_warp_loss_nan_at_every_border_pixel(frame):
     # NaN feature: the loss is NaN (occluded pixels included); the gradient is the reference's (sign(NaN) = 0)

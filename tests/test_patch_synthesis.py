@@ -246,6 +246,7 @@ def test_warp_candidate_near_a_key():
     assert (on - truth)[inner].abs().mean() < (off - truth)[inner].abs().mean()
 
 
+@pytest.mark.slow
 def test_propagate_patch_method():
     from fresco.video.propagate import propagate
     rng = np.random.default_rng(0)

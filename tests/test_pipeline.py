@@ -170,6 +170,7 @@ def test_all_off_is_plain_diffusers(pipe, monkeypatch):
     assert torch.equal(a.latents, b.latents)
 
 
+@pytest.mark.slow
 def test_progress_bar_counts_the_run_steps(pipe, capsys, monkeypatch):
     """progress=True shows a tqdm bar that counts every run (post-warm-up) step; the default shows none."""
     import fresco.pipeline.core as fp
@@ -264,6 +265,7 @@ def test_anchor_latents_restored_and_recorded(pipe):
         run(pipe, frames, anchor_latents=lambda j: torch.zeros(2, 4, 4, 4))
 
 
+@pytest.mark.slow
 def test_stylizer_adapter(pipe):
     """The renderer's stylizer builds this pipeline and gets frames + per-step anchor latents back."""
     from fresco.config import RenderConfig
@@ -279,6 +281,7 @@ def test_stylizer_adapter(pipe):
     assert all(torch.equal(a[0], b[0]) for a, b in zip(record, record2))
 
 
+@pytest.mark.slow
 def test_float_frames_match_uint8(pipe):
     """Float frames in [0, 1], [N, 3, H, W] (torch) or [N, H, W, 3] (numpy), give the uint8 input's result (they are
     used exactly; only the control maps and DIS see them rounded, which is what uint8 input gives them)."""
@@ -295,6 +298,7 @@ def test_float_frames_match_uint8(pipe):
         assert (out.latents - ref.latents).abs().max().item() < 1e-3
 
 
+@pytest.mark.slow
 def test_prompt_embeddings_without_text_encoder(pipe):
     p = FrescoPipeline.from_components(pipe.unet, pipe.vae, controlnet=pipe.controlnet)
     emb = torch.randn(77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(0))

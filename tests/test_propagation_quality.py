@@ -20,6 +20,7 @@ def test_seed_changes_the_textures():
     assert not np.array_equal(a[0], b[0])
 
 
+@pytest.mark.slow
 def test_patch_beats_the_flow_blend_on_a_small_clip():
     """A regression guard for the default patch propagation (the full benchmark runs at 128², 61 frames): at 64²
     over 21 frames of the crossing clip it is >= 1 dB better than the flow blend and nearly as sharp as the target

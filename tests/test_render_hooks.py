@@ -17,6 +17,7 @@ def clip(tmp_path_factory):
     return make_synthetic_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", 40, (64, 64), fps=Fraction(20))
 
 
+@pytest.mark.slow
 def test_keyframes_only_then_propagate_equals_one_call(clip, tmp_path):
     whole = render(_cfg(clip, tmp_path / "a"), stylizer=StandInStylizer(), progress=False)
     seen = []
@@ -36,6 +37,7 @@ def test_keyframes_only_then_propagate_equals_one_call(clip, tmp_path):
     assert len(a) == len(b) == 40 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_cancel_between_batches_then_resume(clip, tmp_path):
     whole = render(_cfg(clip, tmp_path / "a"), stylizer=StandInStylizer(), progress=False)
     done = []
@@ -48,6 +50,7 @@ def test_cancel_between_batches_then_resume(clip, tmp_path):
         assert np.array_equal(_load_png(whole.keys_dir / f"{k:05d}.png"), _load_png(res.keys_dir / f"{k:05d}.png"))
 
 
+@pytest.mark.slow
 def test_cancel_during_propagation_keeps_keys(clip, tmp_path):
     calls = {"n": 0}
 

@@ -232,6 +232,7 @@ def truncated(tmp_path_factory):
     return d / "cut.mp4", n
 
 
+@pytest.mark.slow
 def test_truncated_video_warns_and_strict_refuses(truncated, tmp_path):
     cut, n = truncated
     out = fresco("render", cut, "--prompt", "x", "-o", tmp_path / "s", "--strict", *TINY)
@@ -351,6 +352,7 @@ def test_bad_device_names(clip, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------- 13: model
+@pytest.mark.slow
 def test_unreachable_model_fails_at_once(clip, tmp_path):
     hf = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     out = fresco("render", clip, "--prompt", "x", "-o", tmp_path / "o", "--model", "nobody/nothing", env=hf)
