@@ -74,7 +74,6 @@ def machine() -> Dict[str, Any]:
     return info
 
 
-@functools.lru_cache(None)
 def write_results(out: str, stem: str, data: Dict[str, Any], md: str) -> None:
     """A benchmark's results in `out`: `stem`.json (`data`) and `stem`.md (`md`, also printed)."""
     os.makedirs(out, exist_ok=True)
@@ -85,6 +84,7 @@ def write_results(out: str, stem: str, data: Dict[str, Any], md: str) -> None:
     print(md)
 
 
+@functools.lru_cache(None)
 def copy_bandwidth_gbps() -> float:
     """Measured device copy bandwidth (read + write bytes / time of a large clone): the ceiling for GB/s shares."""
     n = (1 << 28) if ON_GPU else (1 << 24)
