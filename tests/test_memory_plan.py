@@ -100,6 +100,7 @@ def test_preflight_refuses_a_batch_that_cannot_fit_naming_one_that_does(no_headr
     assert _tiny_plan(fits, 1).fits(device) and not _tiny_plan(fits + 1, 1).fits(device)
 
 
+@pytest.mark.slow
 def test_preflight_picks_the_largest_vae_chunk_that_fits(no_headroom):
     s = FAST.replace(vae_chunk=8)
     assert check_plan((64, 64), 8, 10 * M.GiB, settings=s, backend="fused", tiny=True, controlnet=True) == 8
@@ -111,6 +112,7 @@ def test_preflight_picks_the_largest_vae_chunk_that_fits(no_headroom):
     assert plan.total_at(1) == 150
 
 
+@pytest.mark.slow
 def test_fresco_plan_prints_the_table(capsys):
     assert cli.main(["plan", "--size", "64x64", "--tiny", "--batch-size", "4", "--device-memory", "2GB"]) == 0
     out = capsys.readouterr().out

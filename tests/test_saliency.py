@@ -87,6 +87,7 @@ def sod_file(tmp_path_factory):
     return write_random_checkpoint(tmp_path_factory.mktemp("sod") / "epoch_resnet.pth")
 
 
+@pytest.mark.slow
 def test_checkpoint_has_published_layout(sod_file, tmp_path):
     sd = torch.load(sod_file, weights_only=True)
     assert isinstance(sd, dict) and "model" not in sd  # a bare state_dict, loaded as torch.load(sod_path)
