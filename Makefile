@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: real-clips install demo ui demo-ops bench-e2e-video bench-propagation test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
+.PHONY: real-clips install demo ui demo-ops bench-e2e-video bench-propagation bench-propagation-real test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -104,6 +104,21 @@ bench-propagation: $(STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --timing 512 --out $(OUT)/propagation
 	$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --seed 2 --out $(OUT)/propagation-heldout
+
+# issue 25: the real clips (make real-clips) at 256 and 512 px, both styles, keys every 10 and 30 frames, every
+# method; the procedural clips follow each real table (SIZES, WINDOWS and FRAMES narrow it; about an hour on 2 cores)
+SIZES ?= 256 512
+WINDOWS ?= 1
+FRAMES ?= 31
+bench-propagation-real: $(STAMP) real-clips
+	mkdir -p $(OUT)
+	for size in $(SIZES); do for style in flat pencil; do \
+		$(BIN)/python -m benchmarks.propagation_quality --real $(REAL_CLIPS) --size $$size --frames $(FRAMES) \
+			--windows $(WINDOWS) --intervals 10 30 --style $$style --clips \
+			--out $(OUT)/propagation-real-$$style-$$size || exit 1; done; done
+	for style in flat pencil; do \
+		$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --style $$style \
+			--out $(OUT)/propagation-procedural-$$style || exit 1; done
 
 # issue 24: the C++ kernels built once more with -fsanitize=address,undefined into build/sanitize/ (the normal .so is
 # untouched) and loaded instead of it (FRESCO_C_LIB=build/sanitize/_C_asan.so, with LD_PRELOAD of g++'s libasan.so

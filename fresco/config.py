@@ -96,9 +96,10 @@ class RenderConfig:
                                      "--gmflow-path is given, else dis: OpenCV DIS)", choices=FLOW_ESTIMATORS,
                                group="Run")
     raft_path: Optional[str] = knob(None, "torchvision RAFT-large weights (default: the torch hub cache)")
-    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: patch (guided patch synthesis from both keys, "
-                                                 "Ebsynth-style), flow (flow-warp blend of the two keys) or auto "
-                                                 "(per gap, the one that rebuilds the gap's source frames better)",
+    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: auto (per pixel patch or flow, the one that "
+                                                 "rebuilds the frame's source better), patch (guided patch synthesis "
+                                                 "from both keys, Ebsynth-style) or flow (flow-warp blend of the two "
+                                                 "keys)",
                             choices=PROPAGATION_METHODS, group=patch_params.GROUP, fingerprint=False)
     device: str = knob("auto", "auto, cpu, cuda, cuda:1, ...", group="Run", fingerprint=False)
     dtype: str = knob("auto", "weights' dtype (auto: float16 on CUDA, else float32)", choices=DTYPES, group="Model")
@@ -152,8 +153,8 @@ class RenderConfig:
 
     # keys replaced by our own machinery, with what happens instead
     UNUSED = {
-        "run_ebsynth": "non-keyframes are always propagated, by the `propagation` key: patch (the default, Ebsynth's "
-                       "guided patch synthesis as an op) or flow (flow-warp blend)",
+        "run_ebsynth": "non-keyframes are always propagated, by the `propagation` key: auto (the default, per pixel "
+                       "patch or flow), patch (Ebsynth's guided patch synthesis as an op) or flow (flow-warp blend)",
         "max_process": "propagation runs in-process on the render device",
     }
 

@@ -90,7 +90,7 @@ def test_patch_knobs_from_every_front_end(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(runner, "propagate", lambda *a, **kw: seen.update(kw) or iter(()))
     runner.make_propagation(cfg, flow=lambda a, b: None)(iter(()), [0], lambda k: None)
-    assert seen["patch_params"] is cfg.patch and seen["method"] == "patch"
+    assert seen["patch_params"] is cfg.patch and seen["method"] == "auto"  # the default method
 
 
 def test_patch_params_limits_are_the_ops():

@@ -1,10 +1,11 @@
 """Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Three methods:
-"patch" (default, the published Ebsynth step as an op: guided patch synthesis from both keys,
-fresco.video.patch_propagation) and "flow": both keys are warped to the frame along optical flow and blended with
+"auto" (default): both of the others on each gap, and per pixel the one whose output rebuilds the frame's own
+source better (`choose_per_pixel`): each method, applied to the keys' SOURCE frames as extra channels, re-assembles
+the in-between source frame, an error measurable without the stylised target; "patch" (the published Ebsynth step
+as an op: guided patch synthesis from both keys, fresco.video.patch_propagation); "flow": both keys are warped to
+the frame along optical flow (a sample point beyond the frame reads the nearest border pixel) and blended with
 weights that fall linearly with distance and are zero where a warp is occluded (fresco_kernels' occlusion test:
-forward-backward check OR photometric error); "auto" runs both on each gap and keeps, for the whole gap, the one
-whose output rebuilds the gap's source frames better (`choose_by_rebuild`): each method applied to the keys'
-SOURCE frames reconstructs the in-between source frames, an error measurable without the stylised target. Runs on the GPU when the tensors are there; streams frames. Every op
+forward-backward check OR photometric error). Runs on the GPU when the tensors are there; streams frames. Every op
 follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
@@ -32,16 +34,19 @@ def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
     key (then key a alone is warped, occlusions included). Returns [M, 3, H, W] float in 0..255.
     Weights: w_a = (1 - t)(1 - occ_a), w_b = t (1 - occ_b) with occ the occlusion of the key's warp on the frame's
     grid; where both are zero the distance weights alone blend the two warps (no key sees the pixel; the nearer one
-    dominates). backend: the fresco_kernels backend of the warps and occlusion tests (None: the global switch)."""
+    dominates). A flow that points beyond the frame reads the key's nearest border pixel (`into_frame`), not black:
+    content entering at the frame's edge continues the key's edge. backend: the fresco_kernels backend of the warps
+    and occlusion tests (None: the global switch)."""
     m = frames.shape[0]
     a_src = src_a.expand(m, -1, -1, -1)
     if src_b is None:
-        return flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), flow(frames, a_src), backend=backend)
+        return flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), into_frame(flow(frames, a_src)),
+                         backend=backend)
     to_a, from_a = flow_pair(flow, frames, a_src)  # one bidirectional pass when the estimator has one
-    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), to_a, backend=backend)
+    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), into_frame(to_a), backend=backend)
     b_src = src_b.expand(m, -1, -1, -1)
     to_b, from_b = flow_pair(flow, frames, b_src)
-    warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), to_b, backend=backend)
+    warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), into_frame(to_b), backend=backend)
     t = t.view(m, 1, 1, 1).to(frames)
     occ_a = occlusion_from_flows(to_a, from_a, frames, targets=a_src, backend=backend)[0].unsqueeze(1)
     occ_b = occlusion_from_flows(to_b, from_b, frames, targets=b_src, backend=backend)[0].unsqueeze(1)
@@ -52,6 +57,15 @@ def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
     return torch.where(total > 0, blended, (1 - t) * warp_a + t * warp_b)
 
 
+def into_frame(flow: torch.Tensor) -> torch.Tensor:
+    """The flow [B, 2, H, W] (pixels, channel 0 = x) with every sample point p + flow(p) clamped into the frame, so
+    that a zero-padding warp reads the nearest border pixel there (border padding) instead of black."""
+    _, _, h, w = flow.shape
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, w)
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(h, 1)
+    return torch.stack([(xs + flow[:, 0]).clamp(0, w - 1) - xs, (ys + flow[:, 1]).clamp(0, h - 1) - ys], 1)
+
+
 def _to_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1).float()
 
@@ -60,9 +74,11 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-# auto: patch synthesis keeps a gap unless its rebuilt-source error exceeds the flow blend's by this factor (patch
-# synthesis re-assembles the source from the best-matching patches, so its rebuild error reads low for the same
-# quality of style; the factor offsets that bias)
+# auto, per pixel: patch synthesis keeps a pixel unless its rebuilt-source error, box-averaged over AUTO_WINDOW,
+# exceeds the flow blend's times AUTO_PATCH_MARGIN (benchmarks/RESULTS.md, "Real footage": the rows "hard w3 m1.0"
+# and its neighbours; a wider window or a larger margin loses more on the clips where the flow blend is better, a
+# smaller one blurs more)
+AUTO_WINDOW = 3
 AUTO_PATCH_MARGIN = 1.0
 
 
@@ -72,9 +88,20 @@ def rebuild_error(rebuilt: torch.Tensor, frame: torch.Tensor) -> float:
     return float(((rebuilt - frame) ** 2).sum(0).mean())
 
 
-def choose_by_rebuild(err_patch: float, err_flow: float, margin: float = AUTO_PATCH_MARGIN) -> str:
-    """The method `auto` keeps for a gap from the two methods' mean rebuilt-source errors over it."""
-    return "patch" if err_patch <= margin * err_flow else "flow"
+def rebuild_error_map(rebuilt: torch.Tensor, frame: torch.Tensor, window: int = AUTO_WINDOW) -> torch.Tensor:
+    """Per pixel the squared RGB error (summed over channels) of a rebuilt source frame [3, H, W] against the frame,
+    averaged over the window x window box around it (clipped at the border): [H, W]."""
+    err = ((rebuilt - frame) ** 2).sum(0)
+    if window <= 1:
+        return err
+    return F.avg_pool2d(err[None], window, 1, window // 2, count_include_pad=False)[0]
+
+
+def choose_per_pixel(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float = AUTO_PATCH_MARGIN
+                     ) -> torch.Tensor:
+    """[H, W] bool, True where `auto` keeps the patch synthesis (its error map <= margin x the flow blend's; a tie
+    keeps patch synthesis)."""
+    return err_patch <= margin * err_flow
 
 
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
@@ -85,12 +112,11 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
     load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
-    fresco.video.patch_propagation, `patch_params` its `PatchParams`; the better one on
-    benchmarks/propagation_quality.py), "flow" (`blend_from_keys`) or "auto" (both; per gap the one whose
-    rebuilt source is better, `choose_by_rebuild`; `auto_log`, if given, gets (key a, choice, patch error, flow
-    error) per gap). Holds the frames between two keys (at most one
-    gap) and two stylised keys; the flow blend works on `chunk` in-between frames at a time on `device`; both use
-    the fresco_kernels `backend` (None: the global switch)."""
+    fresco.video.patch_propagation, `patch_params` its `PatchParams`), "flow" (`blend_from_keys`) or "auto" (both;
+    per pixel the one whose rebuilt source is better, `choose_per_pixel`; `auto_log`, if given, gets (key a, share of
+    the gap's pixels from patch synthesis, mean patch rebuild error, mean flow rebuild error) per gap). Holds the
+    frames between two keys (at most one gap) and two stylised keys; the flow blend works on `chunk` in-between frames
+    at a time on `device`; all use the fresco_kernels `backend` (None: the global switch)."""
     if method not in PROPAGATION_METHODS:
         raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
@@ -124,31 +150,31 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 yield _to_image(o)
 
     def auto_gap(span: int | None) -> Iterator[np.ndarray]:
-        # both methods on the keys' stylised frames and, as extra channels, on their source frames; the gap keeps
-        # the method whose rebuilt source frames match the gap's frames better (at most one gap of outputs held)
+        # both methods on the keys' stylised frames and, as extra channels, on their source frames; per pixel the
+        # method whose rebuilt source matches the frame better (streams: `chunk` frames of each method at a time)
         if not pending:
             return
         cat_a = torch.cat([out_a, src_a])
         cat_b = torch.cat([out_b, src_b]) if src_b is not None else None
-        patch_out, flow_out, err_p, err_f = [], [], 0.0, 0.0
+        share = err_p = err_f = 0.0
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
-            for x, o in zip(xs, patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(),
-                                          backend, with_source=True)):
-                patch_out.append(_to_image(o[:3]))
-                err_p += rebuild_error(o[3:], x)
+            patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
+                                with_source=True)
             for s in range(0, len(xs), chunk):
                 x = torch.stack(xs[s:s + chunk])
                 js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
                 t = js / span if span else torch.zeros_like(js)
-                out = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend)
-                for xi, o in zip(x, out):
-                    flow_out.append(_to_image(o[:3]))
-                    err_f += rebuild_error(o[3:], xi)
-        choice = choose_by_rebuild(err_p, err_f)
+                flows = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend)
+                for xi, fo, po in zip(x, flows, patches):
+                    ep, ef = rebuild_error_map(po[3:], xi), rebuild_error_map(fo[3:], xi)
+                    use = choose_per_pixel(ep, ef)
+                    share += float(use.float().mean())
+                    err_p += float(ep.mean())
+                    err_f += float(ef.mean())
+                    yield _to_image(torch.where(use, po[:3], fo[:3]))
         if auto_log is not None:
-            auto_log.append((a, choice, err_p / len(xs), err_f / len(xs)))
-        yield from (patch_out if choice == "patch" else flow_out)
+            auto_log.append((a, share / len(xs), err_p / len(xs), err_f / len(xs)))
 
     n = 0
     for i, img in enumerate(frames):
