@@ -306,6 +306,46 @@ def cpu_time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto
     return out
 
 
+class CachedFlow:
+    """A flow estimator that computes each (src, dst) pair once (DIS on the CPU) and then returns it from memory on
+    the tensors' device: timing a method with it after one warm-up run measures the method, not the flow."""
+
+    def __init__(self):
+        from fresco.models.flow import DISFlow
+        self._dis, self._seen = DISFlow(), {}
+
+    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        key = (src.cpu().numpy().tobytes(), dst.cpu().numpy().tobytes())
+        if key not in self._seen:
+            self._seen[key] = self._dis(src.cpu(), dst.cpu())
+        return self._seen[key].to(src.device)
+
+
+def time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), gap: int = 9, device: str = "cpu",
+                 repeats: int = 2) -> dict:
+    """Wall seconds per in-between frame of each method through fresco.video.propagate on `device` (the Triton
+    kernels on CUDA), flows excluded (`CachedFlow`), the best of `repeats` after one warm-up run (which also compiles
+    the kernels): the crossing clip at size² with keys 0 and gap + 1."""
+    from fresco.video.propagate import propagate
+    frames = make_clip("crossing", size, n=gap + 2)
+    styled = {0: stylize(frames[0]), gap + 1: stylize(frames[-1])}
+    flow = CachedFlow()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out = {"size": size, "device": device, "threads": torch.get_num_threads()}
+    for m in methods:
+        best = math.inf
+        for i in range(repeats + 1):
+            sync()
+            t0 = time.perf_counter()
+            for _ in propagate(iter(frames), [0, gap + 1], lambda k: styled[k], flow, device=device, method=m):
+                pass
+            sync()
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        out[f"s_per_frame_{m}"] = best / gap
+    return out
+
+
 def markdown(rows: List[dict]) -> str:
     lines = ["| clip | style | size | interval | method | PSNR dB | sharpness | warp error x input "
              "| worst frame vs flow dB | s/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -336,7 +376,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-only", action="store_true", help="only the timing row (needs --timing)")
     ap.add_argument("--cpu-timing", type=int, default=0,
                     help="CPU seconds per in-between frame of flow, patch and auto at this size (then exit)")
-    ap.add_argument("--device", default="cpu", help="device of the timing row (cuda: the Triton kernels)")
+    ap.add_argument("--time-methods", type=int, default=0, metavar="SIZE",
+                    help="wall seconds per in-between frame of flow, patch and auto at SIZE² on --device, flows "
+                         "excluded (then exit)")
+    ap.add_argument("--device", default="cpu", help="device of the timing rows (cuda: the Triton kernels)")
     ap.add_argument("--patch", nargs="+", default=[], metavar="NAME=VALUE",
                     help="PatchParams fields of the patch method, e.g. em_iters=2 pm_iters=2 search_radius=8")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
@@ -357,8 +400,13 @@ def main(argv=None) -> int:
         ap.error(f"--frames must be >= 3, got {args.frames}")
     if args.windows < 1:
         ap.error(f"--windows must be >= 1, got {args.windows}")
+    if args.time_methods and args.time_methods < 32:
+        ap.error(f"--time-methods must be a size >= 32 (or 0: no timing), got {args.time_methods}")
     if args.cpu_timing:
         print(json.dumps(cpu_time_methods(args.cpu_timing)))
+        return 0
+    if args.time_methods:
+        print(json.dumps(time_methods(args.time_methods, device=args.device)))
         return 0
     rows = []
     real = real_windows(args.real, args.size, args.frames, args.windows, args.real_clips) if args.real and not args.timing_only else []

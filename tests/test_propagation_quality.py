@@ -1,6 +1,7 @@
 """benchmarks.propagation_quality: the procedural clips move and are reproducible, the style is deterministic and
 draws dark edges, the scoring is right on known inputs, and the command rejects bad arguments (exit 2)."""
 import numpy as np
+import torch
 import pytest
 
 from benchmarks import propagation_quality as pq
@@ -57,7 +58,7 @@ def test_evaluate_rows_small():
 
 
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"], ["--style", "oil"],
-                                  ["--frames", "2"], ["--windows", "0"]])
+                                  ["--frames", "2"], ["--windows", "0"], ["--time-methods", "8"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         pq.main(argv)
@@ -88,3 +89,14 @@ def test_real_windows_read_a_clip_folder(tmp_path):
 def test_cpu_timing_of_each_method():
     t = pq.cpu_time_methods(48, gap=1)
     assert t["size"] == 48 and all(t[f"cpu_s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))
+
+
+def test_time_methods_excludes_the_flow_after_the_warm_up():
+    flow = pq.CachedFlow()
+    a, b = torch.rand(1, 3, 16, 16) * 255, torch.rand(1, 3, 16, 16) * 255
+    first = flow(a, b)
+    assert torch.equal(flow(a.clone(), b.clone()), first) and len(flow._seen) == 1   # the same pair: from memory
+    flow(b, a)
+    assert len(flow._seen) == 2
+    t = pq.time_methods(32, gap=1, repeats=1)
+    assert t["device"] == "cpu" and all(t[f"s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))
