@@ -82,12 +82,6 @@ AUTO_WINDOW = 3
 AUTO_PATCH_MARGIN = 1.0
 
 
-def rebuild_error(rebuilt: torch.Tensor, frame: torch.Tensor) -> float:
-    """Mean squared RGB error (0..255, summed over channels) of a rebuilt source frame [3, H, W] against the
-    frame [3, H, W]."""
-    return float(((rebuilt - frame) ** 2).sum(0).mean())
-
-
 def rebuild_error_map(rebuilt: torch.Tensor, frame: torch.Tensor, window: int = AUTO_WINDOW) -> torch.Tensor:
     """Per pixel the squared RGB error (summed over channels) of a rebuilt source frame [3, H, W] against the frame,
     averaged over the window x window box around it (clipped at the border): [H, W]."""
