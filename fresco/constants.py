@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 # non-keyframes: guided patch synthesis from both keys (Ebsynth-style), a flow-warp blend of the two keys, or auto
-# (per gap, the one whose rebuilt source frames match the gap's frames better: fresco.video.propagate)
+# (per pixel, the one whose rebuilt source frame matches the frame better there: fresco.video.propagate)
 PROPAGATION_METHODS = ("patch", "flow", "auto")
 DEFAULT_PROPAGATION = "auto"  # per pixel patch or flow; the best on real clips (benchmarks/RESULTS.md, "Real footage")
 # optical flow estimators (fresco.models.flow)
