@@ -211,14 +211,15 @@ def grad_energy(x: np.ndarray) -> float:
 
 
 def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], styled: Dict[int, np.ndarray],
-               **opts) -> List[np.ndarray]:
-    """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto") from the keys' styled frames only."""
+               flow=None, **opts) -> List[np.ndarray]:
+    """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto") from the keys' styled frames only;
+    flow: the estimator (None: OpenCV DIS)."""
     if method == "nearest":
         ks = np.array(keys)
         return [styled[int(ks[np.argmin(np.abs(ks - i))])] for i in range(len(frames))]
     from fresco.models.flow import DISFlow
     from fresco.video.propagate import propagate
-    return list(propagate(iter(frames), keys, lambda k: styled[k], DISFlow(), method=method, **opts))
+    return list(propagate(iter(frames), keys, lambda k: styled[k], flow or DISFlow(), method=method, **opts))
 
 
 def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
@@ -292,16 +293,21 @@ def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
             "threads": torch.get_num_threads()}
 
 
+def _timing_gap(size: int, gap: int) -> tuple:
+    """(frames, keys, styled keys) of the timing rows: the crossing clip at size², keys 0 and gap + 1."""
+    frames = make_clip("crossing", size, n=gap + 2)
+    return frames, [0, gap + 1], {0: stylize(frames[0]), gap + 1: stylize(frames[-1])}
+
+
 def cpu_time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), gap: int = 3) -> dict:
     """CPU seconds (this process, all threads: robust to a shared machine's load, unlike wall time) per in-between
     frame of each method through fresco.video.propagate, flows included, on the crossing clip at size² with keys
     0 and gap + 1."""
-    frames = make_clip("crossing", size, n=gap + 2)
-    styled = {0: stylize(frames[0]), gap + 1: stylize(frames[-1])}
+    frames, keys, styled = _timing_gap(size, gap)
     out = {"size": size, "threads": torch.get_num_threads()}
     for m in methods:
         t0 = time.process_time()
-        run_method(m, frames, [0, gap + 1], styled)
+        run_method(m, frames, keys, styled)
         out[f"cpu_s_per_frame_{m}"] = (time.process_time() - t0) / gap
     return out
 
@@ -326,9 +332,7 @@ def time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), 
     """Wall seconds per in-between frame of each method through fresco.video.propagate on `device` (the Triton
     kernels on CUDA), flows excluded (`CachedFlow`), the best of `repeats` after one warm-up run (which also compiles
     the kernels): the crossing clip at size² with keys 0 and gap + 1."""
-    from fresco.video.propagate import propagate
-    frames = make_clip("crossing", size, n=gap + 2)
-    styled = {0: stylize(frames[0]), gap + 1: stylize(frames[-1])}
+    frames, keys, styled = _timing_gap(size, gap)
     flow = CachedFlow()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     out = {"size": size, "device": device, "threads": torch.get_num_threads()}
@@ -337,8 +341,7 @@ def time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), 
         for i in range(repeats + 1):
             sync()
             t0 = time.perf_counter()
-            for _ in propagate(iter(frames), [0, gap + 1], lambda k: styled[k], flow, device=device, method=m):
-                pass
+            run_method(m, frames, keys, styled, flow=flow, device=device)
             sync()
             if i:
                 best = min(best, time.perf_counter() - t0)

@@ -32,8 +32,8 @@ def test_auto_is_the_default_and_chooses_by_the_lower_error():
     y = x.clone()
     y[:, 0, 0] = 3.0  # one pixel off by 3 in each channel: 27 there, spread over the clipped 3x3 box
     m = rebuild_error_map(y, x, 3)
-    assert m[0, 0] == 27 / 4 and m[1, 1] == 27 / 9 and m[3, 3] == 0 and torch.equal(rebuild_error_map(y, x, 1)[0], 
-                                                                                       torch.tensor([27.0, 0, 0, 0]))
+    assert m[0, 0] == 27 / 4 and m[1, 1] == 27 / 9 and m[3, 3] == 0
+    assert torch.equal(rebuild_error_map(y, x, 1)[0], torch.tensor([27.0, 0, 0, 0]))
 
 
 def test_auto_takes_each_pixel_from_one_method_as_logged():

@@ -89,7 +89,7 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     voted = weighted_vote(key_out[0], nnf, err, p.patch_size // 2, p.vote_sharpness, key_guides[:k] * scale,
                           tgt_check, p.vote_pixel_sigma)
     out, rebuilt = voted[:3], voted[3:]
-    err = _box(((rebuilt - tgt_check) ** 2).sum(0), p.fuse_window)
+    err = box_mean(((rebuilt - tgt_check) ** 2).sum(0), p.fuse_window)
     if p.warp_candidate:
         # near a key the chained flow is nearly exact and its (sub-pixel) warp beats any patch re-assembly: take it
         # per pixel where the key's source warped the same way matches the frame over the patch clearly better
@@ -97,17 +97,17 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
         warped = sample(torch.cat([key_out, key_src], 1), to_key, "bicubic" if p.warp_bicubic else "bilinear")[0]
         warp, src_warp = warped[:3].clamp(0, 255), warped[3:]
         d_warp = ((src_warp - frame[0]) ** 2).sum(0)
-        use = _box(d_warp, p.patch_size) <= p.warp_margin * colour_error(frame[0], key_src[0], nnf[0], nnf[1],
+        use = box_mean(d_warp, p.patch_size) <= p.warp_margin * colour_error(frame[0], key_src[0], nnf[0], nnf[1],
                                                                           p.patch_size)
         out = torch.where(use, warp, out)
         rebuilt = torch.cat([torch.where(use, src_warp, rebuilt[:3]), rebuilt[3:]])
         if k == 4:   # the same terms as the rebuild's error
             d_warp = d_warp + p.vote_edge_weight * ((edge_guide(src_warp[None])[0, 0] - target[3]) ** 2)
-        err = torch.where(use, _box(d_warp, p.fuse_window), err)
+        err = torch.where(use, box_mean(d_warp, p.fuse_window), err)
     return (out, err, rebuilt[:3]) if with_source else (out, err)
 
 
-def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     """[H, W] or [C, H, W] -> the mean over the k x k window around each pixel (the window clipped at the border)."""
     return x if k <= 1 else F.avg_pool2d(x[None], k, 1, k // 2, count_include_pad=False)[0]
 
@@ -116,7 +116,7 @@ def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, n
                  patch_size: int) -> torch.Tensor:
     """Per pixel the patch mean of the squared RGB difference (summed over channels) between frame [3, H, W] and
     the key's source read at the field (ny, nx) [H, W] (in-image source pixels): [H, W]."""
-    return _box(((key_src[:, ny.long(), nx.long()] - frame) ** 2).sum(0), patch_size)
+    return box_mean(((key_src[:, ny.long(), nx.long()] - frame) ** 2).sum(0), patch_size)
 
 
 def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: int, sharpness: float,
@@ -183,11 +183,11 @@ def histogram_blend(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, windo
     mix = alpha * a + beta * b
 
     def local_var(x, mean):
-        return (_box(x * x, window) - mean * mean).clamp_min(0)
+        return (box_mean(x * x, window) - mean * mean).clamp_min(0)
 
-    mu = _box(mix, window)
+    mu = box_mean(mix, window)
     var_mix = local_var(mix, mu)
-    var_want = alpha * local_var(a, _box(a, window)) + beta * local_var(b, _box(b, window))
+    var_want = alpha * local_var(a, box_mean(a, window)) + beta * local_var(b, box_mean(b, window))
     limit = 1 / torch.sqrt(alpha * alpha + beta * beta)
     gain = torch.sqrt(var_want / var_mix.clamp_min(1e-6)).clamp(min=1.0)
     gain = torch.minimum(gain, limit.expand_as(gain))
@@ -234,7 +234,7 @@ def fuse(a: torch.Tensor, err_a: torch.Tensor, b: torch.Tensor, err_b: torch.Ten
     gradients of the chosen synthesis are re-integrated around it."""
     choose_a = (err_a * (0.5 + t) <= err_b * (1.5 - t)).float()
     # a hard choice (soften 1) is a or b at every pixel, which the blend leaves as they are
-    out = torch.where(choose_a > 0.5, a, b) if soften <= 1 else histogram_blend(a, b, _box(choose_a, soften))
+    out = torch.where(choose_a > 0.5, a, b) if soften <= 1 else histogram_blend(a, b, box_mean(choose_a, soften))
     if poisson:
         ax, ay = _grads(a)
         bx, by = _grads(b)

@@ -13,14 +13,13 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
 from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
 from ..models.flow import FlowEstimator, flow_pair
 from ..patch_params import PatchParams
-from .patch_propagation import patch_gap
+from .patch_propagation import box_mean, patch_gap
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
@@ -85,10 +84,7 @@ AUTO_PATCH_MARGIN = 1.0
 def rebuild_error_map(rebuilt: torch.Tensor, frame: torch.Tensor, window: int = AUTO_WINDOW) -> torch.Tensor:
     """Per pixel the squared RGB error (summed over channels) of a rebuilt source frame [3, H, W] against the frame,
     averaged over the window x window box around it (clipped at the border): [H, W]."""
-    err = ((rebuilt - frame) ** 2).sum(0)
-    if window <= 1:
-        return err
-    return F.avg_pool2d(err[None], window, 1, window // 2, count_include_pad=False)[0]
+    return box_mean(((rebuilt - frame) ** 2).sum(0), window)
 
 
 def choose_per_pixel(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float = AUTO_PATCH_MARGIN
@@ -150,7 +146,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             return
         cat_a = torch.cat([out_a, src_a])
         cat_b = torch.cat([out_b, src_b]) if src_b is not None else None
-        share = err_p = err_f = 0.0
+        stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
             patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
@@ -163,12 +159,12 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 for xi, fo, po in zip(x, flows, patches):
                     ep, ef = rebuild_error_map(po[3:], xi), rebuild_error_map(fo[3:], xi)
                     use = choose_per_pixel(ep, ef)
-                    share += float(use.float().mean())
-                    err_p += float(ep.mean())
-                    err_f += float(ef.mean())
+                    if auto_log is not None:
+                        stats.append(torch.stack([use.float().mean(), ep.mean(), ef.mean()]))
                     yield _to_image(torch.where(use, po[:3], fo[:3]))
         if auto_log is not None:
-            auto_log.append((a, share / len(xs), err_p / len(xs), err_f / len(xs)))
+            share, err_p, err_f = torch.stack(stats).mean(0).tolist()
+            auto_log.append((a, share, err_p, err_f))
 
     n = 0
     for i, img in enumerate(frames):
