@@ -213,13 +213,14 @@ def grad_energy(x: np.ndarray) -> float:
 def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], styled: Dict[int, np.ndarray],
                flow=None, **opts) -> List[np.ndarray]:
     """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto") from the keys' styled frames only;
-    flow: the estimator (None: OpenCV DIS)."""
+    flow: the estimator (None: OpenCV DIS at the propagation's preset, as a render runs it)."""
     if method == "nearest":
         ks = np.array(keys)
         return [styled[int(ks[np.argmin(np.abs(ks - i))])] for i in range(len(frames))]
-    from fresco.models.flow import DISFlow
+    from fresco.models.flow import PROPAGATION_DIS_PRESET, DISFlow
     from fresco.video.propagate import propagate
-    return list(propagate(iter(frames), keys, lambda k: styled[k], flow or DISFlow(), method=method, **opts))
+    return list(propagate(iter(frames), keys, lambda k: styled[k], flow or DISFlow(PROPAGATION_DIS_PRESET),
+                          method=method, **opts))
 
 
 def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
@@ -313,17 +314,20 @@ def cpu_time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto
 
 
 class CachedFlow:
-    """A flow estimator that computes each (src, dst) pair once (DIS on the CPU) and then returns it from memory on
-    the tensors' device: timing a method with it after one warm-up run measures the method, not the flow."""
+    """A flow estimator that computes each (src, dst) pair once (DIS at the propagation's preset, on the CPU) and
+    then returns it from memory on the tensors' device: timing a method with it after one warm-up run measures the
+    method, not the flow. `spent`: wall seconds spent computing flows so far."""
 
     def __init__(self):
-        from fresco.models.flow import DISFlow
-        self._dis, self._seen = DISFlow(), {}
+        from fresco.models.flow import PROPAGATION_DIS_PRESET, DISFlow
+        self._dis, self._seen, self.spent = DISFlow(PROPAGATION_DIS_PRESET), {}, 0.0
 
     def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         key = (src.cpu().numpy().tobytes(), dst.cpu().numpy().tobytes())
         if key not in self._seen:
+            t0 = time.perf_counter()
             self._seen[key] = self._dis(src.cpu(), dst.cpu())
+            self.spent += time.perf_counter() - t0
         return self._seen[key].to(src.device)
 
 
@@ -331,13 +335,13 @@ def time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), 
                  repeats: int = 2) -> dict:
     """Wall seconds per in-between frame of each method through fresco.video.propagate on `device` (the Triton
     kernels on CUDA), flows excluded (`CachedFlow`), the best of `repeats` after one warm-up run (which also compiles
-    the kernels): the crossing clip at size² with keys 0 and gap + 1."""
+    the kernels): the crossing clip at size² with keys 0 and gap + 1. `flow_s_per_frame_<method>`: the CPU DIS
+    flows that method needs, per in-between frame (computed once, in the warm-up run, not in the method's figure)."""
     frames, keys, styled = _timing_gap(size, gap)
-    flow = CachedFlow()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     out = {"size": size, "device": device, "threads": torch.get_num_threads()}
     for m in methods:
-        best = math.inf
+        best, flow = math.inf, CachedFlow()
         for i in range(repeats + 1):
             sync()
             t0 = time.perf_counter()
@@ -346,6 +350,7 @@ def time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), 
             if i:
                 best = min(best, time.perf_counter() - t0)
         out[f"s_per_frame_{m}"] = best / gap
+        out[f"flow_s_per_frame_{m}"] = flow.spent / gap
     return out
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fresco_kernels
-from fresco.models.flow import FLOW_ESTIMATORS, DISFlow, batch_flows, get_flow_estimator
+from fresco.models.flow import (DIS_PRESETS, FLOW_ESTIMATORS, PROPAGATION_DIS_PRESET, DISFlow, batch_flows,
+                                for_propagation, get_flow_estimator)
 from fresco.video import synthetic_frame
 
 
@@ -22,6 +23,27 @@ def test_dis_interface_and_known_motion():
     assert flow.shape == (1, 2, 64, 64) and flow.dtype == torch.float32 and flow.device == x.device
     inner = flow[0, :, 16:48, 16:48]
     assert abs(inner[0].median().item() - 3.0) < 0.5 and abs(inner[1].median().item()) < 0.5
+
+
+def test_dis_presets_and_the_propagation_one():
+    """"fine" recovers a known motion at least as well as "medium" (full resolution instead of half); a bad preset
+    is one error listing the presets; the propagation upgrades only the default DIS."""
+    x = frames_tensor(1)
+    moved = torch.roll(x, shifts=(2, 3), dims=(2, 3))
+    truth = torch.tensor([3.0, 2.0]).view(2, 1, 1)
+    err = {p: (DISFlow(p)(x, moved)[0, :, 16:48, 16:48] - truth).abs().mean().item() for p in ("medium", "fine")}
+    assert err["fine"] <= err["medium"] + 0.05 and err["fine"] < 0.5, err
+    assert DIS_PRESETS == ("ultrafast", "fast", "medium", "fine") and PROPAGATION_DIS_PRESET in DIS_PRESETS
+    with pytest.raises(ValueError, match=r"preset: one of \['ultrafast', 'fast', 'medium', 'fine'\], got 'finest'"):
+        DISFlow("finest")
+    up = for_propagation(DISFlow())
+    assert isinstance(up, DISFlow) and up.preset == PROPAGATION_DIS_PRESET
+    fast = DISFlow("fast")
+    assert for_propagation(fast) is fast
+
+    def mine(src, dst):
+        return torch.zeros(src.shape[0], 2, *src.shape[2:])
+    assert for_propagation(mine) is mine
 
 
 def test_get_flow_estimator():

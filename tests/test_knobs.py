@@ -91,6 +91,13 @@ def test_patch_knobs_from_every_front_end(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "propagate", lambda *a, **kw: seen.update(kw) or iter(()))
     runner.make_propagation(cfg, flow=lambda a, b: None)(iter(()), [0], lambda k: None)
     assert seen["patch_params"] is cfg.patch and seen["method"] == "auto"  # the default method
+    # with the render's default DIS, the propagation's flow is the finer preset; another estimator is kept
+    from fresco.models.flow import PROPAGATION_DIS_PRESET, DISFlow
+    flows = []
+    monkeypatch.setattr(runner, "propagate", lambda *a, **kw: flows.append(a[3]) or iter(()))
+    runner.make_propagation(cfg, flow=DISFlow())(iter(()), [0], lambda k: None)
+    runner.make_propagation(cfg)(iter(()), [0], lambda k: None)
+    assert [f.preset for f in flows] == [PROPAGATION_DIS_PRESET] * 2
 
 
 def test_patch_params_limits_are_the_ops():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..config import RenderConfig
-from ..models.flow import FlowEstimator
+from ..models.flow import FlowEstimator, for_propagation
 from ..pipeline.core import AnchorCallback, AnchorSource
 from . import preflight
 from .keyframes import Batch
@@ -38,11 +38,10 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
                      ) -> Callable[[Iterable[np.ndarray], Sequence[int], Callable[[int], np.ndarray]],
                                    Iterator[np.ndarray]]:
     """The non-keyframe stage of `cfg` for any process: (source frames stream, keys, load_key) -> the stylised
-    stream of every frame, with cfg's flow estimator (`flow` replaces it), method (and its `patch` knobs), backend and
-    device."""
+    stream of every frame, with cfg's flow estimator (`flow` replaces it; the default DIS runs at its finer
+    propagation preset, fresco.models.flow.for_propagation), method (and its `patch` knobs), backend and device."""
     device = preflight.check_device(cfg.device)
-    if flow is None:
-        flow = flow_estimator(cfg)
+    flow = for_propagation(flow if flow is not None else flow_estimator(cfg))
 
     def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
         return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation,
