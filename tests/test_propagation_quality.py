@@ -100,3 +100,4 @@ def test_time_methods_excludes_the_flow_after_the_warm_up():
     assert len(flow._seen) == 2
     t = pq.time_methods(32, gap=1, repeats=1)
     assert t["device"] == "cpu" and all(t[f"s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))
+    assert all(t[f"flow_s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))  # each method's own flows
