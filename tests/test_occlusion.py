@@ -107,3 +107,16 @@ def test_dilate_matches_published():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_flow_magnitude_is_torch_norm_up_to_rounding():
+    """The forward-backward check's |flow| (sqrt(x^2 + y^2), fast on CPU) against torch.norm over the channel dim,
+    in fp32, fp64 and fp16 (fp16 flows beyond 256 px must not overflow when squared)."""
+    from fresco_kernels.occlusion import _magnitude
+    g = torch.Generator().manual_seed(0)
+    for dtype, scale, tol in ((torch.float32, 30.0, 1e-5), (torch.float64, 30.0, 1e-12), (torch.float16, 400.0, 0.0)):
+        f = (torch.randn(3, 2, 17, 23, generator=g) * scale).to(dtype)
+        ref = torch.norm(f.float() if dtype == torch.float16 else f, dim=1).to(dtype)
+        got = _magnitude(f)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        assert torch.allclose(got.double(), ref.double(), rtol=tol, atol=tol), (dtype, (got - ref).abs().max())
