@@ -98,7 +98,7 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
         warp, src_warp = warped[:3].clamp(0, 255), warped[3:]
         d_warp = ((src_warp - frame[0]) ** 2).sum(0)
         use = box_mean(d_warp, p.patch_size) <= p.warp_margin * colour_error(frame[0], key_src[0], nnf[0], nnf[1],
-                                                                          p.patch_size)
+                                                                             p.patch_size)
         out = torch.where(use, warp, out)
         rebuilt = torch.cat([torch.where(use, src_warp, rebuilt[:3]), rebuilt[3:]])
         if k == 4:   # the same terms as the rebuild's error
