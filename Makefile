@@ -8,7 +8,7 @@ OUT ?= benchmarks/out
 TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.8.0
 
-.PHONY: real-clips install demo ui demo-ops bench-e2e-video bench-propagation bench-propagation-real test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
+.PHONY: real-clips real-clips-extract install demo ui demo-ops bench-e2e-video bench-propagation bench-propagation-real test test-cuda bench-cpu bench-gpu bench-e2e clean aot-check gpu-check sanitize
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -135,7 +135,13 @@ sanitize: $(STAMP)
 # root needed) into the ignored $(REAL_CLIPS); nothing is committed. Then e.g.
 #   python -m benchmarks.propagation_quality --real $(REAL_CLIPS) --size 256 --intervals 10 --style pencil
 REAL_CLIPS ?= .cache/real-clips
+REAL_CLIP_FILES := Megamind.avi vtest.avi tree.avi box.mp4 cup.mp4
 real-clips:
+	@missing=0; for f in $(REAL_CLIP_FILES); do test -s $(REAL_CLIPS)/$$f || missing=1; done; \
+		if [ $$missing = 0 ]; then echo "real-clips: all five clips already in $(REAL_CLIPS)"; \
+		else $(MAKE) --no-print-directory real-clips-extract; fi
+
+real-clips-extract:
 	mkdir -p $(REAL_CLIPS)/deb
 	test -n "$$(ls $(REAL_CLIPS)/deb/opencv-doc_*.deb 2>/dev/null)" || (cd $(REAL_CLIPS)/deb && apt-get download opencv-doc)
 	dpkg -x $$(ls $(REAL_CLIPS)/deb/opencv-doc_*.deb | head -1) $(REAL_CLIPS)/pkg

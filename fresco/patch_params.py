@@ -20,6 +20,9 @@ the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that cho
   (+0.32 to +0.65 dB) at sharpness 0.929 (from 0.978); on the procedural clips it had given +0.14 dB at sharpness
   0.918 / 0.906 (from 0.938 / 0.929, the row "default + fuse_soften=3"), still inside 0.9-1.1. 5 adds 0.04 dB for
   less sharpness. `poisson` off: the row "default + poisson=True" traded sharpness for nothing.
+- `temporal_guide` "previous" (Ebsynth's temporal guide): on the real clips (256 px, 20 cases, DIS `fine`; RESULTS.md,
+  "Stop 32") `auto` gained +0.04 dB on average over "key" (+0.05 to +0.16 at interval 30), at the same sharpness
+  and 1% less warp error; `w_temporal` 4 / 8 with it cut the warp error by 4% / 7% for −0.01 / −0.03 dB.
 - `w_colour` 6, `w_position` 2, `w_temporal` 2, `style_weight` 1, `patch_size` 5, `levels` 4 and `uniformity` 0
   are the first patch propagation's values (b1e4600, with pm 1 and radius 4), and `vote_sharpness` 0.5 that of the
   error-weighted vote (d2a5932); no benchmark row tuned them since: every row above keeps them."""
@@ -58,8 +61,12 @@ class PatchParams:
                      range=(0, MAX_WEIGHT), key="patch_w_edge")
     w_position: int = _p(2, "guide weight per coordinate channel, carried along the chained flow",
                          range=(0, MAX_WEIGHT), key="patch_w_position")
-    w_temporal: int = _p(2, "guide weight per channel of the key's stylised frame carried along the chained flow",
+    w_temporal: int = _p(2, "guide weight per channel of the temporal guide (`patch_temporal_guide`)",
                          range=(0, MAX_WEIGHT), key="patch_w_temporal")
+    temporal_guide: str = _p("previous", "the temporal guide: 'previous' (each direction's output for the frame one "
+                                         "step nearer its key, carried one step along the flow, as Ebsynth) or "
+                                         "'key' (the key's stylised frame carried along the chained flow)",
+                             choices=("previous", "key"), key="patch_temporal_guide")
     style_weight: int = _p(1, "EM coherence weight of the synthesised style", range=(0, MAX_WEIGHT),
                            key="patch_style_weight")
     uniformity: int = _p(0, "penalty per other target patch already using a source patch (0: off)",
@@ -88,11 +95,11 @@ class PatchParams:
         for f in fields(self):
             v = getattr(self, f.name)
             kind = type(f.default)
-            ok = isinstance(v, bool) if kind is bool else \
+            ok = isinstance(v, str) if kind is str else isinstance(v, bool) if kind is bool else \
                 isinstance(v, int) and not isinstance(v, bool) if kind is int else \
                 isinstance(v, (int, float)) and not isinstance(v, bool)
             if not ok:
-                what = {bool: "a boolean", int: "an integer", float: "a number"}[kind]
+                what = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}[kind]
                 raise TypeError(f"{yaml_key(f)}: expected {what}, got {v!r}")
             check_value(yaml_key(f), f, v)
 

@@ -265,3 +265,53 @@ def test_propagate_patch_method():
         assert err < 12, (i, err)
     with pytest.raises(ValueError, match="method must be one of"):
         list(propagate(iter(frames), [0, 4], lambda k: styled[k], DISFlow("ultrafast"), method="ebsynth"))
+
+
+def _pan(n, size=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.rand(1, 3, size, size + n, generator=g) * 255, 3, 1, 1)[0]
+    return [base[:, :, i:i + size].contiguous() for i in range(n)]  # a 1 px/frame pan
+
+
+FAST = dict(levels=1, em_iters=1, pm_iters=1, search_radius=1)
+
+
+def test_temporal_guide_previous_is_the_previous_output_carried_one_step(monkeypatch):
+    """patch_temporal_guide "previous" (Ebsynth's temporal guide): each direction's frame is guided by that
+    direction's output for the frame one step nearer its key, carried one step along the frame-to-frame flow; next
+    to a key that is the key itself, so a one-frame gap is the same as with "key"."""
+    import fresco.video.patch_propagation as pp
+    frames = _pan(6)
+    styled = [255 - f for f in frames]
+    src_a, out_a, src_b, out_b = frames[0], styled[0], frames[5], styled[5]
+    g = torch.Generator().manual_seed(1)
+    steps = torch.randn(4, 2, 24, 24, generator=g)           # any flow: the guide must follow it
+    flow = lambda s, d: steps[:s.shape[0]]
+    one = [list(pp.patch_gap(frames[1:2], src_a, out_a, frames[2], styled[2], flow,
+                             pp.PatchParams(temporal_guide=g, **FAST))) for g in ("key", "previous")]
+    assert torch.equal(one[0][0], one[1][0])
+
+    seen = []
+    real = pp.synthesize
+
+    def spy(frame, to_key, key_src, key_out, guides, p, backend=None, with_source=False, temporal=None):
+        res = real(frame, to_key, key_src, key_out, guides, p, backend, with_source, temporal)
+        seen.append((torch.equal(key_out[0], out_a), temporal, res[0]))
+        return res
+    monkeypatch.setattr(pp, "synthesize", spy)
+    calls = []
+
+    def flow(s, d):
+        calls.append(len(calls))
+        return steps if len(calls) == 1 else -steps
+    outs = list(pp.patch_gap(frames[1:5], src_a, out_a, src_b, out_b, flow,
+                             pp.PatchParams(temporal_guide="previous", **FAST)))
+    assert len(outs) == 4
+    a_side = [(t, o) for is_a, t, o in seen if is_a]
+    b_side = [(t, o) for is_a, t, o in seen if not is_a][::-1]  # b ran from the frame next to key b back to a
+    back, fwd = steps, -steps
+    for j in range(4):
+        prev_a = out_a if j == 0 else a_side[j - 1][1]
+        assert torch.allclose(a_side[j][0], pp.sample(prev_a[None], back[j][None]))
+        prev_b = out_b if j == 3 else b_side[j + 1][1]
+        assert torch.allclose(b_side[j][0], pp.sample(prev_b[None], fwd[j][None]))

@@ -30,7 +30,9 @@ class FlowEstimator(Protocol):
     def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor: ...
 
 
-DIS_PRESETS = ("ultrafast", "fast", "medium", "fine")
+# preset -> the OpenCV preset it starts from ("fine" refines "medium" further, `DISFlow`)
+_DIS_BASE = {"ultrafast": "ULTRAFAST", "fast": "FAST", "medium": "MEDIUM", "fine": "MEDIUM"}
+DIS_PRESETS = tuple(_DIS_BASE)
 
 
 class DISFlow:
@@ -40,12 +42,10 @@ class DISFlow:
 
     def __init__(self, preset: str = "medium"):
         import cv2
-        presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, "fine": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-        if preset not in presets:
+        if not isinstance(preset, str) or preset not in _DIS_BASE:
             raise ValueError(f"preset: one of {list(DIS_PRESETS)}, got {preset!r}")
         self.preset = preset
-        self._dis = cv2.DISOpticalFlow_create(presets[preset])
+        self._dis = cv2.DISOpticalFlow_create(getattr(cv2, "DISOPTICAL_FLOW_PRESET_" + _DIS_BASE[preset]))
         if preset == "fine":
             self._dis.setFinestScale(0)
             self._dis.setVariationalRefinementIterations(5)

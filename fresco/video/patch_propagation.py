@@ -1,8 +1,9 @@
 """Non-keyframes by guided patch synthesis (Ebsynth-style, "Stylizing Video by Example", Jamriška et al. 2019), the
 `propagation: patch` method. Each in-between frame is re-assembled from patches of the stylised keys before and
-after it (`fresco_kernels.patch_synthesis`). The guides are the frames' colour and edges, the positions and the
-key's stylised frame, the last two carried along optical flow chained frame to frame. Each direction's field is
-voted again. Each vote is weighted by its patch's synthesis error and by how well the key's source pixel it
+after it (`fresco_kernels.patch_synthesis`). The guides are the frames' colour and edges, the positions carried
+along optical flow chained frame to frame, and a temporal guide: the direction's previous output carried one step
+(Ebsynth's), or the key's stylised frame carried along the chained flow (`PatchParams.temporal_guide`). Each
+direction's field is voted again. Each vote is weighted by its patch's synthesis error and by how well the key's source pixel it
 proposes matches the frame there, so outlines keep the votes of their own side. Per pixel, the key warped along the
 chained flow replaces the vote where the warped source matches the frame clearly better than the synthesis's
 source patches (near a key the flow is nearly exact). The two directions are chosen per pixel by how well each
@@ -65,15 +66,17 @@ def _positions(h: int, w: int, device) -> torch.Tensor:
 
 def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor, key_out: torch.Tensor,
                key_guides: torch.Tensor, p: PatchParams, backend: Optional[str] = None,
-               with_source: bool = False) -> tuple:
+               with_source: bool = False, temporal: Optional[torch.Tensor] = None) -> tuple:
     """One direction: frame [1, 3, H, W] from the key (source key_src, stylised key_out [1, 3, H, W], key_guides
     from `_key_guides`) along to_key [1, 2, H, W] (frame -> key). Returns (out [3, H, W] 0..255, err [H, W]), and
-    with `with_source` also the key's source frame re-assembled the same way [3, H, W]: the rebuilt source)."""
+    with `with_source` also the key's source frame re-assembled the same way [3, H, W]: the rebuilt source).
+    temporal: the temporal guide [1, 3, H, W] (None: the key's stylised frame carried along to_key)."""
     _, _, h, w = frame.shape
     scale = 255.0 / max(h, w)
     pos = _positions(h, w, frame.device)
     tgt_pos = (pos + to_key.flip(1)) * scale                       # where the key's pixel sits, as (y, x)
-    temporal = sample(key_out, to_key)
+    if temporal is None:
+        temporal = sample(key_out, to_key)
     target = torch.cat([frame, edge_guide(frame), tgt_pos, temporal], 1)[0]
     weights = [p.w_colour] * 3 + [p.w_edge] + [p.w_position] * 2 + [p.w_temporal] * 3
     init = torch.round(pos + to_key.flip(1))[0].to(torch.int32)
@@ -89,7 +92,7 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     voted = weighted_vote(key_out[0], nnf, err, p.patch_size // 2, p.vote_sharpness, key_guides[:k] * scale,
                           tgt_check, p.vote_pixel_sigma)
     out, rebuilt = voted[:3], voted[3:]
-    err = box_mean(((rebuilt - tgt_check) ** 2).sum(0), p.fuse_window)
+    err = rebuild_error(rebuilt, tgt_check, p.fuse_window)
     if p.warp_candidate:
         # near a key the chained flow is nearly exact and its (sub-pixel) warp beats any patch re-assembly: take it
         # per pixel where the key's source warped the same way matches the frame over the patch clearly better
@@ -110,6 +113,13 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
 def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     """[H, W] or [C, H, W] -> the mean over the k x k window around each pixel (the window clipped at the border)."""
     return x if k <= 1 else F.avg_pool2d(x[None], k, 1, k // 2, count_include_pad=False)[0]
+
+
+def rebuild_error(rebuilt: torch.Tensor, frame: torch.Tensor, window: int) -> torch.Tensor:
+    """Per pixel the squared error (summed over channels) of a rebuilt source [C, H, W] against the frame's [C, H, W],
+    averaged over the window x window box around it (clipped at the border): [H, W]. Both the choice between the two
+    keys here and `propagation: auto`'s choice between methods rank candidates by it."""
+    return box_mean(((rebuilt - frame) ** 2).sum(0), window)
 
 
 def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor,
@@ -267,13 +277,30 @@ def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.
         to_b = chain_to_key([f[None] for f in reversed(fwd)])[::-1]
     ga = _key_guides(src_a[None], out_a[None])
     gb = _key_guides(src_b[None], out_b[None]) if src_b is not None else None
+    chained = params.temporal_guide == "previous"
+
+    def one(j: int, to_key, steps, key_src, key_out, guides, prev):
+        # prev: this direction's output for the frame one step nearer the key ([3, H, W]; the key itself first),
+        # carried one step along the frame-to-frame flow steps[j] (Ebsynth's temporal guide)
+        tg = sample(prev[None], steps[j][None]) if chained else None
+        o, e, *r = synthesize(frames[j][None], to_key[j], key_src[None], key_out[None], guides, params, backend,
+                              with_source, temporal=tg)
+        return o, e, r
+
+    from_b = [None] * m   # with the "previous" guide, b's direction for the whole gap, run from key b back to a
+    if src_b is not None and chained:
+        prev = out_b
+        for j in reversed(range(m)):
+            from_b[j] = one(j, to_b, fwd, src_b, out_b, gb, prev)
+            prev = from_b[j][0]
+    prev = out_a
     for j in range(m):
-        fr = frames[j][None]
-        a, err_a, *ra = synthesize(fr, to_a[j], src_a[None], out_a[None], ga, params, backend, with_source)
+        a, err_a, ra = one(j, to_a, back, src_a, out_a, ga, prev)
+        prev = a
         a = torch.cat([a, *ra])
         if src_b is None:
             yield a
             continue
-        b, err_b, *rb = synthesize(fr, to_b[j], src_b[None], out_b[None], gb, params, backend, with_source)
+        b, err_b, rb = from_b[j] if from_b[j] is not None else one(j, to_b, fwd, src_b, out_b, gb, None)
         b = torch.cat([b, *rb])
         yield fuse(a, err_a, b, err_b, (j + 1) / (m + 1), params.poisson, params.fuse_soften)

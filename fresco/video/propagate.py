@@ -19,7 +19,7 @@ from fresco_kernels import flow_warp, occlusion_from_flows
 from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
 from ..models.flow import FlowEstimator, flow_pair
 from ..patch_params import PatchParams
-from .patch_propagation import box_mean, patch_gap
+from .patch_propagation import patch_gap, rebuild_error
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
@@ -83,8 +83,8 @@ AUTO_PATCH_MARGIN = 1.0
 
 def rebuild_error_map(rebuilt: torch.Tensor, frame: torch.Tensor, window: int = AUTO_WINDOW) -> torch.Tensor:
     """Per pixel the squared RGB error (summed over channels) of a rebuilt source frame [3, H, W] against the frame,
-    averaged over the window x window box around it (clipped at the border): [H, W]."""
-    return box_mean(((rebuilt - frame) ** 2).sum(0), window)
+    averaged over the window x window box around it (clipped at the border): [H, W]; `auto`'s default window."""
+    return rebuild_error(rebuilt, frame, window)
 
 
 def choose_per_pixel(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float = AUTO_PATCH_MARGIN
