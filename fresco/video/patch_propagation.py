@@ -1,13 +1,13 @@
 """Non-keyframes by guided patch synthesis (Ebsynth-style, "Stylizing Video by Example", Jamriška et al. 2019), the
-`propagation: patch` method. Each in-between frame is re-assembled from patches of the stylised keys before and
-after it (`fresco_kernels.patch_synthesis`). The guides are the frames' colour and edges, the positions carried
-along optical flow chained frame to frame, and a temporal guide: the direction's previous output carried one step
+`propagation: patch` method. Each in-between frame is re-assembled from patches of the stylised keys before and after
+it (`fresco_kernels.patch_synthesis`). The guides are the frames' colour and edges, the positions carried along
+optical flow chained frame to frame, and a temporal guide: the direction's previous output carried one step
 (Ebsynth's), or the key's stylised frame carried along the chained flow (`PatchParams.temporal_guide`). Each
 direction's field is voted again. Each vote is weighted by its patch's synthesis error and by how well the key's
-source pixel it proposes matches the frame there, so outlines keep the votes of their own side. Per pixel, the key warped along the
-chained flow replaces the vote where the warped source matches the frame clearly better than the synthesis's
-source patches (near a key the flow is nearly exact). The two directions are chosen per pixel by how well each
-rebuilds the frame's colours, and fused with histogram-preserving blending and, optionally, gradient-domain
+source pixel it proposes matches the frame there, so outlines keep the votes of their own side. Per pixel, the key
+warped along the chained flow replaces the vote where the warped source matches the frame clearly better than the
+synthesis's source patches (near a key the flow is nearly exact). The two directions are chosen per pixel by how well
+each rebuilds the frame's colours, and fused with histogram-preserving blending and, optionally, gradient-domain
 (Poisson) fusion. Works on one gap between two keys at a time (memory bounded by the gap, flat in video length)."""
 from __future__ import annotations
 
