@@ -21,8 +21,8 @@ the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that cho
   0.918 / 0.906 (from 0.938 / 0.929, the row "default + fuse_soften=3"), still inside 0.9-1.1. 5 adds 0.04 dB for
   less sharpness. `poisson` off: the row "default + poisson=True" traded sharpness for nothing.
 - `temporal_guide` "previous" (Ebsynth's temporal guide): on the real clips (256 px, 20 cases, DIS `fine`; RESULTS.md,
-  "Stop 32") `auto` gained +0.04 dB on average over "key" (+0.05 to +0.16 at interval 30), at the same sharpness
-  and 1% less warp error; `w_temporal` 4 / 8 with it cut the warp error by 4% / 7% for −0.01 / −0.03 dB.
+  "Stop 32") `auto` gained +0.04 dB on average over "key" (+0.07 at interval 30, never below), at the same sharpness
+  and 1% less warp error; `w_temporal` 4 / 8 with it cut the warp error by 3% / 6% for −0.01 / −0.03 dB.
 - `w_colour` 6, `w_position` 2, `w_temporal` 2, `style_weight` 1, `patch_size` 5, `levels` 4 and `uniformity` 0
   are the first patch propagation's values (b1e4600, with pm 1 and radius 4), and `vote_sharpness` 0.5 that of the
   error-weighted vote (d2a5932); no benchmark row tuned them since: every row above keeps them."""
