@@ -96,10 +96,10 @@ class RenderConfig:
                                      "--gmflow-path is given, else dis: OpenCV DIS)", choices=FLOW_ESTIMATORS,
                                group="Run")
     raft_path: Optional[str] = knob(None, "torchvision RAFT-large weights (default: the torch hub cache)")
-    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: auto (per pixel patch or flow, the one that "
-                                                 "rebuilds the frame's source better), patch (guided patch synthesis "
-                                                 "from both keys, Ebsynth-style) or flow (flow-warp blend of the two "
-                                                 "keys)",
+    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: auto (patch and flow mixed per pixel, more "
+                                                 "weight on the one that rebuilds the frame's source better), patch "
+                                                 "(guided patch synthesis from both keys, Ebsynth-style) or flow "
+                                                 "(flow-warp blend of the two keys)",
                             choices=PROPAGATION_METHODS, group=patch_params.GROUP, fingerprint=False)
     device: str = knob("auto", "auto, cpu, cuda, cuda:1, ...", group="Run", fingerprint=False)
     dtype: str = knob("auto", "weights' dtype (auto: float16 on CUDA, else float32)", choices=DTYPES, group="Model")

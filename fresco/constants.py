@@ -9,7 +9,7 @@ from pathlib import Path
 # non-keyframes: guided patch synthesis from both keys (Ebsynth-style), a flow-warp blend of the two keys, or auto
 # (per pixel, the one whose rebuilt source frame matches the frame better there: fresco.video.propagate)
 PROPAGATION_METHODS = ("patch", "flow", "auto")
-DEFAULT_PROPAGATION = "auto"  # per pixel patch or flow; the best on real clips (benchmarks/RESULTS.md, "Real footage")
+DEFAULT_PROPAGATION = "auto"  # patch and flow mixed per pixel; best on real clips (RESULTS.md, "Real footage")
 # optical flow estimators (fresco.models.flow)
 FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 

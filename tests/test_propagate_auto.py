@@ -1,6 +1,7 @@
-"""propagation "auto" (fresco.video.propagate): per pixel it keeps exactly the patch synthesis's or the flow blend's
-output, the one whose rebuilt source has the lower box-averaged error there (the share logged per gap), and the
-rebuilt-source channels the patch method fuses alongside its style are the key's source re-assembled (zero error
+"""propagation "auto" (fresco.video.propagate): per pixel it mixes the patch synthesis's and the flow blend's output,
+with more weight on the one whose rebuilt source has the lower box-averaged error there (`patch_weight`; as the
+weight hardens, exactly one method's pixel; the share where patch weighs more logged per gap), and the rebuilt-source
+channels the patch method fuses alongside its style are the key's source re-assembled (zero error
 on a still clip)."""
 import numpy as np
 import torch
@@ -8,7 +9,9 @@ import torch
 from fresco.constants import DEFAULT_PROPAGATION
 from fresco.video import synthetic_frame
 from fresco.video.patch_propagation import PatchParams, patch_gap
-from fresco.video.propagate import PROPAGATION_METHODS, choose_per_pixel, into_frame, propagate, rebuild_error_map
+import fresco.video.propagate as propagate_mod
+from fresco.video.propagate import (PROPAGATION_METHODS, choose_per_pixel, into_frame, patch_weight, propagate,
+                                    rebuild_error_map)
 
 H = W = 32
 SMALL = PatchParams(levels=2, em_iters=1)
@@ -27,6 +30,12 @@ def test_auto_is_the_default_and_chooses_by_the_lower_error():
     assert "auto" in PROPAGATION_METHODS and DEFAULT_PROPAGATION == "auto"
     ep, ef = torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[2.0, 2.0, 2.0]])
     assert choose_per_pixel(ep, ef).tolist() == [[True, False, True]]  # a tie keeps patch synthesis
+    w = patch_weight(ep, ef)
+    assert w[0, 0] > 0.9 and w[0, 1] < 0.2 and abs(w[0, 2] - 0.5) < 1e-6  # 1/(1+(1/2)^4), 1/(1+(3/2)^4), a tie
+    assert torch.allclose(w, 1 / (1 + (ep / ef) ** 4))
+    assert torch.equal(patch_weight(ep, ef, power=1e6) > 0.5, choose_per_pixel(ep, ef) & (ep != ef))
+    big = torch.tensor([[0.0, 1e30, 0.0, 5.0]]), torch.tensor([[1e30, 0.0, 0.0, 0.0]])
+    assert torch.allclose(patch_weight(*big), torch.tensor([[1.0, 0.0, 0.5, 0.0]]))  # no overflow, no NaN
     x = torch.zeros(3, 4, 4)
     assert rebuild_error_map(x, x).max() == 0 and torch.all(rebuild_error_map(x + 2, x) == 12.0)  # summed over RGB
     y = x.clone()
@@ -36,37 +45,52 @@ def test_auto_is_the_default_and_chooses_by_the_lower_error():
     assert torch.equal(rebuild_error_map(y, x, 1)[0], torch.tensor([27.0, 0, 0, 0]))
 
 
-def test_auto_takes_each_pixel_from_one_method_as_logged():
+def test_auto_mixes_the_methods_by_patch_weight(monkeypatch):
     frames = [synthetic_frame(i * 3, size=(W, H)) for i in range(9)]  # a moving texture: the zero flow is wrong
     rng = np.random.default_rng(0)
     stylised = {k: rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for k in (0, 4, 8)}
+    real = patch_weight
+    weights: list = []
+    monkeypatch.setattr(propagate_mod, "patch_weight", lambda ep, ef: weights.append(real(ep, ef)) or weights[-1])
     log: list = []
     auto = run(frames, [0, 4, 8], stylised, "auto", log)
     patch = run(frames, [0, 4, 8], stylised, "patch")
     flow = run(frames, [0, 4, 8], stylised, "flow")
-    assert [g[0] for g in log] == [0, 4] and len(auto) == 9
-    mixed = 0
+    assert [g[0] for g in log] == [0, 4] and len(auto) == 9 and len(weights) == 6
     for a, share, err_p, err_f in log:
         assert 0.0 <= share <= 1.0 and err_p >= 0 and err_f > 0
-        for i in range(a + 1, a + 4):
-            from_patch = (auto[i] == patch[i]).all(-1)
-            from_flow = (auto[i] == flow[i]).all(-1)
-            assert (from_patch | from_flow).all()  # every pixel is one method's, never a mix
-            mixed += bool(from_patch.any() and (~from_patch).any())
-    assert mixed > 0  # and on this clip some frames take pixels from both
+    diff = lambda x, y: np.abs(x.astype(int) - y.astype(int)).max(-1)
+    between = [1, 2, 3, 5, 6, 7]
+    for w, i in zip(weights, between):
+        w = w.numpy()
+        assert (diff(auto[i], patch[i])[w > 0.999] <= 1).all() and (diff(auto[i], flow[i])[w < 0.001] <= 1).all()
+    soft = sum(int(((w > 0.1) & (w < 0.9)).sum()) for w in weights)
+    assert soft > 0  # and this clip has pixels where both methods count
     for k in stylised:
         assert np.array_equal(auto[k], stylised[k])
+    # a hard weight (power -> infinity): every pixel is one method's, and some frames take pixels from both
+    monkeypatch.setattr(propagate_mod, "patch_weight", lambda ep, ef: real(ep, ef, power=1e6))
+    hard = run(frames, [0, 4, 8], stylised, "auto")
+    mixed = 0
+    for i in between:
+        from_patch, from_flow = diff(hard[i], patch[i]) <= 1, diff(hard[i], flow[i]) <= 1
+        assert (from_patch | from_flow).all()
+        mixed += bool(from_patch.any() and (~from_patch).any())
+    assert mixed > 0
 
 
-def test_auto_equals_patch_where_patch_rebuilds_exactly():
-    # a still clip: patch synthesis rebuilds the source exactly, so auto is patch synthesis (within the vote's
-    # rounding) wherever the flow blend's rebuild is not also exact
+def test_auto_weighs_both_methods_equally_where_both_rebuild_exactly():
+    # a still clip and a zero flow: both methods rebuild the source exactly (errors 0, weight 0.5); on flat stylised
+    # keys the contrast-preserving blend is then the plain average of the two outputs (within rounding)
     src = synthetic_frame(0, size=(W, H))
     stylised = {k: np.full((H, W, 3), 40 * (k + 1), np.uint8) for k in (0, 4)}
     auto = run([src] * 5, [0, 4], stylised, "auto")
     patch = run([src] * 5, [0, 4], stylised, "patch")
+    flow = run([src] * 5, [0, 4], stylised, "flow")
     for i in (1, 2, 3):
-        assert np.abs(auto[i].astype(int) - patch[i].astype(int)).max() <= 1
+        mean = (patch[i].astype(float) + flow[i].astype(float)) / 2
+        assert np.abs(auto[i] - mean).max() <= 1
+    assert not np.array_equal(patch[2], flow[2])  # the two differ, so the average is a real test
 
 
 def test_flow_beyond_the_frame_reads_the_border_not_black():
