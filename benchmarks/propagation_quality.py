@@ -361,7 +361,9 @@ def markdown(rows: List[dict]) -> str:
         lines.append(f"| {r['clip']} | {r.get('style', 'flat')} | {r['size']} | {r['interval']} | {r['method']} | "
                      f"{r['psnr']:.2f} | "
                      f"{r['sharpness']:.3f} | {r['warp_x_floor']:.2f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} "
-                     f"| {r['s_per_frame']:.3f} |" + (f" {100 * r['auto_patch_share']:.0f}% of pixels from patch" if "auto_patch_share" in r else ""))
+                     f"| {r['s_per_frame']:.3f} |"
+                     + (f" {100 * r['auto_patch_share']:.0f}% of pixels weighted toward patch"
+                        if "auto_patch_share" in r else ""))
     return "\n".join(lines)
 
 
