@@ -36,6 +36,9 @@ from .knobs import check_value, knob, yaml_key
 GROUP = "Propagation"
 MAX_WEIGHT = 128  # fresco_kernels.patch_synthesis.MAX_WEIGHT: integer guide weights up to this
 ODD_WINDOWS = tuple(range(1, 16, 2))  # box windows centred on the pixel
+# a knob's default's type -> (the types its value may have, what the error says it expects)
+_KINDS = {str: (str, "a string"), bool: (bool, "a boolean"), int: (int, "an integer"),
+          float: ((int, float), "a number")}
 
 
 def _p(default: Any, help: str, key: str, **kw) -> Any:
@@ -95,11 +98,9 @@ class PatchParams:
         for f in fields(self):
             v = getattr(self, f.name)
             kind = type(f.default)
-            ok = isinstance(v, str) if kind is str else isinstance(v, bool) if kind is bool else \
-                isinstance(v, int) and not isinstance(v, bool) if kind is int else \
-                isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not ok:
-                what = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}[kind]
+            accepted, what = _KINDS[kind]
+            # a bool is only a bool here, never an integer or a number (bool subclasses int)
+            if not isinstance(v, accepted) or isinstance(v, bool) != (kind is bool):
                 raise TypeError(f"{yaml_key(f)}: expected {what}, got {v!r}")
             check_value(yaml_key(f), f, v)
 
