@@ -315,3 +315,39 @@ def test_temporal_guide_previous_is_the_previous_output_carried_one_step(monkeyp
         assert torch.allclose(a_side[j][0], pp.sample(prev_a[None], back[j][None]))
         prev_b = out_b if j == 3 else b_side[j + 1][1]
         assert torch.allclose(b_side[j][0], pp.sample(prev_b[None], fwd[j][None]))
+
+
+def test_a_zero_weight_guide_changes_nothing_in_the_op():
+    """A guide channel of weight 0 adds 0 to every patch distance, so leaving it out gives the same field, error and
+    output: what lets `synthesize` pass only the guides that weigh (the position and temporal guides at weight 0)."""
+    g = torch.Generator().manual_seed(3)
+    style = (torch.rand(3, 20, 22, generator=g) * 255).round()
+    src = (torch.rand(6, 20, 22, generator=g) * 255).round()
+    tgt = (torch.rand(6, 18, 21, generator=g) * 255).round()
+    weights = [5, 0, 7, 0, 3, 0]
+    used = [0, 2, 4]
+    kw = dict(levels=2, em_iters=2, pm_iters=2, search_radius=4, seed=9)
+    full = fk.patch_synthesis(style, src, tgt, weights, **kw)
+    part = fk.patch_synthesis(style, src[used], tgt[used], [weights[i] for i in used], **kw)
+    for a, b in zip(full, part):
+        assert torch.equal(a, b)
+    moved = fk.patch_synthesis(style, src, tgt, [5, 1, 7, 0, 3, 0], **kw)   # and a weight that is not 0 counts
+    assert not torch.equal(full[1], moved[1])
+
+
+@pytest.mark.parametrize("w_position, w_temporal, channels", [(2, 2, 9), (0, 2, 7), (2, 0, 6), (0, 0, 4)])
+def test_synthesize_passes_only_the_guides_that_weigh(monkeypatch, w_position, w_temporal, channels):
+    import fresco.video.patch_propagation as pp
+    seen = []
+    real = pp.patch_synthesis
+
+    def spy(style, source_guide, target_guide, weights, **kw):
+        seen.append((source_guide.shape[0], target_guide.shape[0], list(weights)))
+        return real(style, source_guide, target_guide, weights, **kw)
+    monkeypatch.setattr(pp, "patch_synthesis", spy)
+    frames = _pan(3)
+    p = pp.PatchParams(w_position=w_position, w_temporal=w_temporal, **FAST)
+    out = list(pp.patch_gap(frames[1:2], frames[0], 255 - frames[0], frames[2], 255 - frames[2],
+                            lambda s, d: torch.zeros(s.shape[0], 2, 24, 24), p))
+    assert len(out) == 1 and seen
+    assert all(s == t == channels and 0 not in w for s, t, w in seen)

@@ -75,12 +75,17 @@ def synthesize(frame: torch.Tensor, to_key: torch.Tensor, key_src: torch.Tensor,
     scale = 255.0 / max(h, w)
     pos = _positions(h, w, frame.device)
     tgt_pos = (pos + to_key.flip(1)) * scale                       # where the key's pixel sits, as (y, x)
-    if temporal is None:
+    if p.w_temporal == 0:
+        temporal = torch.zeros_like(key_out)                      # weight 0: never read, so never sampled
+    elif temporal is None:
         temporal = sample(key_out, to_key)
     target = torch.cat([frame, edge_guide(frame), tgt_pos, temporal], 1)[0]
     weights = [p.w_colour] * 3 + [p.w_edge] + [p.w_position] * 2 + [p.w_temporal] * 3
+    # a guide of weight 0 adds 0 to every patch distance: leaving its channels out gives the same field, faster
+    used = [i for i, wt in enumerate(weights) if wt > 0] or list(range(len(weights)))
     init = torch.round(pos + to_key.flip(1))[0].to(torch.int32)
-    out, nnf, err = patch_synthesis(key_out[0], key_guides, target, weights, style_weight=p.style_weight,
+    out, nnf, err = patch_synthesis(key_out[0], key_guides[used], target[used], [weights[i] for i in used],
+                                    style_weight=p.style_weight,
                                     init_nnf=init, patch_size=p.patch_size, levels=p.levels, em_iters=p.em_iters,
                                     pm_iters=p.pm_iters, search_radius=p.search_radius, uniformity=p.uniformity,
                                     seed=p.seed, backend=backend)
@@ -277,7 +282,7 @@ def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.
         to_b = chain_to_key([f[None] for f in reversed(fwd)])[::-1]
     ga = _key_guides(src_a[None], out_a[None])
     gb = _key_guides(src_b[None], out_b[None]) if src_b is not None else None
-    chained = params.temporal_guide == "previous"
+    chained = params.temporal_guide == "previous" and params.w_temporal > 0   # weight 0: no guide to carry
 
     def one(j: int, to_key, steps, key_src, key_out, guides, prev):
         # prev: this direction's output for the frame one step nearer the key ([3, H, W]; the key itself first),
