@@ -5,11 +5,11 @@ propagation runs after the keyframes, so a render that changes them resumes from
 
 Why each default (benchmarks/propagation_quality.py, 61-frame 128² procedural clips, keys every 10 and 30 frames;
 the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that chose a value is named with it):
-- `em_iters` 3, `pm_iters` 1, `search_radius` 4 differ from the op's defaults (2, 2, 8) because the op's defaults are
-  for a field that starts at random, and here every field starts at the chained optical flow (`init_nnf`), so the
-  search only refines an answer that is already close: the op's (2, 2, 8) scored within 0.04 dB of these at 2.4x
-  the time per frame (RESULTS.md, "em/pm/radius"); the third round gives a little more sharpness at interval 10
-  (0.938 against 0.929 for em 2, the row "em 2, pm 1, radius 4").
+- `em_iters` 3, `pm_iters` 1 differ from the op's defaults (2, 2) because the op's defaults are for a field that
+  starts at random, and here every field starts at the chained optical flow (`init_nnf`), so the search only refines
+  an answer that is already close: the op's (2, 2, 8) scored within 0.04 dB of (3, 1, 4) at 2.4x the time per frame
+  (RESULTS.md, "em/pm/radius"); the third round gives a little more sharpness at interval 10 (0.938 against 0.929
+  for em 2, the row "em 2, pm 1, radius 4"). `search_radius` is 8 since the real-clip sweep below.
 - the guide weights `w_edge` 32 (with `vote_edge_weight` 1.0 and `warp_margin` 0.4): the row "edge guide ×32, vote
   edge weight 1.0, margin 0.4 (default, c672884)"; ×8 / ×12 / ×20 gave less sharpness at interval 10.
 - `vote_pixel_sigma` 20 and the 3x3 `fuse_window`: the row "σ = 20, keys chosen by the rebuilt source's 3x3 error";
@@ -22,10 +22,16 @@ the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that cho
   less sharpness. `poisson` off: the row "default + poisson=True" traded sharpness for nothing.
 - `temporal_guide` "previous" (Ebsynth's temporal guide): on the real clips (256 px, 20 cases, DIS `fine`; RESULTS.md,
   "Stop 32") `auto` gained +0.04 dB on average over "key" (+0.07 at interval 30, never below), at the same sharpness
-  and 1% less warp error; `w_temporal` 4 / 8 with it cut the warp error by 3% / 6% for −0.01 / −0.03 dB.
-- `w_colour` 6, `w_position` 2, `w_temporal` 2, `style_weight` 1, `patch_size` 5, `levels` 4 and `uniformity` 0
-  are the first patch propagation's values (b1e4600, with pm 1 and radius 4), and `vote_sharpness` 0.5 that of the
-  error-weighted vote (d2a5932); no benchmark row tuned them since: every row above keeps them."""
+  and 1% less warp error.
+- `w_colour` 24, `w_position` 0, `style_weight` 0, `search_radius` 8 and `w_temporal` 4: the real-clip sweep of
+  RESULTS.md, "Stop 33" (256 px, 20 cases, one knob at a time, then together). The first patch propagation's values
+  (6, 2, 1, 4, 2; b1e4600) had come from the procedural clips and no row had tuned them on real footage. Matching
+  mostly on the frame's colours and edges near the flow's guess, without the EM coherence term or the position
+  guide, gave `auto` +0.67 dB over the flow blend against +0.58 (sharpness 0.828 against 0.813, worst case −0.09
+  against −0.17) but 9% more warp error at `w_temporal` 2. `w_temporal` 4 keeps the old ratio of temporal to colour
+  weight nearer and the warp error within 4% of before, for +0.64 dB; 0 gives +0.73 dB at 28% more warp error.
+- `patch_size` 5, `levels` 4 and `uniformity` 0 are the first patch propagation's values, and `vote_sharpness` 0.5
+  that of the error-weighted vote (d2a5932). On the real clips patch size 3 / 7 gave +0.01 / −0.03 dB in `auto`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -56,21 +62,21 @@ class PatchParams:
     levels: int = _p(4, "pyramid levels at most", range=(1, 12), key="patch_levels")
     em_iters: int = _p(3, "voting rounds per level", range=(1, 64), key="patch_em_iters")
     pm_iters: int = _p(1, "PatchMatch passes per voting round", range=(1, 64), key="patch_pm_iters")
-    search_radius: int = _p(4, "first random-search radius of a pass (halved down to 1)", range=(0, 1 << 14),
+    search_radius: int = _p(8, "first random-search radius of a pass (halved down to 1)", range=(0, 1 << 14),
                             key="patch_search_radius")
-    w_colour: int = _p(6, "guide weight per RGB channel of the source frames", range=(0, MAX_WEIGHT),
+    w_colour: int = _p(24, "guide weight per RGB channel of the source frames", range=(0, MAX_WEIGHT),
                        key="patch_w_colour")
     w_edge: int = _p(32, "guide weight of the frames' edge strength (keeps the style's lines on the frame's edges)",
                      range=(0, MAX_WEIGHT), key="patch_w_edge")
-    w_position: int = _p(2, "guide weight per coordinate channel, carried along the chained flow",
+    w_position: int = _p(0, "guide weight per coordinate channel, carried along the chained flow",
                          range=(0, MAX_WEIGHT), key="patch_w_position")
-    w_temporal: int = _p(2, "guide weight per channel of the temporal guide (`patch_temporal_guide`)",
+    w_temporal: int = _p(4, "guide weight per channel of the temporal guide (`patch_temporal_guide`)",
                          range=(0, MAX_WEIGHT), key="patch_w_temporal")
     temporal_guide: str = _p("previous", "the temporal guide: 'previous' (each direction's output for the frame one "
                                          "step nearer its key, carried one step along the flow, as Ebsynth) or "
                                          "'key' (the key's stylised frame carried along the chained flow)",
                              choices=("previous", "key"), key="patch_temporal_guide")
-    style_weight: int = _p(1, "EM coherence weight of the synthesised style", range=(0, MAX_WEIGHT),
+    style_weight: int = _p(0, "EM coherence weight of the synthesised style", range=(0, MAX_WEIGHT),
                            key="patch_style_weight")
     uniformity: int = _p(0, "penalty per other target patch already using a source patch (0: off)",
                          range=(0, 2048), key="patch_uniformity")

@@ -73,9 +73,9 @@ def test_the_fingerprint_keys_are_the_ones_before_issue_22():
 
 def test_patch_knobs_from_every_front_end(monkeypatch, tmp_path):
     args = cli.build_parser().parse_args(["render", "v.mp4", "--prompt", "p", "--patch-em-iters", "2",
-                                          "--patch-search-radius", "8", "--no-patch-warp-candidate"])
+                                          "--patch-search-radius", "16", "--no-patch-warp-candidate"])
     cfg = cli._build_config(args)
-    assert cfg.patch == PatchParams(em_iters=2, search_radius=8, warp_candidate=False)
+    assert cfg.patch == PatchParams(em_iters=2, search_radius=16, warp_candidate=False)
     yml = tmp_path / "c.yaml"
     yml.write_text("prompt: x\npatch_pm_iters: 2\npatch_poisson: true\n")
     assert from_mapping(load_yaml(yml)).patch == PatchParams(pm_iters=2, poisson=True)
