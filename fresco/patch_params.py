@@ -31,7 +31,8 @@ the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that cho
   against −0.17) but 9% more warp error at `w_temporal` 2. `w_temporal` 4 keeps the old ratio of temporal to colour
   weight nearer and the mean warp error within 4% of before, for +0.64 dB; 0 gives +0.73 dB at 28% more warp error.
 - `patch_size` 5, `levels` 4 and `uniformity` 0 are the first patch propagation's values, and `vote_sharpness` 0.5
-  that of the error-weighted vote (d2a5932). On the real clips (old knobs) patch size 3 / 7 gave +0.005 / −0.03 dB in `auto`."""
+  that of the error-weighted vote (d2a5932). On the real clips (old knobs) patch size 3 / 7 gave +0.005 / −0.03 dB
+  in `auto`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
