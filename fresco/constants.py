@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 # non-keyframes: guided patch synthesis from both keys (Ebsynth-style), a flow-warp blend of the two keys, or auto
-# (per pixel, the one whose rebuilt source frame matches the frame better there: fresco.video.propagate)
+# (the two mixed per pixel, more weight on the one whose rebuilt source frame matches the frame better there:
+# fresco.video.propagate)
 PROPAGATION_METHODS = ("patch", "flow", "auto")
 DEFAULT_PROPAGATION = "auto"  # patch and flow mixed per pixel; best on real clips (RESULTS.md, "Real footage")
 # optical flow estimators (fresco.models.flow)

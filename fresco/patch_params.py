@@ -3,8 +3,9 @@ that a render holds (`RenderConfig.patch`) and that the CLI (`--patch-...`), the
 UI ("Propagation") reach through the field metadata (fresco.knobs). None of them enters a render's fingerprint: the
 propagation runs after the keyframes, so a render that changes them resumes from the stylised keys.
 
-Why each default (benchmarks/propagation_quality.py, 61-frame 128² procedural clips, keys every 10 and 30 frames;
-the rows are in benchmarks/RESULTS.md, "Patch propagation", and the row that chose a value is named with it):
+Why each default (benchmarks/propagation_quality.py, keys every 10 and 30 frames; on the 61-frame 128² procedural
+clips, the rows in benchmarks/RESULTS.md, "Patch propagation", unless a bullet names the real clips and its section;
+the row that chose a value is named with it):
 - `em_iters` 3, `pm_iters` 1 differ from the op's defaults (2, 2) because the op's defaults are for a field that
   starts at random, and here every field starts at the chained optical flow (`init_nnf`), so the search only refines
   an answer that is already close: the op's (2, 2, 8) scored within 0.04 dB of (3, 1, 4) at 2.4x the time per frame
