@@ -224,17 +224,17 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
 
 
 def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
-             patch_params=None, style: str = "flat", frames: Optional[List[np.ndarray]] = None) -> List[dict]:
+             patch_params=None, style: str = "flat", frames: Optional[List[np.ndarray]] = None,
+             outputs: Optional[dict] = None) -> List[dict]:
     """Rows (one per method) of one clip of n frames with keys every `interval` frames (the last frame included);
     seed: of the clip's textures (0: the clips the defaults were tuned on; others: held-out clips, same motions);
     patch_params: the patch method's `PatchParams` (None: the defaults); style: a STYLES name; frames: the clip
-    itself (a real one) instead of the procedural `clip`."""
+    itself (a real one) instead of the procedural `clip`; outputs: a dict that receives each method's output clip
+    (for `reach`)."""
     if frames is None:
         frames = make_clip(clip, size, n, seed=seed)
     target = [STYLES[style](f) for f in frames]
-    keys = list(range(0, len(frames), interval))
-    if keys[-1] != len(frames) - 1:
-        keys.append(len(frames) - 1)
+    keys = key_frames(len(frames), interval)
     styled = {k: target[k] for k in keys}
     between = [i for i in range(len(frames)) if i not in set(keys)]
     rows, per_frame = [], {}
@@ -247,6 +247,8 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
         extra = {"patch_params": patch_params} if m in ("patch", "auto") else {}
         out = run_method(m, frames, keys, styled, **extra, **({"auto_log": log} if m == "auto" else {}))
         secs = (time.perf_counter() - t0) / len(between)
+        if outputs is not None:
+            outputs[m] = out
         p = [psnr(out[i], target[i]) for i in between]
         sharp = np.mean([grad_energy(out[i]) for i in between]) / np.mean([grad_energy(target[i]) for i in between])
         per_frame[m] = p
@@ -259,6 +261,51 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
         for r in rows[1:]:
             r["worst_vs_flow_db"] = float(np.min(np.array(per_frame[r["method"]]) - np.array(per_frame["flow"])))
     return rows
+
+
+def key_frames(n: int, interval: int) -> List[int]:
+    """The keyframes of an n-frame clip with a key every `interval` frames, the last frame included."""
+    keys = list(range(0, n, interval))
+    return keys + [n - 1] if keys[-1] != n - 1 else keys
+
+
+def reach(clip: str, frames: Sequence[np.ndarray], size: int, style: str, dense: int, sparse: Dict[int, dict],
+          methods: Sequence[str], patch_params=None) -> List[dict]:
+    """How far denser true keys would take each method: every method run again with a key every `dense` frames, and
+    scored on the frames that are in-between at `dense` and at each sparse interval, as a margin over the flow blend
+    at that sparse interval on the same frames. sparse: {interval: that interval's output clips by method (from
+    `evaluate`'s `outputs`; "flow" needed)}. A method's margin at `dense` bounds what a better propagation from the
+    sparse keys could reach along the same flow (benchmarks/RESULTS.md, "Stop 34")."""
+    target = [STYLES[style](f) for f in frames]
+    keys = key_frames(len(frames), dense)
+    styled = {k: target[k] for k in keys}
+    dense_out = {m: run_method(m, frames, keys, styled,
+                               **({"patch_params": patch_params} if m in ("patch", "auto") else {}))
+                 for m in methods}
+    rows = []
+    for interval, outs in sparse.items():
+        common = sorted(set(range(len(frames))) - set(keys) - set(key_frames(len(frames), interval)))
+        if not common:
+            continue
+        flow = np.mean([psnr(outs["flow"][i], target[i]) for i in common])
+        ge = np.mean([grad_energy(target[i]) for i in common])
+        for m in methods:
+            rows.append({"clip": clip, "size": size, "style": style, "interval": interval, "dense": dense,
+                         "method": m, "frames": len(common),
+                         "margin_db": float(np.mean([psnr(dense_out[m][i], target[i]) for i in common]) - flow),
+                         "sparse_margin_db": float(np.mean([psnr(outs[m][i], target[i]) for i in common]) - flow)
+                         if m in outs else float("nan"),
+                         "sharpness": float(np.mean([grad_energy(dense_out[m][i]) for i in common]) / ge)})
+    return rows
+
+
+def reach_markdown(rows: List[dict]) -> str:
+    lines = ["| clip | style | size | interval | method | margin over the flow blend: at the interval / with a key "
+             "every N frames (N) | sharpness with a key every N frames |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['clip']} | {r['style']} | {r['size']} | {r['interval']} | {r['method']} | "
+                     f"{r['sparse_margin_db']:+.2f} / {r['margin_db']:+.2f} ({r['dense']}) | {r['sharpness']:.3f} |")
+    return "\n".join(lines)
 
 
 def warp_stability(frames: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> dict:
@@ -392,6 +439,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="device of the timing rows (cuda: the Triton kernels)")
     ap.add_argument("--patch", nargs="+", default=[], metavar="NAME=VALUE",
                     help="PatchParams fields of the patch method, e.g. em_iters=2 pm_iters=2 search_radius=8")
+    ap.add_argument("--dense", type=int, default=0, metavar="N",
+                    help="also run every method with a key every N frames (N >= 2, below every interval) and score it "
+                         "against the flow blend at each interval on the frames in-between at both: how far denser "
+                         "true keys would take each method (0: not; adds the flow method)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     if args.size < 32:
@@ -412,23 +463,38 @@ def main(argv=None) -> int:
         ap.error(f"--windows must be >= 1, got {args.windows}")
     if args.time_methods and args.time_methods < 32:
         ap.error(f"--time-methods must be a size >= 32 (or 0: no timing), got {args.time_methods}")
+    if args.dense and not 2 <= args.dense < min(args.intervals):
+        ap.error(f"--dense must be an integer from 2 to below the smallest interval ({min(args.intervals)}), "
+                 f"or 0, got {args.dense}")
+    if args.dense and "flow" not in args.methods:
+        args.methods.append("flow")  # the baseline of its margins
     if args.cpu_timing:
         print(json.dumps(cpu_time_methods(args.cpu_timing)))
         return 0
     if args.time_methods:
         print(json.dumps(time_methods(args.time_methods, device=args.device)))
         return 0
-    rows = []
+    rows, reach_rows = [], []
     real = real_windows(args.real, args.size, args.frames, args.windows, args.real_clips) if args.real and not args.timing_only else []
     jobs = [(name, clip) for name, clip in real] + [(c, None) for c in ([] if args.timing_only else args.clips)]
     for clip, frames in jobs:
+        sparse = {}
         for interval in args.intervals:
+            sparse[interval] = {}
             new = evaluate(clip, args.size, interval, args.methods, seed=args.seed, patch_params=params,
-                           style=args.style, frames=frames)
+                           style=args.style, frames=frames, outputs=sparse[interval])
             for r in new:
                 r["real"] = frames is not None
             rows += new
             print(markdown(new), flush=True)
+        if args.dense:
+            new = reach(clip, frames if frames is not None else make_clip(clip, args.size, CLIP_FRAMES,
+                                                                         seed=args.seed),
+                        args.size, args.style, args.dense, sparse, args.methods, params)
+            for r in new:
+                r["real"] = frames is not None
+            reach_rows += new
+            print(reach_markdown(new), flush=True)
     md = "\n\n".join(markdown([r for r in rows if r["real"] == real]) for real in (True, False)
                        if any(r["real"] == real for r in rows))
     summary = []
@@ -441,6 +507,17 @@ def main(argv=None) -> int:
                            f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, warp error "
                            f"x{np.mean([r['warp_x_floor'] for r in sel]):.2f} the input's, worst frame vs flow "
                            f"{min(r.get('worst_vs_flow_db', float('nan')) for r in sel):+.2f} dB")
+    for real, interval, m in [(real, i, m) for real in (True, False) for i in args.intervals
+                              for m in args.methods]:
+        sel = [r for r in reach_rows if r["interval"] == interval and r["method"] == m and r["real"] == real]
+        if sel:
+            summary.append(f"{'real' if real else 'procedural'} {args.style} {args.size}px interval {interval} {m}, "
+                           f"margin over the flow blend at the interval: "
+                           f"{np.mean([r['sparse_margin_db'] for r in sel]):+.2f} dB; with a key every "
+                           f"{args.dense} frames: {np.mean([r['margin_db'] for r in sel]):+.2f} dB, sharpness "
+                           f"{np.mean([r['sharpness'] for r in sel]):.3f}")
+    if reach_rows:
+        md += "\n\n" + reach_markdown(reach_rows)
     timing = time_patch(args.timing, device=args.device) if args.timing else None
     print("\n" + md + "\n\n" + "\n".join(summary))
     if timing:
@@ -449,7 +526,7 @@ def main(argv=None) -> int:
         import pathlib
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"rows": rows, "timing": timing}, indent=1))
+        (out / "results.json").write_text(json.dumps({"rows": rows, "reach": reach_rows, "timing": timing}, indent=1))
         (out / "results.md").write_text(md + "\n\n" + "\n".join(summary) + "\n")
     return 0
 

@@ -58,7 +58,8 @@ def test_evaluate_rows_small():
 
 
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"], ["--style", "oil"],
-                                  ["--frames", "2"], ["--windows", "0"], ["--time-methods", "8"]])
+                                  ["--frames", "2"], ["--windows", "0"], ["--time-methods", "8"],
+                                  ["--dense", "1"], ["--intervals", "4", "10", "--dense", "4"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         pq.main(argv)
@@ -101,3 +102,20 @@ def test_time_methods_excludes_the_flow_after_the_warm_up():
     t = pq.time_methods(32, gap=1, repeats=1)
     assert t["device"] == "cpu" and all(t[f"s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))
     assert all(t[f"flow_s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))  # each method's own flows
+
+
+def test_reach_scores_denser_keys_on_the_shared_in_between_frames():
+    """--dense: every method again with a key every N frames, scored on the frames that are in-between at both
+    intervals against the flow blend at the sparse one. On a moving clip, keys every 2 frames make the flow blend
+    better than keys every 6 (its margin > 0), and a method's own margin at the sparse interval is 0 for the flow
+    blend by definition."""
+    frames = pq.make_clip("pan_thin", 48, n=13)
+    sparse = {6: {}}
+    pq.evaluate("pan_thin", 48, 6, ["flow", "nearest"], frames=frames, outputs=sparse[6])
+    assert set(sparse[6]) == {"flow", "nearest"} and len(sparse[6]["flow"]) == 13
+    rows = pq.reach("pan_thin", frames, 48, "flat", 2, sparse, ["flow", "nearest"])
+    by = {r["method"]: r for r in rows}
+    assert all(r["frames"] == 6 for r in rows)  # the odd frames: in-between for keys every 2 and every 6
+    assert by["flow"]["sparse_margin_db"] == 0 and by["flow"]["margin_db"] > 0.3
+    assert by["nearest"]["margin_db"] > by["nearest"]["sparse_margin_db"]  # the nearest key is 1 frame away, not 3
+    assert "| pan_thin | flat | 48 | 6 | nearest |" in pq.reach_markdown(rows)
