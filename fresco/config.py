@@ -15,7 +15,7 @@ from . import addon_specs, patch_params
 from . import settings as settings_mod
 from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS,
                         PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
-from .knobs import Range, check_value, is_knob, knob, value_type, yaml_key
+from .knobs import Range, check_kind, check_value, is_knob, knob, value_type, yaml_key
 from .patch_params import PatchParams
 from .prompts import parse_extra_prompts, published_pair
 from .settings import FrescoSettings
@@ -317,9 +317,6 @@ def fingerprint_keys() -> list[str]:
     return [yaml_key(f) for f in fs if f.metadata.get("fingerprint", True)]
 
 
-_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-
-
 def _accepted(key: str) -> tuple[tuple[type, ...], bool]:
     """(the accepted types of RenderConfig's own `key`, whether null is accepted), from its annotations."""
     hint = get_type_hints(RenderConfig)[key]
@@ -331,15 +328,7 @@ def check_type(key: str, value: Any) -> None:
     """One-line error naming `key` and what it accepts when `value` has the wrong type (an int is a number; a
     bool is neither an int nor a number)."""
     types, nullable = _accepted(key)
-    if value is None:
-        ok = nullable
-    elif isinstance(value, bool):
-        ok = bool in types
-    else:
-        ok = isinstance(value, types) or (float in types and isinstance(value, int))
-    if not ok:
-        what = " or ".join(_NAMES.get(t, t.__name__) for t in types) + (" or null" if nullable else "")
-        raise ValueError(f"{key}: expected {what}, got {value!r}")
+    check_kind(key, value, types, nullable)
 
 
 def aliases() -> dict[str, str]:

@@ -122,6 +122,34 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+KIND_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+              dict: "a mapping"}
+
+
+def is_kind(v: Any, kind: type) -> bool:
+    """Whether `v` is a value of a knob of type `kind`. A bool (numpy's too: a 0-d value of a boolean dtype) is only a
+    bool, never an integer or a number, though bool subclasses int; any integral value (numpy's too) is an integer,
+    and any real one a number."""
+    if kind is bool:
+        return isinstance(v, bool) or (getattr(v, "ndim", None) == 0 and getattr(getattr(v, "dtype", None), "kind",
+                                                                                 None) == "b")
+    if kind is int:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if kind is float:
+        return _is_number(v)
+    return isinstance(v, kind)
+
+
+def check_kind(key: str, v: Any, kinds: Sequence[type], nullable: bool = False, exc: type = ValueError) -> None:
+    """Raises `exc` with a one-line message naming `key` and what it accepts unless `v` is of one of `kinds` (by
+    `is_kind`), or None where `nullable`. The one type check of every knob's value: fresco.config,
+    fresco.settings, fresco.patch_params."""
+    if v is None and nullable or v is not None and any(is_kind(v, t) for t in kinds):
+        return
+    what = " or ".join(KIND_NAMES.get(t, t.__name__) for t in kinds) + (" or null" if nullable else "")
+    raise exc(f"{key}: expected {what}, got {v!r}")
+
+
 def check_value(key: str, f: dataclasses.Field, v: Any) -> None:
     """The checks every front end gets from the metadata: a float knob's value is finite, a number is within its
     range, a value is one of the choices. Raises ValueError naming `key` and what is accepted."""

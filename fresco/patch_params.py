@@ -39,14 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .knobs import check_value, knob, yaml_key
+from .knobs import check_kind, check_value, knob, yaml_key
 
 GROUP = "Propagation"
 MAX_WEIGHT = 128  # fresco_kernels.patch_synthesis.MAX_WEIGHT: integer guide weights up to this
 ODD_WINDOWS = tuple(range(1, 16, 2))  # box windows centred on the pixel
-# a knob's default's type -> (the types its value may have, what the error says it expects)
-_KINDS = {str: (str, "a string"), bool: (bool, "a boolean"), int: (int, "an integer"),
-          float: ((int, float), "a number")}
 
 
 def _p(default: Any, help: str, key: str, **kw) -> Any:
@@ -105,11 +102,9 @@ class PatchParams:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            kind = type(f.default)
-            accepted, what = _KINDS[kind]
-            # a bool is only a bool here, never an integer or a number (bool subclasses int)
-            if not isinstance(v, accepted) or isinstance(v, bool) != (kind is bool):
-                raise TypeError(f"{yaml_key(f)}: expected {what}, got {v!r}")
+            check_kind(yaml_key(f), v, [type(f.default)], exc=TypeError)
+            if type(v) is not type(f.default):  # a numpy scalar, or an int for a float: the op takes Python's
+                object.__setattr__(self, f.name, type(f.default)(v))
             check_value(yaml_key(f), f, v)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import numpy as np
 from fresco_kernels import BACKENDS
 from fresco_kernels.gram_loss import REDUCTIONS
 
-from .knobs import Range, check_value, knob
+from .knobs import Range, check_kind, check_value, knob
 
 # the published schedule, as fractions of a 20-step run: optimisation while the step index < 15, background
 # smoothing of x0 at steps 16 and 17, SDEdit strength 0.75 (5 warm-up steps skipped)
@@ -30,10 +30,6 @@ CONSTRAINTS = "FRESCO constraints"  # the web UI's group of the constraint switc
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -119,12 +115,8 @@ class FrescoSettings:
                 continue
             if isinstance(f.default, tuple) or (f.default is None and f.name in ("bg_smoothing_steps",)):
                 need(isinstance(v, tuple) and all(_is_int(i) for i in v), f.name, "a list of integers", TypeError)
-            elif kind is bool:
-                need(isinstance(v, (bool, np.bool_)), f.name, "expected a boolean", TypeError)
-            elif kind is int:
-                need(_is_int(v), f.name, f"expected an int, got {type(v).__name__}", TypeError)
-            elif kind is float:
-                need(_is_number(v), f.name, "expected a number", TypeError)
+            elif kind in (bool, int, float):
+                check_kind(f.name, v, [kind], exc=TypeError)
             check_value(f.name, f, v)  # range, finiteness, choices (the field's metadata)
         if self.strength is not None and self.num_warmup_steps is not None:
             raise ValueError("strength and num_warmup_steps: pass one of them")

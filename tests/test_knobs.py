@@ -108,6 +108,27 @@ def test_patch_params_limits_are_the_ops():
         PatchParams(w_edge=1.5)
 
 
+@pytest.mark.parametrize("bad", [True, 2.5, "8"])
+def test_one_type_check_for_every_knob(bad):
+    """knobs.check_kind is the type check of RenderConfig's keys, FrescoSettings and PatchParams: the same message
+    from each, a bool is never an integer, and numpy's scalars are the numbers they hold (PatchParams stores them as
+    Python's, which the op takes)."""
+    np = pytest.importorskip("numpy")
+    from fresco.config import check_type
+    from fresco.settings import FrescoSettings
+    with pytest.raises(TypeError, match=f"^patch_w_edge: expected an integer, got {bad!r}$"):
+        PatchParams(w_edge=bad)
+    with pytest.raises(TypeError, match=f"^seed: expected an integer, got {bad!r}$"):
+        FrescoSettings(seed=bad)
+    with pytest.raises(ValueError, match=r"^fps: expected a number or null, got "):
+        check_type("fps", True)
+    p = PatchParams(w_edge=np.int64(8), warp_margin=np.float32(0.5), poisson=np.bool_(True), w_colour=np.int32(3))
+    assert (p.w_edge, p.warp_margin, p.poisson, p.w_colour) == (8, 0.5, True, 3)
+    assert (type(p.w_edge), type(p.warp_margin), type(p.poisson)) == (int, float, bool)
+    assert type(PatchParams(warp_margin=1).warp_margin) is float
+    assert FrescoSettings(seed=np.int64(3), cross_frame_attention=np.bool_(False)).seed == 3
+
+
 def test_range_text():
     assert [str(r) for r in (Range(1), Range(0, 51), Range(0, 1, True), Range(0, None, True), Range(0, 0.5))] == \
         [">= 1", "in [0, 51]", "in (0, 1]", "> 0", "in [0, 0.5]"]
