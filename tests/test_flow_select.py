@@ -82,11 +82,11 @@ def test_bidirectional_estimators_run_once_per_pair():
     batch_flows(frames, single)
     assert single.calls == Counter(call=2)
     assert flow_pair(both, frames, frames)[1][:, 0].eq(-1).all()
-    # propagation between two keys: one bidirectional pass per key
+    # the flow blend between two keys needs one direction per key (frame -> key), so no bidirectional pass
     spy = Spy(True)
     key = torch.rand(3, 16, 16) * 255
     blend_from_keys(frames[:2], torch.tensor([0.3, 0.6]), key, key, key, key, spy)
-    assert spy.calls["bidirectional"] == 2
+    assert spy.calls == Counter(call=2)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """fresco.video.propagate on its own, with stand-in flow estimators: one output per input frame, keys passed through,
-the distance blend weights, occluded warps dropped (and the fallback when both keys are occluded), frames after the
+the distance blend weights, a key whose warp does not match the frame giving way (and the distance weights when
+neither matches), the chained flow taken where it rebuilds the frame better, frames after the
 last key, chunking that does not change results, a key-only video, backends agreeing, bad inputs."""
 import numpy as np
 import pytest
@@ -43,11 +44,13 @@ def test_distance_weights_between_two_keys():
     assert [int(o[0, 0, 0]) for o in out] == [0, 50, 100, 150, 200]
 
 
-def test_occluded_key_is_dropped():
-    """Key 4's source differs from the in-between frames everywhere (photometric test): only key 0 is used."""
+def test_a_key_that_does_not_see_the_frame_gives_way():
+    """Key 4's source differs from the in-between frames everywhere (rebuild error >= 3 x 27² there): key 0, whose
+    source matches, decides, even at frame 3, where the distance weights alone would give key 4 three quarters."""
     frames = [texture()] * 4 + [const(0)]
     out = run(frames, [0, 4], {0: const(30), 4: const(200)})
-    assert all(np.array_equal(o, const(30)) for o in out[:4])
+    assert all(np.array_equal(o, const(30)) for o in out[:3])
+    assert np.abs(out[3].astype(int) - 30).max() <= 1
 
 
 def test_both_keys_occluded_falls_back_to_distance():
@@ -116,3 +119,31 @@ def test_bad_inputs(keys, frames, match):
 def test_stylised_key_of_the_wrong_size():
     with pytest.raises(ValueError, match=r"load_key\(0\)"):
         list(propagate(iter([texture()] * 2), [0], lambda k: np.zeros((8, 8, 3), np.uint8), zero_flow))
+
+
+def test_the_chained_flow_is_taken_where_the_direct_one_fails():
+    """A texture moving 1 px per frame, and a stand-in estimator that, like a real one on large motion, finds the
+    1-px steps between neighbouring frames but returns zero for the longer jumps to a key: the flow blend follows
+    the chained flow there (the interior comes out as the style of the frame itself), where the direct flow alone
+    would blur the two keys' misplaced texture."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (H, W, 3)).astype(np.uint8)
+    frames = [np.roll(base, i, axis=1) for i in range(5)]
+    style = {i: 255 - f for i, f in enumerate(frames)}
+
+    def short_sighted(src, dst):
+        out = torch.zeros(src.shape[0], 2, *src.shape[2:])
+        for n, (s, d) in enumerate(zip(src, dst)):
+            errs = {k: (s - torch.roll(d, -k, dims=2)).abs().mean().item() for k in range(-4, 5)}
+            k = min(errs, key=errs.get)
+            out[n, 0] = k if abs(k) <= 1 else 0   # src(p) = dst(p + k): a shift it finds only for 1-px steps
+        return out
+    out = list(propagate(iter(frames), [0, 4], lambda k: style[k], short_sighted, method="flow"))
+    inner = np.s_[:, 6:W - 6]
+    for j in (1, 2, 3):
+        assert np.abs(out[j][inner].astype(int) - style[j][inner].astype(int)).max() <= 1
+    x = torch.from_numpy(np.stack(frames[1:4])).permute(0, 3, 1, 2).float()
+    T = lambda a: torch.from_numpy(a).permute(2, 0, 1).float()
+    direct = blend_from_keys(x, torch.tensor([0.25, 0.5, 0.75]), T(frames[0]), T(style[0]), T(frames[4]),
+                             T(style[4]), short_sighted)
+    assert (direct[1].permute(1, 2, 0)[inner] - torch.from_numpy(style[2][inner]).float()).abs().mean() > 20

@@ -12,7 +12,7 @@ each rebuilds the frame's colours, and fused with histogram-preserving blending 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,29 @@ def chain_to_key(step_flows: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     for f in step_flows:
         out.append(f if not out else f + sample(out[-1], f))
     return out
+
+
+class GapFlows(NamedTuple):
+    """The frame-to-frame flows of one gap and the flows to each key chained from them. back [M, 2, H, W]: frame j
+    -> frame j - 1 (toward key a; the first maps onto key a); fwd: frame j -> frame j + 1 (toward key b), None
+    without a later key; to_a[j] / to_b[j] [1, 2, H, W]: frame j -> key a / key b, chained (`chain_to_key`)."""
+    back: torch.Tensor
+    fwd: Optional[torch.Tensor]
+    to_a: List[torch.Tensor]
+    to_b: Optional[List[torch.Tensor]]
+
+
+def gap_flows(frames: Sequence[torch.Tensor], src_a: torch.Tensor, src_b: Optional[torch.Tensor],
+              flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> GapFlows:
+    """`GapFlows` of the in-between frames [3, H, W] after key a's source frame (and before key b's, or None): one
+    batched estimator call per direction. Both patch synthesis and the flow blend follow them, so `auto` computes
+    them once per gap."""
+    m = len(frames)
+    x = torch.stack([src_a] + list(frames) + ([src_b] if src_b is not None else []))
+    back = flow(x[1:m + 1], x[0:m])
+    fwd = flow(x[1:m + 1], x[2:m + 2]) if src_b is not None else None
+    return GapFlows(back, fwd, chain_to_key([f[None] for f in back]),
+                    chain_to_key([f[None] for f in reversed(fwd)])[::-1] if fwd is not None else None)
 
 
 def _positions(h: int, w: int, device) -> torch.Tensor:
@@ -261,25 +284,19 @@ def fuse(a: torch.Tensor, err_a: torch.Tensor, b: torch.Tensor, err_b: torch.Ten
 def patch_gap(frames: Sequence[torch.Tensor], src_a: torch.Tensor, out_a: torch.Tensor,
               src_b: Optional[torch.Tensor], out_b: Optional[torch.Tensor],
               flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: PatchParams = PatchParams(),
-              backend: Optional[str] = None, with_source: bool = False) -> Iterator[torch.Tensor]:
+              backend: Optional[str] = None, with_source: bool = False,
+              flows: Optional[GapFlows] = None) -> Iterator[torch.Tensor]:
     """Yield the stylised in-between frames of one gap in order, [3, H, W] float 0..255 each (with `with_source`:
     [6, H, W], the rebuilt source frame, fused by the same per-pixel choice, in channels 3..5).
 
     frames: the M in-between source frames [3, H, W] 0..255 (after key a, before key b); src_a/out_a: key a's
     source and stylised frame [3, H, W]; src_b/out_b likewise or None (no later key: key a alone); flow: a
-    `FlowEstimator`; backend: of the op (None: the global switch). Flows are chained frame to frame toward each
-    key, so large motion over long gaps is followed."""
+    `FlowEstimator`; backend: of the op (None: the global switch); flows: this gap's `gap_flows`, if already
+    computed. Flows are chained frame to frame toward each key, so large motion over long gaps is followed."""
     m = len(frames)
     if m == 0:
         return
-    seq = [src_a] + list(frames) + ([src_b] if src_b is not None else [])
-    x = torch.stack(seq)
-    back = flow(x[1:m + 1], x[0:m])                                  # frame j -> j-1 (toward a)
-    to_a = chain_to_key([f[None] for f in back])
-    to_b = None
-    if src_b is not None:
-        fwd = flow(x[1:m + 1], x[2:m + 2])                           # frame j -> j+1 (toward b)
-        to_b = chain_to_key([f[None] for f in reversed(fwd)])[::-1]
+    back, fwd, to_a, to_b = flows if flows is not None else gap_flows(frames, src_a, src_b, flow)
     ga = _key_guides(src_a[None], out_a[None])
     gb = _key_guides(src_b[None], out_b[None]) if src_b is not None else None
     chained = params.temporal_guide == "previous" and params.w_temporal > 0   # weight 0: no guide to carry

@@ -4,57 +4,85 @@ the frame's own source better (`patch_weight`, then the contrast-preserving `his
 to the keys' SOURCE frames as extra channels, re-assembles the in-between source frame, an error measurable without
 the stylised target; "patch" (the published Ebsynth step
 as an op: guided patch synthesis from both keys, fresco.video.patch_propagation); "flow": both keys are warped to
-the frame along optical flow (a sample point beyond the frame reads the nearest border pixel) and blended with
-weights that fall linearly with distance and are zero where a warp is occluded (fresco_kernels' occlusion test:
-forward-backward check OR photometric error). Runs on the GPU when the tensors are there; streams frames. Every op
+the frame along optical flow, direct or chained frame to frame, whichever rebuilds the frame's source better there
+(a sample point beyond the frame reads the nearest border pixel), and blended with weights that fall linearly with
+distance and with that rebuild error (`blend_from_keys`). Both methods follow one set of frame-to-frame flows per
+gap (`gap_flows`). Runs on the GPU when the tensors are there; streams frames. Every op
 follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from fresco_kernels import flow_warp, occlusion_from_flows
+from fresco_kernels import flow_warp
 
 from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
-from ..models.flow import FlowEstimator, flow_pair
+from ..models.flow import FlowEstimator
 from ..patch_params import PatchParams
-from .patch_propagation import histogram_blend, patch_gap, rebuild_error
+from .patch_propagation import gap_flows, histogram_blend, patch_gap, rebuild_error
+
+
+# the flow blend: each key's warp is judged per pixel by the squared RGB error (summed over channels) of the key's
+# source warped the same way against the frame, box-averaged over BLEND_WINDOW; the warp follows the direct or the
+# chained flow, whichever rebuilds the source better, and the two keys are mixed with weights (distance weight) /
+# (that error + BLEND_ERROR_FLOOR): a key whose warp does not match the frame there fades out gradually, where the
+# first blend cut it by an occlusion mask (benchmarks/RESULTS.md, "Stop 34": +0.45 / +0.38 dB over that blend on the
+# real clips at 512 / 256 px, no window below it; the floor, the window and the power were swept there)
+BLEND_WINDOW = 3
+BLEND_ERROR_FLOOR = 30.0
 
 
 def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
                     src_a: torch.Tensor, out_a: torch.Tensor,
                     src_b: torch.Tensor | None, out_b: torch.Tensor | None,
-                    flow: FlowEstimator, backend: Optional[str] = None) -> torch.Tensor:
+                    flow: FlowEstimator, backend: Optional[str] = None,
+                    chained: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> torch.Tensor:
     """Stylise in-between frames from key a (before) and key b (after).
 
     frames: [M, 3, H, W] source frames in 0..255; t: [M] position in (0, 1) between a (0) and b (1);
-    src_a/out_a: [3, H, W] key a's source and stylised frame; src_b/out_b likewise, or None when there is no later
-    key (then key a alone is warped, occlusions included). Returns [M, 3, H, W] float in 0..255.
-    Weights: w_a = (1 - t)(1 - occ_a), w_b = t (1 - occ_b) with occ the occlusion of the key's warp on the frame's
-    grid; where both are zero the distance weights alone blend the two warps (no key sees the pixel; the nearer one
-    dominates). A flow that points beyond the frame reads the key's nearest border pixel (`into_frame`), not black:
-    content entering at the frame's edge continues the key's edge. backend: the fresco_kernels backend of the warps
-    and occlusion tests (None: the global switch)."""
+    src_a/out_a: [3, H, W] key a's source and [C, H, W] stylised frame; src_b/out_b likewise, or None when there is
+    no later key (then key a alone is warped). chained: (to_a, to_b), the flows [M, 2, H, W] from each frame to key a
+    / key b chained frame to frame (`fresco.video.patch_propagation.gap_flows`; to_b None without a later key), or
+    None: the direct flow (`flow(frames, key)`) alone. Returns [M, C, H, W] float in 0..255.
+    Per key and pixel the warp follows whichever of the direct and the chained flow rebuilds the frame's own source
+    better (`BLEND_WINDOW`); the keys are mixed with weights w_a = (1 - t) / (e_a + BLEND_ERROR_FLOOR),
+    w_b = t / (e_b + BLEND_ERROR_FLOOR), e that rebuild error: a key that does not see the pixel gives way to the
+    other one, and where neither does the distance weights decide. A flow that points beyond the frame reads the
+    key's nearest border pixel (`into_frame`), not black: content entering at the frame's edge continues the key's
+    edge. backend: the fresco_kernels backend of the warps (None: the global switch)."""
     m = frames.shape[0]
-    a_src = src_a.expand(m, -1, -1, -1)
+    warp_a, err_a = _warp_key(frames, src_a, out_a, flow, chained[0] if chained is not None else None, backend)
     if src_b is None:
-        return flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), into_frame(flow(frames, a_src)),
-                         backend=backend)
-    to_a, from_a = flow_pair(flow, frames, a_src)  # one bidirectional pass when the estimator has one
-    warp_a = flow_warp(out_a.expand(m, -1, -1, -1).to(frames.dtype), into_frame(to_a), backend=backend)
-    b_src = src_b.expand(m, -1, -1, -1)
-    to_b, from_b = flow_pair(flow, frames, b_src)
-    warp_b = flow_warp(out_b.expand(m, -1, -1, -1).to(frames.dtype), into_frame(to_b), backend=backend)
+        return warp_a
+    warp_b, err_b = _warp_key(frames, src_b, out_b, flow, chained[1] if chained is not None else None, backend)
     t = t.view(m, 1, 1, 1).to(frames)
-    occ_a = occlusion_from_flows(to_a, from_a, frames, targets=a_src, backend=backend)[0].unsqueeze(1)
-    occ_b = occlusion_from_flows(to_b, from_b, frames, targets=b_src, backend=backend)[0].unsqueeze(1)
-    w_a = (1 - t) * (1 - occ_a)
-    w_b = t * (1 - occ_b)
-    total = w_a + w_b
-    blended = (w_a * warp_a + w_b * warp_b) / total.clamp_min(1e-12)
-    return torch.where(total > 0, blended, (1 - t) * warp_a + t * warp_b)
+    w_a = (1 - t) / (err_a + BLEND_ERROR_FLOOR)
+    w_b = t / (err_b + BLEND_ERROR_FLOOR)
+    return (w_a * warp_a + w_b * warp_b) / (w_a + w_b)
+
+
+def _warp_key(frames: torch.Tensor, src: torch.Tensor, out: torch.Tensor, flow: FlowEstimator,
+              chained: Optional[torch.Tensor], backend: Optional[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the key's stylised frame warped onto each frame [M, C, H, W], the rebuild error of that warp [M, 1, H, W]):
+    along the direct flow, or per pixel the chained one where its warped source matches the frame better."""
+    m, c = frames.shape[0], out.shape[0]
+    key = torch.cat([out, src]).to(frames.dtype).expand(m, -1, -1, -1)
+    best = err = None
+    for f in (flow(frames, src.expand(m, -1, -1, -1)), chained):
+        if f is None:
+            continue
+        w = flow_warp(key, into_frame(f.to(frames.dtype)), backend=backend)
+        e = F.avg_pool2d((w[:, c:] - frames).square().sum(1, keepdim=True), BLEND_WINDOW, 1, BLEND_WINDOW // 2,
+                         count_include_pad=False)
+        if best is None:
+            best, err = w, e
+        else:
+            take = e < err
+            best, err = torch.where(take, w, best), torch.where(take, e, err)
+    return best[:, :c], err
 
 
 def into_frame(flow: torch.Tensor) -> torch.Tensor:
@@ -64,6 +92,13 @@ def into_frame(flow: torch.Tensor) -> torch.Tensor:
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, w)
     ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(h, 1)
     return torch.stack([(xs + flow[:, 0]).clamp(0, w - 1) - xs, (ys + flow[:, 1]).clamp(0, h - 1) - ys], 1)
+
+
+def _chunk(gf, start: int, n: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The chained flows to key a and key b ([n, 2, H, W] each, b None without a later key) of the gap's frames
+    start .. start + n - 1, from its `gap_flows`."""
+    return (torch.cat(gf.to_a[start:start + n]),
+            torch.cat(gf.to_b[start:start + n]) if gf.to_b is not None else None)
 
 
 def _to_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -119,8 +154,9 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     mixed per pixel by `patch_weight`, more weight on the one whose rebuilt source is better; `auto_log`, if given,
     gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error, mean flow
     rebuild error) per gap). Holds the
-    frames between two keys (at most one gap) and two stylised keys; the flow blend works on `chunk` in-between frames
-    at a time on `device`; all use the fresco_kernels `backend` (None: the global switch)."""
+    frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the flow
+    blend works on `chunk` in-between frames at a time on `device`; all use the fresco_kernels `backend` (None: the
+    global switch)."""
     if method not in PROPAGATION_METHODS:
         raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
@@ -143,15 +179,17 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
         if method == "auto":
             yield from auto_gap(span)
             return
-        for s in range(0, len(pending), chunk):
-            part = pending[s:s + chunk]
-            x = torch.stack([_to_tensor(f, device) for f in part])
-            js = torch.arange(s + 1, s + 1 + len(part), dtype=torch.float32)
-            t = js / span if span else torch.zeros_like(js)
-            with torch.no_grad():
-                out = blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend)
-            for o in out:
-                yield _to_image(o)
+        if not pending:
+            return
+        with torch.no_grad():
+            xs = [_to_tensor(f, device) for f in pending]
+            gf = gap_flows(xs, src_a, src_b, flow)
+            for s in range(0, len(xs), chunk):
+                x = torch.stack(xs[s:s + chunk])
+                js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
+                t = js / span if span else torch.zeros_like(js)
+                for o in blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk)):
+                    yield _to_image(o)
 
     def auto_gap(span: int | None) -> Iterator[np.ndarray]:
         # both methods on the keys' stylised frames and, as extra channels, on their source frames; per pixel more
@@ -163,13 +201,14 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
         stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
+            gf = gap_flows(xs, src_a, src_b, flow)  # one set of frame-to-frame flows for both methods
             patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
-                                with_source=True)
+                                with_source=True, flows=gf)
             for s in range(0, len(xs), chunk):
                 x = torch.stack(xs[s:s + chunk])
                 js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
                 t = js / span if span else torch.zeros_like(js)
-                flows = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend)
+                flows = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend, _chunk(gf, s, chunk))
                 for xi, fo, po in zip(x, flows, patches):
                     ep, ef = rebuild_error_map(po[3:], xi), rebuild_error_map(fo[3:], xi)
                     if auto_log is not None:
