@@ -8,10 +8,10 @@ import torch
 
 from fresco.constants import DEFAULT_PROPAGATION
 from fresco.video import synthetic_frame
-from fresco.video.patch_propagation import PatchParams, patch_gap
+from fresco.video.patch_propagation import PatchParams, patch_gap, rebuild_error
 import fresco.video.propagate as propagate_mod
-from fresco.video.propagate import (PROPAGATION_METHODS, choose_per_pixel, into_frame, patch_weight, propagate,
-                                    rebuild_error_map)
+from fresco.video.propagate import (AUTO_WINDOW, PROPAGATION_METHODS, choose_per_pixel, into_frame, patch_weight,
+                                    propagate)
 
 H = W = 32
 SMALL = PatchParams(levels=2, em_iters=1)
@@ -37,12 +37,14 @@ def test_auto_is_the_default_and_chooses_by_the_lower_error():
     big = torch.tensor([[0.0, 1e30, 0.0, 5.0]]), torch.tensor([[1e30, 0.0, 0.0, 0.0]])
     assert torch.allclose(patch_weight(*big), torch.tensor([[1.0, 0.0, 0.5, 0.0]]))  # no overflow, no NaN
     x = torch.zeros(3, 4, 4)
-    assert rebuild_error_map(x, x).max() == 0 and torch.all(rebuild_error_map(x + 2, x) == 12.0)  # summed over RGB
+    assert rebuild_error(x, x, AUTO_WINDOW).max() == 0
+    assert torch.all(rebuild_error(x + 2, x, AUTO_WINDOW) == 12.0)  # summed over RGB
     y = x.clone()
     y[:, 0, 0] = 3.0  # one pixel off by 3 in each channel: 27 there, spread over the clipped 3x3 box
-    m = rebuild_error_map(y, x, 3)
+    m = rebuild_error(y, x, 3)
     assert m[0, 0] == 27 / 4 and m[1, 1] == 27 / 9 and m[3, 3] == 0
-    assert torch.equal(rebuild_error_map(y, x, 1)[0], torch.tensor([27.0, 0, 0, 0]))
+    assert torch.equal(rebuild_error(y, x, 1)[0], torch.tensor([27.0, 0, 0, 0]))
+    assert torch.equal(rebuild_error(torch.stack([y, x]), torch.stack([x, x]), 3), torch.stack([m, 0 * m]))  # a batch
 
 
 def test_auto_mixes_the_methods_by_patch_weight(monkeypatch):
@@ -120,4 +122,4 @@ def test_patch_rebuilt_source_of_a_still_clip_is_exact():
     outs = list(patch_gap([src, src], src, style, src, style, zero_flow, SMALL, with_source=True))
     assert len(outs) == 2 and outs[0].shape == (6, H, W)
     for o in outs:
-        assert rebuild_error_map(o[3:], src, 1).mean() < 1.0
+        assert rebuild_error(o[3:], src, 1).mean() < 1.0

@@ -145,9 +145,10 @@ def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def rebuild_error(rebuilt: torch.Tensor, frame: torch.Tensor, window: int) -> torch.Tensor:
     """Per pixel the squared error (summed over channels) of a rebuilt source [C, H, W] against the frame's [C, H, W],
-    averaged over the window x window box around it (clipped at the border): [H, W]. Both the choice between the two
-    keys here and `propagation: auto`'s choice between methods rank candidates by it."""
-    return box_mean(((rebuilt - frame) ** 2).sum(0), window)
+    averaged over the window x window box around it (clipped at the border): [H, W]; or of a batch, [M, C, H, W] ->
+    [M, H, W]. The choice between the two keys here, `propagation: auto`'s choice between methods and the flow
+    blend's weights all rank candidates by it."""
+    return box_mean(((rebuilt - frame) ** 2).sum(-3), window)
 
 
 def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor,

@@ -15,7 +15,6 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fresco_kernels import flow_warp
 
@@ -75,8 +74,7 @@ def _warp_key(frames: torch.Tensor, src: torch.Tensor, out: torch.Tensor, flow: 
         if f is None:
             continue
         w = flow_warp(key, into_frame(f.to(frames.dtype)), backend=backend)
-        e = F.avg_pool2d((w[:, c:] - frames).square().sum(1, keepdim=True), BLEND_WINDOW, 1, BLEND_WINDOW // 2,
-                         count_include_pad=False)
+        e = rebuild_error(w[:, c:], frames, BLEND_WINDOW).unsqueeze(1)
         if best is None:
             best, err = w, e
         else:
@@ -117,12 +115,6 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
 AUTO_WINDOW = 3
 AUTO_PATCH_MARGIN = 1.0
 AUTO_POWER = 4.0
-
-
-def rebuild_error_map(rebuilt: torch.Tensor, frame: torch.Tensor, window: int = AUTO_WINDOW) -> torch.Tensor:
-    """Per pixel the squared RGB error (summed over channels) of a rebuilt source frame [3, H, W] against the frame,
-    averaged over the window x window box around it (clipped at the border): [H, W]; `auto`'s default window."""
-    return rebuild_error(rebuilt, frame, window)
 
 
 def choose_per_pixel(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float = AUTO_PATCH_MARGIN
@@ -210,7 +202,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 t = js / span if span else torch.zeros_like(js)
                 flows = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend, _chunk(gf, s, chunk))
                 for xi, fo, po in zip(x, flows, patches):
-                    ep, ef = rebuild_error_map(po[3:], xi), rebuild_error_map(fo[3:], xi)
+                    ep, ef = rebuild_error(po[3:], xi, AUTO_WINDOW), rebuild_error(fo[3:], xi, AUTO_WINDOW)
                     if auto_log is not None:
                         stats.append(torch.stack([choose_per_pixel(ep, ef).float().mean(), ep.mean(), ef.mean()]))
                     yield _to_image(histogram_blend(po[:3], fo[:3], patch_weight(ep, ef)))
