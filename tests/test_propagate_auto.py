@@ -123,3 +123,19 @@ def test_patch_rebuilt_source_of_a_still_clip_is_exact():
     assert len(outs) == 2 and outs[0].shape == (6, H, W)
     for o in outs:
         assert rebuild_error(o[3:], src, 1).mean() < 1.0
+
+
+def test_auto_uses_the_last_key_alone_after_it(monkeypatch):
+    """Frames after the last key have no later key: `auto` runs both methods from key a alone there, as `patch` and
+    `flow` do (before, its gap read the last key as a second, later key as well)."""
+    seen = []
+    real = propagate_mod.patch_gap
+
+    def spy(frames, src_a, out_a, src_b, out_b, *a, **kw):
+        seen.append(src_b is None)
+        return real(frames, src_a, out_a, src_b, out_b, *a, **kw)
+    monkeypatch.setattr(propagate_mod, "patch_gap", spy)
+    frames = [synthetic_frame(i, size=(W, H)) for i in range(6)]
+    out = list(propagate(iter(frames), [0, 3], lambda k: frames[k], zero_flow, method="auto",
+                         patch_params=SMALL))
+    assert len(out) == 6 and seen == [False, True]

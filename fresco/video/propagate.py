@@ -169,7 +169,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                     yield _to_image(o)
             return
         if method == "auto":
-            yield from auto_gap(span)
+            yield from auto_gap(span, src_b, out_b)
             return
         if not pending:
             return
@@ -183,7 +183,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 for o in blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk)):
                     yield _to_image(o)
 
-    def auto_gap(span: int | None) -> Iterator[np.ndarray]:
+    def auto_gap(span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
         # both methods on the keys' stylised frames and, as extra channels, on their source frames; per pixel more
         # weight on the method whose rebuilt source matches the frame better (streams: `chunk` frames at a time)
         if not pending:
