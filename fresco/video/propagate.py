@@ -38,35 +38,38 @@ def blend_from_keys(frames: torch.Tensor, t: torch.Tensor,
                     src_a: torch.Tensor, out_a: torch.Tensor,
                     src_b: torch.Tensor | None, out_b: torch.Tensor | None,
                     flow: FlowEstimator, backend: Optional[str] = None,
-                    chained: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None) -> torch.Tensor:
+                    chained: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None,
+                    with_source: bool = False) -> torch.Tensor:
     """Stylise in-between frames from key a (before) and key b (after).
 
     frames: [M, 3, H, W] source frames in 0..255; t: [M] position in (0, 1) between a (0) and b (1);
     src_a/out_a: [3, H, W] key a's source and [C, H, W] stylised frame; src_b/out_b likewise, or None when there is
     no later key (then key a alone is warped). chained: (to_a, to_b), the flows [M, 2, H, W] from each frame to key a
     / key b chained frame to frame (`fresco.video.patch_propagation.gap_flows`; to_b None without a later key), or
-    None: the direct flow (`flow(frames, key)`) alone. Returns [M, C, H, W] float in 0..255.
+    None: the direct flow (`flow(frames, key)`) alone. Returns [M, C, H, W] float in 0..255 (with `with_source`:
+    [M, C + 3, H, W], the keys' source frames blended the same way, the rebuilt source, in the last 3 channels).
     Per key and pixel the warp follows whichever of the direct and the chained flow rebuilds the frame's own source
     better (`BLEND_WINDOW`); the keys are mixed with weights w_a = (1 - t) / (e_a + BLEND_ERROR_FLOOR),
     w_b = t / (e_b + BLEND_ERROR_FLOOR), e that rebuild error: a key that does not see the pixel gives way to the
     other one, and where neither does the distance weights decide. A flow that points beyond the frame reads the
     key's nearest border pixel (`into_frame`), not black: content entering at the frame's edge continues the key's
     edge. backend: the fresco_kernels backend of the warps (None: the global switch)."""
-    m = frames.shape[0]
+    m, c = frames.shape[0], out_a.shape[0] + (3 if with_source else 0)
     warp_a, err_a = _warp_key(frames, src_a, out_a, flow, chained[0] if chained is not None else None, backend)
     if src_b is None:
-        return warp_a
+        return warp_a[:, :c]
     warp_b, err_b = _warp_key(frames, src_b, out_b, flow, chained[1] if chained is not None else None, backend)
     t = t.view(m, 1, 1, 1).to(frames)
     w_a = (1 - t) / (err_a + BLEND_ERROR_FLOOR)
     w_b = t / (err_b + BLEND_ERROR_FLOOR)
-    return (w_a * warp_a + w_b * warp_b) / (w_a + w_b)
+    return ((w_a * warp_a + w_b * warp_b) / (w_a + w_b))[:, :c]
 
 
 def _warp_key(frames: torch.Tensor, src: torch.Tensor, out: torch.Tensor, flow: FlowEstimator,
               chained: Optional[torch.Tensor], backend: Optional[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(the key's stylised frame warped onto each frame [M, C, H, W], the rebuild error of that warp [M, 1, H, W]):
-    along the direct flow, or per pixel the chained one where its warped source matches the frame better."""
+    """(the key's stylised frame and source frame warped onto each frame [M, C + 3, H, W], the rebuild error of that
+    warp [M, 1, H, W]): along the direct flow, or per pixel the chained one where its warped source matches the
+    frame better."""
     m, c = frames.shape[0], out.shape[0]
     key = torch.cat([out, src]).to(frames.dtype).expand(m, -1, -1, -1)
     best = err = None
@@ -80,7 +83,7 @@ def _warp_key(frames: torch.Tensor, src: torch.Tensor, out: torch.Tensor, flow: 
         else:
             take = e < err
             best, err = torch.where(take, w, best), torch.where(take, e, err)
-    return best[:, :c], err
+    return best, err
 
 
 def into_frame(flow: torch.Tensor) -> torch.Tensor:
@@ -175,32 +178,32 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             return
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
-            gf = gap_flows(xs, src_a, src_b, flow)
-            for s in range(0, len(xs), chunk):
-                x = torch.stack(xs[s:s + chunk])
-                js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
-                t = js / span if span else torch.zeros_like(js)
-                for o in blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk)):
+            for _, out in blends(xs, gap_flows(xs, src_a, src_b, flow), span, src_b, out_b, False):
+                for o in out:
                     yield _to_image(o)
+
+    def blends(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None,
+               with_source: bool) -> Iterator[tuple]:
+        # the flow blend of the gap's frames xs, `chunk` at a time: (those frames [n, 3, H, W], their blend)
+        for s in range(0, len(xs), chunk):
+            x = torch.stack(xs[s:s + chunk])
+            js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
+            t = js / span if span else torch.zeros_like(js)
+            yield x, blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk),
+                                     with_source)
 
     def auto_gap(span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
         # both methods on the keys' stylised frames and, as extra channels, on their source frames; per pixel more
         # weight on the method whose rebuilt source matches the frame better (streams: `chunk` frames at a time)
         if not pending:
             return
-        cat_a = torch.cat([out_a, src_a])
-        cat_b = torch.cat([out_b, src_b]) if src_b is not None else None
         stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
             gf = gap_flows(xs, src_a, src_b, flow)  # one set of frame-to-frame flows for both methods
             patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
                                 with_source=True, flows=gf)
-            for s in range(0, len(xs), chunk):
-                x = torch.stack(xs[s:s + chunk])
-                js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
-                t = js / span if span else torch.zeros_like(js)
-                flows = blend_from_keys(x, t, src_a, cat_a, src_b, cat_b, flow, backend, _chunk(gf, s, chunk))
+            for x, flows in blends(xs, gf, span, src_b, out_b, True):
                 for xi, fo, po in zip(x, flows, patches):
                     ep, ef = rebuild_error(po[3:], xi, AUTO_WINDOW), rebuild_error(fo[3:], xi, AUTO_WINDOW)
                     if auto_log is not None:
