@@ -12,12 +12,10 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import numpy as np
-
 from fresco_kernels import BACKENDS
 from fresco_kernels.gram_loss import REDUCTIONS
 
-from .knobs import Range, check_kind, check_value, knob
+from .knobs import Range, check_kind, check_value, is_kind, knob
 
 # the published schedule, as fractions of a 20-step run: optimisation while the step index < 15, background
 # smoothing of x0 at steps 16 and 17, SDEdit strength 0.75 (5 warm-up steps skipped)
@@ -26,10 +24,6 @@ PUBLISHED_END_OPT_STEP = 15
 PUBLISHED_BG_STEPS = (16, 17)
 PUBLISHED_STRENGTH = 0.75
 CONSTRAINTS = "FRESCO constraints"  # the web UI's group of the constraint switches
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -114,7 +108,7 @@ class FrescoSettings:
             if v is None and f.default is None:
                 continue
             if isinstance(f.default, tuple) or (f.default is None and f.name in ("bg_smoothing_steps",)):
-                need(isinstance(v, tuple) and all(_is_int(i) for i in v), f.name, "a list of integers", TypeError)
+                need(isinstance(v, tuple) and all(is_kind(i, int) for i in v), f.name, "a list of integers", TypeError)
             elif kind in (bool, int, float):
                 check_kind(f.name, v, [kind], exc=TypeError)
             check_value(f.name, f, v)  # range, finiteness, choices (the field's metadata)
