@@ -190,6 +190,28 @@ def test_progress_bar_counts_the_run_steps(pipe, capsys, monkeypatch):
     assert not kw["disable"] and bar.total == bar.n == run_steps
 
 
+def test_threads_setting_in_force_for_the_call_and_restored(pipe, monkeypatch):
+    """settings.threads runs the batch at that intra-op count, once (no re-entry), and the count before comes back,
+    also when the batch fails."""
+    seen = []
+    real = pipe._call
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipe, "_call", spy)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    off = dict(cross_frame_attention=False, spatial_attention=False, temporal_attention=False,
+               feature_optimization=False, num_inference_steps=2)
+    run(pipe, make_frames(64, 64, n=2), threads=other, **off)
+    assert seen == [other] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="frames"):
+        run(pipe, make_frames(64, 64, n=1), threads=other, **off)
+    assert seen == [other, other] and torch.get_num_threads() == before
+
+
 def _unet_probe(pipe):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4, 4, 8, 8, generator=g)

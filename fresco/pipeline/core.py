@@ -356,12 +356,15 @@ class FrescoPipeline:
         called after each run step with the steps run so far and the run steps in all (front ends' progress; an
         exception it raises stops the batch)."""
         s = self._settings(settings, overrides)
-        if s.threads is not None and s.threads != torch.get_num_threads():
-            with intra_op_threads(s.threads):
-                return self(frames, prompt, negative_prompt, settings=s, prompt_embeds=prompt_embeds,
-                            negative_prompt_embeds=negative_prompt_embeds, control_images=control_images,
-                            background=background, anchor_latents=anchor_latents, on_anchor_record=on_anchor_record,
-                            return_anchor_record=return_anchor_record, progress=progress, step_callback=step_callback)
+        with intra_op_threads(s.threads):
+            return self._call(frames, prompt, negative_prompt, s, prompt_embeds, negative_prompt_embeds,
+                              control_images, background, anchor_latents, on_anchor_record, return_anchor_record,
+                              progress, step_callback)
+
+    def _call(self, frames, prompt, negative_prompt, s: FrescoSettings, prompt_embeds, negative_prompt_embeds,
+              control_images, background, anchor_latents, on_anchor_record, return_anchor_record, progress,
+              step_callback) -> FrescoOutput:
+        """`__call__`'s body, with the settings resolved and the thread count (`threads`) in force."""
         batch = self._prepare(frames, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                               control_images, background, s)
         anchors = self._anchor_source(anchor_latents, batch)
