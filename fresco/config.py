@@ -101,6 +101,10 @@ class RenderConfig:
                                                  "(guided patch synthesis from both keys, Ebsynth-style) or flow "
                                                  "(flow-warp blend of the two keys)",
                             choices=PROPAGATION_METHODS, group=patch_params.GROUP, fingerprint=False)
+    deflicker: float = knob(0.0, "non-keyframes: mix each with its neighbours carried along the flow, weighted by how "
+                                 "well the flow holds there (0: off; 1: a neighbour where the flow holds weighs as "
+                                 "much as the frame itself): steadier, a little blurrier", range=(0, 8),
+                            group=patch_params.GROUP, fingerprint=False)
     device: str = knob("auto", "auto, cpu, cuda, cuda:1, ...", group="Run", fingerprint=False)
     dtype: str = knob("auto", "weights' dtype (auto: float16 on CUDA, else float32)", choices=DTYPES, group="Model")
     output: str = knob("video.mp4", "output name inside the folder: a .mp4/.mov/.mkv or a folder name for PNG "

@@ -66,8 +66,9 @@ def test_the_fingerprint_keys_are_the_ones_before_issue_22():
     """Output folders rendered before the knobs carried `fingerprint` must still resume: the same keys enter it."""
     skipped = {"save_path", "output", "resume", "overwrite", "strict", "force", "crf", "device", "run_ebsynth",
                "max_process", "propagation"} | {k for k in known_keys() if k.startswith("patch_")}
-    # knobs added since, that change no keyframe: the thread count (a resume keeps the recorded one), --score
-    skipped |= {"threads", "score"}
+    # knobs added since, that change no keyframe: the thread count (a resume keeps the recorded one), --score,
+    # the propagation's deflicker
+    skipped |= {"threads", "score", "deflicker"}
     assert set(fingerprint_keys()) == set(known_keys()) - skipped
 
 
@@ -91,6 +92,7 @@ def test_patch_knobs_from_every_front_end(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "propagate", lambda *a, **kw: seen.update(kw) or iter(()))
     runner.make_propagation(cfg, flow=lambda a, b: None)(iter(()), [0], lambda k: None)
     assert seen["patch_params"] is cfg.patch and seen["method"] == "auto"  # the default method
+    assert seen["deflicker"] == 0.0
     # with the render's default DIS, the propagation's flow is the finer preset; another estimator is kept
     from fresco.models.flow import PROPAGATION_DIS_PRESET, DISFlow
     flows = []
@@ -98,6 +100,29 @@ def test_patch_knobs_from_every_front_end(monkeypatch, tmp_path):
     runner.make_propagation(cfg, flow=DISFlow())(iter(()), [0], lambda k: None)
     runner.make_propagation(cfg)(iter(()), [0], lambda k: None)
     assert [f.preset for f in flows] == [PROPAGATION_DIS_PRESET] * 2
+
+
+def test_deflicker_from_every_front_end(monkeypatch, tmp_path, capsys):
+    args = cli.build_parser().parse_args(["render", "v.mp4", "--prompt", "p", "--deflicker", "1.5"])
+    cfg = cli._build_config(args)
+    assert cfg.deflicker == 1.5
+    yml = tmp_path / "c.yaml"
+    yml.write_text("prompt: x\ndeflicker: 0.5\n")
+    assert from_mapping(load_yaml(yml)).deflicker == 0.5
+    back = form.build_config({**form.form_values(cfg), "file_path": "v", "save_path": "o"})
+    assert back.deflicker == 1.5
+    seen = {}
+    monkeypatch.setattr(runner, "propagate", lambda *a, **kw: seen.update(kw) or iter(()))
+    runner.make_propagation(cfg, flow=lambda a, b: None)(iter(()), [0], lambda k: None)
+    assert seen["deflicker"] == 1.5
+    for bad in ("-1", "9", "nan", "x"):
+        try:
+            rc = cli.main(["render", "v.mp4", "--prompt", "p", "--deflicker", bad])
+        except SystemExit as e:   # argparse's own type check
+            rc = e.code
+        assert rc == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "deflicker" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_patch_params_limits_are_the_ops():

@@ -137,10 +137,40 @@ def patch_weight(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float 
     return torch.sigmoid(power * (torch.log(margin * err_flow + tiny) - torch.log(err_patch + tiny)))
 
 
+# deflicker: each in-between frame's output o_j is mixed with its neighbours' outputs (the frame before and the frame
+# after, a key where the gap ends) carried onto it along the gap's frame-to-frame flows, each neighbour with the
+# weight strength x F / (e + F), e the rebuild error of the neighbour's source carried the same way (`BLEND_WINDOW`,
+# F = BLEND_ERROR_FLOOR), o_j itself with weight 1: where the flow holds, patch synthesis's frame-to-frame texture
+# noise averages out; where it does not (occlusion, a wrong flow), the neighbour fades. Off by default: on the real
+# clips it trades sharpness for stability and PSNR (benchmarks/RESULTS.md, "Stop 35")
+def deflicker_gap(outs: Sequence[torch.Tensor], frames: Sequence[torch.Tensor], gf, src_a: torch.Tensor,
+                  out_a: torch.Tensor, src_b: Optional[torch.Tensor], out_b: Optional[torch.Tensor],
+                  strength: float, backend: Optional[str] = None) -> Iterator[torch.Tensor]:
+    """Yield the gap's outputs outs ([3, H, W] 0..255, one per in-between frame `frames` [3, H, W]) deflickered:
+    each mixed with the unfiltered outputs of the frames next to it (key a before the first, key b after the last)
+    warped along `gf` (the gap's `gap_flows`), weighted by how well each neighbour's warped source rebuilds the
+    frame. Without a later key (gf.fwd None) only the earlier neighbour is used."""
+    m = len(outs)
+    for j in range(m):
+        num = outs[j][None].float()
+        den = torch.ones_like(num[:, :1])
+        nbrs = [(outs[j - 1] if j else out_a, frames[j - 1] if j else src_a, gf.back[j])]
+        if gf.fwd is not None:
+            nbrs.append((outs[j + 1] if j + 1 < m else out_b, frames[j + 1] if j + 1 < m else src_b, gf.fwd[j]))
+        for out_n, src_n, f in nbrs:
+            w = flow_warp(torch.cat([out_n, src_n])[None].float(), into_frame(f[None].float()), backend=backend)
+            e = rebuild_error(w[:, 3:], frames[j][None], BLEND_WINDOW).unsqueeze(1)
+            wt = strength * BLEND_ERROR_FLOOR / (e + BLEND_ERROR_FLOOR)
+            num = num + wt * w[:, :3]
+            den = den + wt
+        yield (num / den)[0]
+
+
 def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray],
               flow: FlowEstimator, device: torch.device | str = "cpu", chunk: int = 8,
               backend: Optional[str] = None, method: str = DEFAULT_PROPAGATION,
-              patch_params: Optional[PatchParams] = None, auto_log: Optional[list] = None) -> Iterator[np.ndarray]:
+              patch_params: Optional[PatchParams] = None, auto_log: Optional[list] = None,
+              deflicker: float = 0.0) -> Iterator[np.ndarray]:
     """Yield the whole stylised video frame by frame (exactly one output per input frame).
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
@@ -148,7 +178,8 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     fresco.video.patch_propagation, `patch_params` its `PatchParams`), "flow" (`blend_from_keys`) or "auto" (both;
     mixed per pixel by `patch_weight`, more weight on the one whose rebuilt source is better; `auto_log`, if given,
     gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error, mean flow
-    rebuild error) per gap). Holds the
+    rebuild error) per gap); deflicker: > 0 mixes each in-between frame with its neighbours' outputs carried along
+    the flow (`deflicker_gap`, that strength; 0: off). Holds the
     frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the flow
     blend works on `chunk` in-between frames at a time on `device`; all use the fresco_kernels `backend` (None: the
     global switch)."""
@@ -164,23 +195,23 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     pending: list[np.ndarray] = []
 
     def flush(b: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
-        span = (b - a) if b is not None else None
-        if method == "patch":
-            with torch.no_grad():
-                xs = [_to_tensor(f, device) for f in pending]
-                for o in patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend):
-                    yield _to_image(o)
-            return
-        if method == "auto":
-            yield from auto_gap(span, src_b, out_b)
-            return
         if not pending:
             return
+        span = (b - a) if b is not None else None
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
-            for _, out in blends(xs, gap_flows(xs, src_a, src_b, flow), span, src_b, out_b, False):
-                for o in out:
-                    yield _to_image(o)
+            gf = gap_flows(xs, src_a, src_b, flow)  # one set of frame-to-frame flows for every method and step
+            if method == "patch":
+                outs = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
+                                 flows=gf)
+            elif method == "auto":
+                outs = auto_gap(xs, gf, span, src_b, out_b)
+            else:
+                outs = (o for _, out in blends(xs, gf, span, src_b, out_b, False) for o in out)
+            if deflicker > 0:
+                outs = deflicker_gap(list(outs), xs, gf, src_a, out_a, src_b, out_b, deflicker, backend)
+            for o in outs:
+                yield _to_image(o)
 
     def blends(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None,
                with_source: bool) -> Iterator[tuple]:
@@ -192,23 +223,19 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             yield x, blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk),
                                      with_source)
 
-    def auto_gap(span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None) -> Iterator[np.ndarray]:
+    def auto_gap(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None
+                 ) -> Iterator[torch.Tensor]:
         # both methods on the keys' stylised frames and, as extra channels, on their source frames; per pixel more
         # weight on the method whose rebuilt source matches the frame better (streams: `chunk` frames at a time)
-        if not pending:
-            return
         stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
-        with torch.no_grad():
-            xs = [_to_tensor(f, device) for f in pending]
-            gf = gap_flows(xs, src_a, src_b, flow)  # one set of frame-to-frame flows for both methods
-            patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
-                                with_source=True, flows=gf)
-            for x, flows in blends(xs, gf, span, src_b, out_b, True):
-                for xi, fo, po in zip(x, flows, patches):
-                    ep, ef = rebuild_error(po[3:], xi, AUTO_WINDOW), rebuild_error(fo[3:], xi, AUTO_WINDOW)
-                    if auto_log is not None:
-                        stats.append(torch.stack([choose_per_pixel(ep, ef).float().mean(), ep.mean(), ef.mean()]))
-                    yield _to_image(histogram_blend(po[:3], fo[:3], patch_weight(ep, ef)))
+        patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
+                            with_source=True, flows=gf)
+        for x, flows in blends(xs, gf, span, src_b, out_b, True):
+            for xi, fo, po in zip(x, flows, patches):
+                ep, ef = rebuild_error(po[3:], xi, AUTO_WINDOW), rebuild_error(fo[3:], xi, AUTO_WINDOW)
+                if auto_log is not None:
+                    stats.append(torch.stack([choose_per_pixel(ep, ef).float().mean(), ep.mean(), ef.mean()]))
+                yield histogram_blend(po[:3], fo[:3], patch_weight(ep, ef))
         if auto_log is not None:
             share, err_p, err_f = torch.stack(stats).mean(0).tolist()
             auto_log.append((a, share, err_p, err_f))

@@ -45,7 +45,7 @@ def make_propagation(cfg: RenderConfig, flow: Optional[FlowEstimator] = None
 
     def run(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Callable[[int], np.ndarray]):
         return propagate(frames, keys, load_key, flow, device, backend=cfg.settings.backend, method=cfg.propagation,
-                         patch_params=cfg.patch)
+                         patch_params=cfg.patch, deflicker=cfg.deflicker)
 
     return run
 
