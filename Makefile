@@ -109,17 +109,20 @@ bench-propagation: $(STAMP)
 # method, then the procedural clips in both styles (SIZES, WINDOWS and FRAMES narrow it, PROCEDURAL=0 skips the
 # procedural tables; about an hour on 2 cores). DENSE=2 adds, per window, every method with a key every 2 frames,
 # scored against the flow blend at 10 and 30 on the frames in-between at both: how far denser true keys would go
-# (the real tables only; it more than doubles their time)
+# (the real tables only; it more than doubles their time). DEFLICKER=S adds every method with `deflicker: S`
+# (rows "<method>+d<S>")
 SIZES ?= 256 512
 WINDOWS ?= 1
 FRAMES ?= 31
 PROCEDURAL ?= 1
 DENSE ?= 0
+DEFLICKER ?= 0
 bench-propagation-real: $(STAMP) real-clips
 	mkdir -p $(OUT)
 	for size in $(SIZES); do for style in flat pencil; do \
 		$(BIN)/python -m benchmarks.propagation_quality --real $(REAL_CLIPS) --size $$size --frames $(FRAMES) \
 			--windows $(WINDOWS) --intervals 10 30 --style $$style --clips --dense $(DENSE) \
+			--deflicker $(DEFLICKER) \
 			--out $(OUT)/propagation-real-$$style-$$size || exit 1; done; done
 	test "$(PROCEDURAL)" = 0 || for style in flat pencil; do \
 		$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --style $$style \

@@ -212,8 +212,12 @@ def grad_energy(x: np.ndarray) -> float:
 
 def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], styled: Dict[int, np.ndarray],
                flow=None, **opts) -> List[np.ndarray]:
-    """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto") from the keys' styled frames only;
-    flow: the estimator (None: OpenCV DIS at the propagation's preset, as a render runs it)."""
+    """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto", or one of the last three with
+    "+d<S>": with the propagation's `deflicker` S, e.g. "auto+d1") from the keys' styled frames only; flow: the
+    estimator (None: OpenCV DIS at the propagation's preset, as a render runs it)."""
+    method, _, strength = method.partition("+d")
+    if strength:
+        opts["deflicker"] = float(strength)
     if method == "nearest":
         ks = np.array(keys)
         return [styled[int(ks[np.argmin(np.abs(ks - i))])] for i in range(len(frames))]
@@ -244,8 +248,9 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
     for m in methods:
         t0 = time.perf_counter()
         log: list = []
-        extra = {"patch_params": patch_params} if m in ("patch", "auto") else {}
-        out = run_method(m, frames, keys, styled, **extra, **({"auto_log": log} if m == "auto" else {}))
+        base_m = m.partition("+d")[0]
+        extra = {"patch_params": patch_params} if base_m in ("patch", "auto") else {}
+        out = run_method(m, frames, keys, styled, **extra, **({"auto_log": log} if base_m == "auto" else {}))
         secs = (time.perf_counter() - t0) / len(between)
         if outputs is not None:
             outputs[m] = out
@@ -280,7 +285,8 @@ def reach(clip: str, frames: Sequence[np.ndarray], size: int, style: str, dense:
     keys = key_frames(len(frames), dense)
     styled = {k: target[k] for k in keys}
     dense_out = {m: run_method(m, frames, keys, styled,
-                               **({"patch_params": patch_params} if m in ("patch", "auto") else {}))
+                               **({"patch_params": patch_params} if m.partition("+d")[0] in ("patch", "auto")
+                                  else {}))
                  for m in methods}
     rows = []
     for interval, outs in sparse.items():
@@ -443,6 +449,9 @@ def main(argv=None) -> int:
                     help="also run every method with a key every N frames (N >= 2, below every interval) and score it "
                          "against the flow blend at each interval on the frames in-between at both: how far denser "
                          "true keys would take each method (0: not; adds the flow method)")
+    ap.add_argument("--deflicker", type=float, default=0.0, metavar="S",
+                    help="also every method but nearest with the propagation's deflicker at strength S, as the rows "
+                         "'<method>+d<S>' (0: not)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     if args.size < 32:
@@ -466,6 +475,10 @@ def main(argv=None) -> int:
     if args.dense and not 2 <= args.dense < min(args.intervals):
         ap.error(f"--dense must be an integer from 2 to below the smallest interval ({min(args.intervals)}), "
                  f"or 0, got {args.dense}")
+    if not (math.isfinite(args.deflicker) and 0 <= args.deflicker <= 8):
+        ap.error(f"--deflicker must be a number in [0, 8] (0: no deflicker rows), got {args.deflicker}")
+    if args.deflicker:
+        args.methods += [f"{m}+d{args.deflicker:g}" for m in args.methods if m != "nearest"]
     if args.dense and "flow" not in args.methods:
         args.methods.append("flow")  # the baseline of its margins
     if args.cpu_timing:

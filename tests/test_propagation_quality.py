@@ -1,5 +1,7 @@
 """benchmarks.propagation_quality: the procedural clips move and are reproducible, the style is deterministic and
 draws dark edges, the scoring is right on known inputs, and the command rejects bad arguments (exit 2)."""
+import json
+
 import numpy as np
 import torch
 import pytest
@@ -62,11 +64,23 @@ def test_evaluate_rows_small():
 
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"], ["--style", "oil"],
                                   ["--frames", "2"], ["--windows", "0"], ["--time-methods", "8"],
-                                  ["--dense", "1"], ["--intervals", "4", "10", "--dense", "4"]])
+                                  ["--dense", "1"], ["--intervals", "4", "10", "--dense", "4"],
+                                  ["--deflicker", "-1"], ["--deflicker", "nan"], ["--deflicker", "x"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         pq.main(argv)
     assert e.value.code == 2
+
+
+def test_deflicker_rows_come_from_the_propagation_setting(tmp_path):
+    """--deflicker S adds '<method>+d<S>' rows, run with the propagation's deflicker: steadier than without."""
+    assert pq.main(["--size", "48", "--clips", "pan_thin", "--intervals", "4", "--methods", "flow", "patch",
+                    "--deflicker", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    by = {r["method"]: r for r in rows if r["interval"] == 4}
+    assert {"flow+d2", "patch+d2"} <= set(by)
+    assert by["patch+d2"]["warp_x_floor"] < by["patch"]["warp_x_floor"]
+    assert by["patch+d2"]["psnr"] != by["patch"]["psnr"]
 
 
 def test_pencil_style_is_deterministic_and_textured():
