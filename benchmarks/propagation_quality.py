@@ -440,8 +440,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-timing", type=int, default=0,
                     help="CPU seconds per in-between frame of flow, patch and auto at this size (then exit)")
     ap.add_argument("--time-methods", type=int, default=0, metavar="SIZE",
-                    help="wall seconds per in-between frame of flow, patch and auto at SIZE² on --device, flows "
-                         "excluded (then exit)")
+                    help="wall seconds per in-between frame of flow, patch and auto (--methods, and their "
+                         "--deflicker rows) at SIZE² on --device, flows excluded (then exit)")
     ap.add_argument("--device", default="cpu", help="device of the timing rows (cuda: the Triton kernels)")
     ap.add_argument("--patch", nargs="+", default=[], metavar="NAME=VALUE",
                     help="PatchParams fields of the patch method, e.g. em_iters=2 pm_iters=2 search_radius=8")
@@ -485,7 +485,8 @@ def main(argv=None) -> int:
         print(json.dumps(cpu_time_methods(args.cpu_timing)))
         return 0
     if args.time_methods:
-        print(json.dumps(time_methods(args.time_methods, device=args.device)))
+        print(json.dumps(time_methods(args.time_methods, [m for m in args.methods if m != "nearest"],
+                                      device=args.device)))
         return 0
     rows, reach_rows = [], []
     real = real_windows(args.real, args.size, args.frames, args.windows, args.real_clips) if args.real and not args.timing_only else []

@@ -121,6 +121,12 @@ def test_time_methods_excludes_the_flow_after_the_warm_up():
     assert all(t[f"flow_s_per_frame_{m}"] > 0 for m in ("flow", "patch", "auto"))  # each method's own flows
 
 
+def test_time_methods_times_the_deflicker_rows(capsys):
+    assert pq.main(["--time-methods", "32", "--methods", "flow", "--deflicker", "1"]) == 0
+    t = json.loads(capsys.readouterr().out)
+    assert t["s_per_frame_flow+d1"] > 0 and "s_per_frame_patch" not in t
+
+
 def test_reach_scores_denser_keys_on_the_shared_in_between_frames():
     """--dense: every method again with a key every N frames, scored on the frames that are in-between at both
     intervals against the flow blend at the sparse one. On a moving clip, keys every 2 frames make the flow blend
