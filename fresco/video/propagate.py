@@ -7,7 +7,8 @@ as an op: guided patch synthesis from both keys, fresco.video.patch_propagation)
 the frame along optical flow, direct or chained frame to frame, whichever rebuilds the frame's source better there
 (a sample point beyond the frame reads the nearest border pixel), and blended with weights that fall linearly with
 distance and with that rebuild error (`blend_from_keys`). Both methods follow one set of frame-to-frame flows per
-gap (`gap_flows`). Runs on the GPU when the tensors are there; streams frames. Every op
+gap (`gap_flows`); the optional deflicker (`deflicker_gap`, off by default) mixes each output with its neighbours'
+along them. Runs on the GPU when the tensors are there; streams frames. Every op
 follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
