@@ -1,7 +1,8 @@
 """The `deflicker` setting (fresco.video.propagate.deflicker_gap): an in-between frame mixed with its neighbours'
 outputs carried along the flow, each weighted by how well its carried source rebuilds the frame. Frame-to-frame
 noise averages out where the flow holds, a neighbour that does not see the frame gives way, a gap after the last key
-uses the earlier neighbour alone, 0 changes nothing, and the setting reaches the render."""
+uses the earlier neighbour alone, a rebuilt source rides along, `auto` deflickers its patch candidate before the
+mix, 0 changes nothing, and the setting reaches the render."""
 import numpy as np
 import pytest
 import torch
@@ -100,6 +101,40 @@ def test_after_the_last_key_only_the_earlier_neighbour():
     got = list(deflicker_gap(outs, frames, gf, src, style, None, None, 1.0))
     assert torch.allclose(got[0], (outs[0] + style) / 2, atol=1e-4)
     assert torch.allclose(got[2], (outs[2] + outs[1]) / 2, atol=1e-4)
+
+
+def test_a_rebuilt_source_is_mixed_with_the_same_weights():
+    """with_source: the outputs carry a rebuilt source in their last 3 channels; it is mixed like the style, and a
+    key neighbour contributes its own source frame there."""
+    src, style, outs = noisy_gap(2)
+    rng = np.random.default_rng(5)
+    rebuilt = [src + torch.from_numpy(rng.normal(0, 10, src.shape)).float() for _ in range(2)]
+    six = [torch.cat([o, r]) for o, r in zip(outs, rebuilt)]
+    gf = gap_flows([src] * 2, src, src, zero_flow)
+    got = list(deflicker_gap(six, [src] * 2, gf, src, style, src, style, 1.0, with_source=True))
+    assert got[0].shape == (6, H, W)
+    # the sources match exactly where the error is measured on the carried *source frames*: weights 1, 1, 1
+    assert torch.allclose(got[0][:3], (style + outs[0] + outs[1]) / 3, atol=1e-4)
+    assert torch.allclose(got[0][3:], (src + rebuilt[0] + rebuilt[1]) / 3, atol=1e-4)
+    assert torch.allclose(got[1][3:], (rebuilt[0] + rebuilt[1] + src) / 3, atol=1e-4)
+
+
+def test_auto_deflickers_its_patch_candidate_and_the_others_their_output(monkeypatch):
+    import fresco.video.propagate as prop
+    calls = []
+    real = prop.deflicker_gap
+
+    def spy(outs, *a, **k):
+        calls.append((len(outs), outs[0].shape[0], k.get("with_source", False)))
+        return real(outs, *a, **k)
+
+    monkeypatch.setattr(prop, "deflicker_gap", spy)
+    frames = [synthetic_frame(2 * i, size=(W, H)) for i in range(7)]
+    stylised = {0: 255 - frames[0], 4: 255 - frames[4], 6: 255 - frames[6]}
+    for method, expect in (("auto", (6, True)), ("patch", (3, False)), ("flow", (3, False))):
+        calls.clear()
+        list(propagate(iter(frames), [0, 4, 6], stylised.__getitem__, zero_flow, method=method, deflicker=1.0))
+        assert calls == [(3, *expect), (1, *expect)], method
 
 
 @pytest.mark.parametrize("method", ["flow", "patch", "auto"])

@@ -142,27 +142,35 @@ def patch_weight(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float 
 # after, a key where the gap ends) carried onto it along the gap's frame-to-frame flows, each neighbour with the
 # weight strength x F / (e + F), e the rebuild error of the neighbour's source carried the same way (`BLEND_WINDOW`,
 # F = BLEND_ERROR_FLOOR), o_j itself with weight 1: where the flow holds, patch synthesis's frame-to-frame texture
-# noise averages out; where it does not (occlusion, a wrong flow), the neighbour fades. Off by default: on the real
-# clips it trades sharpness for stability and PSNR (benchmarks/RESULTS.md, "Stop 35")
+# noise averages out; where it does not (occlusion, a wrong flow), the neighbour fades. `auto` deflickers its patch
+# candidate, rebuilt source included, before the mix (the flow blend is steady already): at the same sharpness that
+# scored 0.035 dB more, with less warp error, than deflickering the mix. Off by default: on the real clips it trades
+# sharpness for stability and PSNR (benchmarks/RESULTS.md, "Stop 35")
 def deflicker_gap(outs: Sequence[torch.Tensor], frames: Sequence[torch.Tensor], gf, src_a: torch.Tensor,
                   out_a: torch.Tensor, src_b: Optional[torch.Tensor], out_b: Optional[torch.Tensor],
-                  strength: float, backend: Optional[str] = None) -> Iterator[torch.Tensor]:
-    """Yield the gap's outputs outs ([3, H, W] 0..255, one per in-between frame `frames` [3, H, W]) deflickered:
+                  strength: float, backend: Optional[str] = None, with_source: bool = False
+                  ) -> Iterator[torch.Tensor]:
+    """Yield the gap's outputs outs ([C, H, W] 0..255, one per in-between frame `frames` [3, H, W]) deflickered:
     each mixed with the unfiltered outputs of the frames next to it (key a before the first, key b after the last)
     warped along `gf` (the gap's `gap_flows`), weighted by how well each neighbour's warped source rebuilds the
-    frame. Without a later key (gf.fwd None) only the earlier neighbour is used."""
+    frame. with_source: the last 3 of the C channels are a rebuilt source (`patch_gap(with_source=True)`), mixed
+    the same way (a key's is its source frame). Without a later key (gf.fwd None) only the earlier neighbour is
+    used."""
     m = len(outs)
+    key_a = torch.cat([out_a, src_a]) if with_source else out_a
+    key_b = (torch.cat([out_b, src_b]) if with_source else out_b) if out_b is not None else None
     for j in range(m):
         num = outs[j][None].float()
+        c = num.shape[1]
         den = torch.ones_like(num[:, :1])
-        nbrs = [(outs[j - 1] if j else out_a, frames[j - 1] if j else src_a, gf.back[j])]
+        nbrs = [(outs[j - 1] if j else key_a, frames[j - 1] if j else src_a, gf.back[j])]
         if gf.fwd is not None:
-            nbrs.append((outs[j + 1] if j + 1 < m else out_b, frames[j + 1] if j + 1 < m else src_b, gf.fwd[j]))
+            nbrs.append((outs[j + 1] if j + 1 < m else key_b, frames[j + 1] if j + 1 < m else src_b, gf.fwd[j]))
         for out_n, src_n, f in nbrs:
             w = flow_warp(torch.cat([out_n, src_n])[None].float(), into_frame(f[None].float()), backend=backend)
-            e = rebuild_error(w[:, 3:], frames[j][None], BLEND_WINDOW).unsqueeze(1)
+            e = rebuild_error(w[:, c:], frames[j][None], BLEND_WINDOW).unsqueeze(1)
             wt = strength * BLEND_ERROR_FLOOR / (e + BLEND_ERROR_FLOOR)
-            num = num + wt * w[:, :3]
+            num = num + wt * w[:, :c]
             den = den + wt
         yield (num / den)[0]
 
@@ -180,9 +188,9 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     mixed per pixel by `patch_weight`, more weight on the one whose rebuilt source is better; `auto_log`, if given,
     gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error, mean flow
     rebuild error) per gap); deflicker: > 0 mixes each in-between frame with its neighbours' outputs carried along
-    the flow (`deflicker_gap`, that strength; 0: off). Holds the
-    frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the flow
-    blend works on `chunk` in-between frames at a time on `device`; all use the fresco_kernels `backend` (None: the
+    the flow (`deflicker_gap`, that strength; 0: off; `auto` deflickers its patch candidate before the mix). Holds
+    the frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the
+    flow blend works on `chunk` in-between frames at a time on `device`; all use the fresco_kernels `backend` (None: the
     global switch)."""
     if method not in PROPAGATION_METHODS:
         raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
@@ -209,7 +217,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                 outs = auto_gap(xs, gf, span, src_b, out_b)
             else:
                 outs = (o for _, out in blends(xs, gf, span, src_b, out_b, False) for o in out)
-            if deflicker > 0:
+            if deflicker > 0 and method != "auto":   # auto deflickers its patch candidate (auto_gap)
                 outs = deflicker_gap(list(outs), xs, gf, src_a, out_a, src_b, out_b, deflicker, backend)
             for o in outs:
                 yield _to_image(o)
@@ -231,6 +239,9 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
         stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
         patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
                             with_source=True, flows=gf)
+        if deflicker > 0:
+            patches = deflicker_gap(list(patches), xs, gf, src_a, out_a, src_b, out_b, deflicker, backend,
+                                    with_source=True)
         for x, flows in blends(xs, gf, span, src_b, out_b, True):
             for xi, fo, po in zip(x, flows, patches):
                 ep, ef = rebuild_error(po[3:], xi, AUTO_WINDOW), rebuild_error(fo[3:], xi, AUTO_WINDOW)
