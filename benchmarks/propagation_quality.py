@@ -248,9 +248,8 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
     for m in methods:
         t0 = time.perf_counter()
         log: list = []
-        base_m = m.partition("+d")[0]
-        extra = {"patch_params": patch_params} if base_m in ("patch", "auto") else {}
-        out = run_method(m, frames, keys, styled, **extra, **({"auto_log": log} if base_m == "auto" else {}))
+        # (propagate takes both for every method and uses them where they apply; "nearest" ignores them)
+        out = run_method(m, frames, keys, styled, patch_params=patch_params, auto_log=log)
         secs = (time.perf_counter() - t0) / len(between)
         if outputs is not None:
             outputs[m] = out
@@ -284,10 +283,7 @@ def reach(clip: str, frames: Sequence[np.ndarray], size: int, style: str, dense:
     target = [STYLES[style](f) for f in frames]
     keys = key_frames(len(frames), dense)
     styled = {k: target[k] for k in keys}
-    dense_out = {m: run_method(m, frames, keys, styled,
-                               **({"patch_params": patch_params} if m.partition("+d")[0] in ("patch", "auto")
-                                  else {}))
-                 for m in methods}
+    dense_out = {m: run_method(m, frames, keys, styled, patch_params=patch_params) for m in methods}
     rows = []
     for interval, outs in sparse.items():
         common = sorted(set(range(len(frames))) - set(keys) - set(key_frames(len(frames), interval)))

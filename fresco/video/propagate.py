@@ -71,20 +71,29 @@ def _warp_key(frames: torch.Tensor, src: torch.Tensor, out: torch.Tensor, flow: 
     """(the key's stylised frame and source frame warped onto each frame [M, C + 3, H, W], the rebuild error of that
     warp [M, 1, H, W]): along the direct flow, or per pixel the chained one where its warped source matches the
     frame better."""
-    m, c = frames.shape[0], out.shape[0]
+    m = frames.shape[0]
     key = torch.cat([out, src]).to(frames.dtype).expand(m, -1, -1, -1)
     best = err = None
     for f in (flow(frames, src.expand(m, -1, -1, -1)), chained):
         if f is None:
             continue
-        w = flow_warp(key, into_frame(f.to(frames.dtype)), backend=backend)
-        e = rebuild_error(w[:, c:], frames, BLEND_WINDOW).unsqueeze(1)
+        w, e = _carry(key, f, frames, backend)
         if best is None:
             best, err = w, e
         else:
             take = e < err
             best, err = torch.where(take, w, best), torch.where(take, e, err)
     return best, err
+
+
+def _carry(stack: torch.Tensor, flow: torch.Tensor, frames: torch.Tensor, backend: Optional[str]
+           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(`stack` [M, C + 3, H, W], an image with its source frame in the last 3 channels, warped onto `frames`
+    [M, 3, H, W] along `flow` [M, 2, H, W] (frame -> the stack's frame; beyond the border the nearest pixel,
+    `into_frame`), the rebuild error of the warped source [M, 1, H, W] over `BLEND_WINDOW`): how the flow blend and
+    the deflicker carry a key or a neighbour onto a frame and judge the carry."""
+    w = flow_warp(stack, into_frame(flow.to(stack.dtype)), backend=backend)
+    return w, rebuild_error(w[:, -3:], frames, BLEND_WINDOW).unsqueeze(1)
 
 
 def into_frame(flow: torch.Tensor) -> torch.Tensor:
@@ -167,8 +176,7 @@ def deflicker_gap(outs: Sequence[torch.Tensor], frames: Sequence[torch.Tensor], 
         if gf.fwd is not None:
             nbrs.append((outs[j + 1] if j + 1 < m else key_b, frames[j + 1] if j + 1 < m else src_b, gf.fwd[j]))
         for out_n, src_n, f in nbrs:
-            w = flow_warp(torch.cat([out_n, src_n])[None].float(), into_frame(f[None].float()), backend=backend)
-            e = rebuild_error(w[:, c:], frames[j][None], BLEND_WINDOW).unsqueeze(1)
+            w, e = _carry(torch.cat([out_n, src_n])[None].float(), f[None], frames[j][None], backend)
             wt = strength * BLEND_ERROR_FLOOR / (e + BLEND_ERROR_FLOOR)
             num = num + wt * w[:, :c]
             den = den + wt
