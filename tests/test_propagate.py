@@ -74,6 +74,30 @@ def test_chunking_and_key_only_video():
     assert all(np.array_equal(o, keys[i]) for i, o in enumerate(run(frames[:4], list(range(4)), keys)))
 
 
+
+@pytest.mark.parametrize("method", ["flow", "auto"])
+def test_the_estimator_sees_at_most_chunk_pairs_per_call(method):
+    """A batched estimator (GMFlow, RAFT on a GPU) gets the gap's pairs `chunk` at a time, so a long gap needs no
+    more estimator memory than a short one; the flows, and so the outputs, are the same for any chunk."""
+    batches = []
+
+    def shift_flow(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        batches.append(src.shape[0])
+        out = torch.zeros(src.shape[0], 2, *src.shape[2:])
+        out[:, 0] = (src.mean((1, 2, 3)) - dst.mean((1, 2, 3)))[:, None, None] / 50   # differs per pair
+        return out
+
+    frames = [texture(i) for i in range(12)]
+    stylised = {0: texture(20), 11: texture(40)}
+    outs = {}
+    for chunk in (3, 16):
+        batches.clear()
+        outs[chunk] = list(propagate(iter(frames), [0, 11], lambda k: stylised[k], shift_flow, method=method,
+                                     chunk=chunk))
+        assert max(batches) <= chunk and sum(b for b in batches) >= 2 * 10
+    assert max(batches) == 10                        # unchunked: the whole gap in one call
+    assert all(np.array_equal(x, y) for x, y in zip(outs[3], outs[16]))
+
 def test_streams_the_input():
     """Only the frames up to the next key are read before that gap's outputs come out."""
     pulled = []

@@ -68,14 +68,21 @@ class GapFlows(NamedTuple):
 
 
 def gap_flows(frames: Sequence[torch.Tensor], src_a: torch.Tensor, src_b: Optional[torch.Tensor],
-              flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> GapFlows:
-    """`GapFlows` of the in-between frames [3, H, W] after key a's source frame (and before key b's, or None): one
-    batched estimator call per direction. Both patch synthesis and the flow blend follow them, so `auto` computes
-    them once per gap."""
+              flow: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk: int = 8) -> GapFlows:
+    """`GapFlows` of the in-between frames [3, H, W] after key a's source frame (and before key b's, or None): the
+    estimator sees at most `chunk` pairs per call, so a batched one (GMFlow, RAFT on a GPU) needs no more memory at
+    interval 30 than at 10. Both patch synthesis and the flow blend follow them, so `auto` computes them once per
+    gap."""
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk: an int >= 1, got {chunk!r}")
     m = len(frames)
     x = torch.stack([src_a] + list(frames) + ([src_b] if src_b is not None else []))
-    back = flow(x[1:m + 1], x[0:m])
-    fwd = flow(x[1:m + 1], x[2:m + 2]) if src_b is not None else None
+
+    def pairs(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        return torch.cat([flow(src[s:s + chunk], dst[s:s + chunk]) for s in range(0, src.shape[0], chunk)])
+
+    back = pairs(x[1:m + 1], x[0:m])
+    fwd = pairs(x[1:m + 1], x[2:m + 2]) if src_b is not None else None
     return GapFlows(back, fwd, chain_to_key([f[None] for f in back]),
                     chain_to_key([f[None] for f in reversed(fwd)])[::-1] if fwd is not None else None)
 

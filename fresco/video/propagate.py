@@ -198,8 +198,8 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     rebuild error) per gap); deflicker: > 0 mixes each in-between frame with its neighbours' outputs carried along
     the flow (`deflicker_gap`, that strength; 0: off; `auto` deflickers its patch candidate before the mix). Holds
     the frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the
-    flow blend works on `chunk` in-between frames at a time on `device`; all use the fresco_kernels `backend` (None: the
-    global switch)."""
+    flow estimator sees at most `chunk` frame pairs per call and the flow blend works on `chunk` in-between frames at a
+    time on `device`; all use the fresco_kernels `backend` (None: the global switch)."""
     if method not in PROPAGATION_METHODS:
         raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
@@ -217,7 +217,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
         span = (b - a) if b is not None else None
         with torch.no_grad():
             xs = [_to_tensor(f, device) for f in pending]
-            gf = gap_flows(xs, src_a, src_b, flow)  # one set of frame-to-frame flows for every method and step
+            gf = gap_flows(xs, src_a, src_b, flow, chunk)  # one set of flows for every method and step
             if method == "patch":
                 outs = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
                                  flows=gf)
