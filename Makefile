@@ -110,19 +110,22 @@ bench-propagation: $(STAMP)
 # procedural tables; about an hour on 2 cores). DENSE=2 adds, per window, every method with a key every 2 frames,
 # scored against the flow blend at 10 and 30 on the frames in-between at both: how far denser true keys would go
 # (the real tables only; it more than doubles their time). DEFLICKER=S adds every method with `deflicker: S`
-# (rows "<method>+d<S>")
+# (rows "<method>+d<S>"). FLOW=deepflow or FLOW=tvl1 runs every method along OpenCV-contrib's DeepFlow or TV-L1
+# instead of the propagation's DIS (needs cv2.optflow importable, e.g. PYTHONPATH=DIR after pip install --target DIR
+# opencv-contrib-python-headless; quality only)
 SIZES ?= 256 512
 WINDOWS ?= 1
 FRAMES ?= 31
 PROCEDURAL ?= 1
 DENSE ?= 0
 DEFLICKER ?= 0
+FLOW ?= dis
 bench-propagation-real: $(STAMP) real-clips
 	mkdir -p $(OUT)
 	for size in $(SIZES); do for style in flat pencil; do \
 		$(BIN)/python -m benchmarks.propagation_quality --real $(REAL_CLIPS) --size $$size --frames $(FRAMES) \
 			--windows $(WINDOWS) --intervals 10 30 --style $$style --clips --dense $(DENSE) \
-			--deflicker $(DEFLICKER) \
+			--deflicker $(DEFLICKER) --flow $(FLOW) \
 			--out $(OUT)/propagation-real-$$style-$$size || exit 1; done; done
 	test "$(PROCEDURAL)" = 0 || for style in flat pencil; do \
 		$(BIN)/python -m benchmarks.propagation_quality --size 128 --intervals 10 30 --style $$style \

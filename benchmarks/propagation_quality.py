@@ -5,6 +5,7 @@ methods see only the keyframes' S(frame) and are scored on every in-between fram
     python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch auto]
                                              [--seed 0] [--style flat|pencil] [--timing 512] [--out DIR]
     python -m benchmarks.propagation_quality --real .cache/real-clips [--frames 31] [--windows 2] ...
+                                             [--flow dis|deepflow|tvl1] [--deflicker S] [--dense N]
 
 --real DIR: real footage (`make real-clips`: Debian opencv-doc's Megamind, vtest, tree, box and cup), `--windows`
 windows of `--frames` frames spread over each clip, resized so the long side is --size; the procedural clips follow
@@ -227,14 +228,60 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
                           method=method, **opts))
 
 
+
+FLOWS = ("dis", "deepflow", "tvl1")
+
+
+class ContribFlow:
+    """OpenCV-contrib's DeepFlow ("deepflow") or dual TV-L1 ("tvl1", OpenCV's default parameters) behind the
+    `FlowEstimator` interface, for `--flow`: how the propagation does along another classical flow. Each pair's
+    flow is kept, so every method of a clip reads the same flows and each is computed once (`calls`, `seconds`).
+    Benchmark only: it needs `cv2.optflow` (opencv-contrib-python), which fresco does not depend on."""
+
+    def __init__(self, kind: str):
+        if kind not in FLOWS[1:]:
+            raise ValueError(f"flow: one of {list(FLOWS[1:])}, got {kind!r}")
+        if not hasattr(cv2, "optflow"):
+            raise RuntimeError(f"--flow {kind}: needs OpenCV's contrib modules (cv2.optflow); e.g. pip install "
+                               "--target DIR opencv-contrib-python-headless, then PYTHONPATH=DIR")
+        self._f = (cv2.optflow.createOptFlow_DeepFlow() if kind == "deepflow"
+                   else cv2.optflow.DualTVL1OpticalFlow_create())
+        self._memo: Dict[bytes, torch.Tensor] = {}
+        self.calls, self.seconds = 0, 0.0
+
+    @staticmethod
+    def _gray(x: torch.Tensor) -> np.ndarray:
+        return cv2.cvtColor(x.permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy(),
+                            cv2.COLOR_RGB2GRAY)
+
+    def _one(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        import hashlib
+        a, b = self._gray(src), self._gray(dst)
+        key = hashlib.sha1(a.tobytes() + b"|" + b.tobytes()).digest() + bytes(str(a.shape), "ascii")
+        if key not in self._memo:
+            t0 = time.perf_counter()
+            self._memo[key] = torch.from_numpy(self._f.calc(a, b, None)).permute(2, 0, 1).float()
+            self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - t0
+        return self._memo[key]
+
+    def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._one(a, b) for a, b in zip(src, dst)]).to(src.device)
+
+
+def make_flow(kind: str):
+    """The estimator of `--flow` kind: None for "dis" (the propagation's own DIS preset), else a `ContribFlow`."""
+    if kind not in FLOWS:
+        raise ValueError(f"flow: one of {list(FLOWS)}, got {kind!r}")
+    return None if kind == "dis" else ContribFlow(kind)
+
 def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
              patch_params=None, style: str = "flat", frames: Optional[List[np.ndarray]] = None,
-             outputs: Optional[dict] = None) -> List[dict]:
+             outputs: Optional[dict] = None, flow=None) -> List[dict]:
     """Rows (one per method) of one clip of n frames with keys every `interval` frames (the last frame included);
     seed: of the clip's textures (0: the clips the defaults were tuned on; others: held-out clips, same motions);
     patch_params: the patch method's `PatchParams` (None: the defaults); style: a STYLES name; frames: the clip
     itself (a real one) instead of the procedural `clip`; outputs: a dict that receives each method's output clip
-    (for `reach`)."""
+    (for `reach`); flow: the estimator every method follows (None: the propagation's DIS; `make_flow`)."""
     if frames is None:
         frames = make_clip(clip, size, n, seed=seed)
     target = [STYLES[style](f) for f in frames]
@@ -249,7 +296,7 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
         t0 = time.perf_counter()
         log: list = []
         # (propagate takes both for every method and uses them where they apply; "nearest" ignores them)
-        out = run_method(m, frames, keys, styled, patch_params=patch_params, auto_log=log)
+        out = run_method(m, frames, keys, styled, flow, patch_params=patch_params, auto_log=log)
         secs = (time.perf_counter() - t0) / len(between)
         if outputs is not None:
             outputs[m] = out
@@ -274,16 +321,16 @@ def key_frames(n: int, interval: int) -> List[int]:
 
 
 def reach(clip: str, frames: Sequence[np.ndarray], size: int, style: str, dense: int, sparse: Dict[int, dict],
-          methods: Sequence[str], patch_params=None) -> List[dict]:
+          methods: Sequence[str], patch_params=None, flow=None) -> List[dict]:
     """How far denser true keys would take each method: every method run again with a key every `dense` frames, and
     scored on the frames that are in-between at `dense` and at each sparse interval, as a margin over the flow blend
     at that sparse interval on the same frames. sparse: {interval: that interval's output clips by method (from
-    `evaluate`'s `outputs`; "flow" needed)}. A method's margin at `dense` bounds what a better propagation from the
+    `evaluate`'s `outputs`; "flow" needed); flow: as in `evaluate`. A method's margin at `dense` bounds what a better propagation from the
     sparse keys could reach along the same flow (benchmarks/RESULTS.md, "Stop 34")."""
     target = [STYLES[style](f) for f in frames]
     keys = key_frames(len(frames), dense)
     styled = {k: target[k] for k in keys}
-    dense_out = {m: run_method(m, frames, keys, styled, patch_params=patch_params) for m in methods}
+    dense_out = {m: run_method(m, frames, keys, styled, flow, patch_params=patch_params) for m in methods}
     rows = []
     for interval, outs in sparse.items():
         common = sorted(set(range(len(frames))) - set(keys) - set(key_frames(len(frames), interval)))
@@ -448,6 +495,10 @@ def main(argv=None) -> int:
     ap.add_argument("--deflicker", type=float, default=0.0, metavar="S",
                     help="also every method but nearest with the propagation's deflicker at strength S, as the rows "
                          "'<method>+d<S>' (0: not)")
+    ap.add_argument("--flow", default="dis", choices=FLOWS,
+                    help="the flow every method follows: dis (the propagation's own, default) or, with OpenCV's "
+                         "contrib modules importable, deepflow or tvl1 (their in-between rows are then along that "
+                         "flow; the stability column is still measured along DIS)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
     if args.size < 32:
@@ -477,6 +528,12 @@ def main(argv=None) -> int:
         args.methods += [f"{m}+d{args.deflicker:g}" for m in args.methods if m != "nearest"]
     if args.dense and "flow" not in args.methods:
         args.methods.append("flow")  # the baseline of its margins
+    if args.flow != "dis" and (args.cpu_timing or args.time_methods or args.timing):
+        ap.error(f"--flow {args.flow}: only for the quality tables (the timing rows time the propagation's DIS)")
+    try:
+        make_flow(args.flow)
+    except RuntimeError as e:
+        ap.error(str(e))
     if args.cpu_timing:
         print(json.dumps(cpu_time_methods(args.cpu_timing)))
         return 0
@@ -489,18 +546,20 @@ def main(argv=None) -> int:
     jobs = [(name, clip) for name, clip in real] + [(c, None) for c in ([] if args.timing_only else args.clips)]
     for clip, frames in jobs:
         sparse = {}
+        flow = make_flow(args.flow)   # per clip: a contrib estimator keeps the clip's flows for every method
         for interval in args.intervals:
             sparse[interval] = {}
             new = evaluate(clip, args.size, interval, args.methods, seed=args.seed, patch_params=params,
-                           style=args.style, frames=frames, outputs=sparse[interval])
+                           style=args.style, frames=frames, outputs=sparse[interval], flow=flow)
             for r in new:
                 r["real"] = frames is not None
+                r["flow"] = args.flow
             rows += new
             print(markdown(new), flush=True)
         if args.dense:
             new = reach(clip, frames if frames is not None else make_clip(clip, args.size, CLIP_FRAMES,
                                                                          seed=args.seed),
-                        args.size, args.style, args.dense, sparse, args.methods, params)
+                        args.size, args.style, args.dense, sparse, args.methods, params, flow)
             for r in new:
                 r["real"] = frames is not None
             reach_rows += new
@@ -512,7 +571,8 @@ def main(argv=None) -> int:
                               for m in ["target", *args.methods]]:
         sel = [r for r in rows if r["interval"] == interval and r["method"] == m and r["real"] == real]
         if sel:
-            summary.append(f"{'real' if real else 'procedural'} {args.style} {args.size}px interval {interval} {m}: "
+            summary.append(f"{'real' if real else 'procedural'} {args.style} {args.size}px interval {interval} {m}"
+                           f"{'' if args.flow == 'dis' else ' along ' + args.flow}: "
                            f"mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
                            f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, warp error "
                            f"x{np.mean([r['warp_x_floor'] for r in sel]):.2f} the input's, worst frame vs flow "

@@ -65,12 +65,42 @@ def test_evaluate_rows_small():
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"], ["--style", "oil"],
                                   ["--frames", "2"], ["--windows", "0"], ["--time-methods", "8"],
                                   ["--dense", "1"], ["--intervals", "4", "10", "--dense", "4"],
-                                  ["--deflicker", "-1"], ["--deflicker", "nan"], ["--deflicker", "x"]])
+                                  ["--deflicker", "-1"], ["--deflicker", "nan"], ["--deflicker", "x"],
+                                  ["--flow", "raft"], ["--flow", "tvl1", "--time-methods", "64"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         pq.main(argv)
     assert e.value.code == 2
 
+
+
+def test_flow_without_opencv_contrib_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.delattr(pq.cv2, "optflow", raising=False)
+    with pytest.raises(SystemExit) as e:
+        pq.main(["--size", "48", "--clips", "pan_thin", "--flow", "deepflow"])
+    assert e.value.code == 2 and "--flow deepflow" in capsys.readouterr().err
+
+
+def test_flow_deepflow_is_what_every_method_follows(monkeypatch, tmp_path):
+    """--flow deepflow: every method of a clip follows that estimator (here a stand-in for cv2.optflow's), each pair
+    computed once for all methods; a flow that points the wrong way costs the flow blend its accuracy."""
+    import types
+    pairs = []
+
+    class Wrong:
+        def calc(self, a, b, _):
+            pairs.append((a.tobytes(), b.tobytes()))
+            return np.full(a.shape + (2,), 3.0, np.float32)   # 3 px to the lower right, whatever the motion
+
+    monkeypatch.setattr(pq.cv2, "optflow", types.SimpleNamespace(createOptFlow_DeepFlow=Wrong), raising=False)
+    argv = ["--size", "48", "--clips", "pan_thin", "--intervals", "4", "--methods", "flow", "auto"]
+    assert pq.main(argv + ["--flow", "deepflow", "--out", str(tmp_path / "w")]) == 0
+    assert pairs and len(set(pairs)) == len(pairs)                    # no pair computed twice
+    assert pq.main(argv + ["--out", str(tmp_path / "d")]) == 0
+    rows = {d: {r["method"]: r for r in json.loads((tmp_path / d / "results.json").read_text())["rows"]}
+            for d in ("w", "d")}
+    assert rows["w"]["flow"]["flow"] == "deepflow" and rows["d"]["flow"]["flow"] == "dis"
+    assert rows["w"]["flow"]["psnr"] < rows["d"]["flow"]["psnr"] - 0.5
 
 def test_deflicker_rows_come_from_the_propagation_setting(tmp_path):
     """--deflicker S adds '<method>+d<S>' rows, run with the propagation's deflicker: steadier than without."""
