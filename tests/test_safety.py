@@ -149,8 +149,11 @@ def test_lock_ctrl_c_and_resume(clip, tmp_path):
     o = tmp_path / "o"
     args = ["render", clip, "--prompt", "x", "-o", o, "--output", "frames", *TINY, "--batch-size", "3"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Ctrl-C's default action in the render, as in a terminal: a test run started in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and the render would then finish instead of stopping
     a = subprocess.Popen([sys.executable, "-m", "fresco.cli", *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and a.poll() is None:
