@@ -228,7 +228,6 @@ def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], s
                           method=method, **opts))
 
 
-
 FLOWS = ("dis", "deepflow", "tvl1")
 
 
@@ -273,6 +272,7 @@ def make_flow(kind: str):
     if kind not in FLOWS:
         raise ValueError(f"flow: one of {list(FLOWS)}, got {kind!r}")
     return None if kind == "dis" else ContribFlow(kind)
+
 
 def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int = CLIP_FRAMES, seed: int = 0,
              patch_params=None, style: str = "flat", frames: Optional[List[np.ndarray]] = None,
@@ -325,8 +325,8 @@ def reach(clip: str, frames: Sequence[np.ndarray], size: int, style: str, dense:
     """How far denser true keys would take each method: every method run again with a key every `dense` frames, and
     scored on the frames that are in-between at `dense` and at each sparse interval, as a margin over the flow blend
     at that sparse interval on the same frames. sparse: {interval: that interval's output clips by method (from
-    `evaluate`'s `outputs`; "flow" needed); flow: as in `evaluate`. A method's margin at `dense` bounds what a better propagation from the
-    sparse keys could reach along the same flow (benchmarks/RESULTS.md, "Stop 34")."""
+    `evaluate`'s `outputs`; "flow" needed); flow: as in `evaluate`. A method's margin at `dense` bounds what a
+    better propagation from the sparse keys could reach along the same flow (benchmarks/RESULTS.md, "Stop 34")."""
     target = [STYLES[style](f) for f in frames]
     keys = key_frames(len(frames), dense)
     styled = {k: target[k] for k in keys}
