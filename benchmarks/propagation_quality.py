@@ -234,7 +234,7 @@ FLOWS = ("dis", "deepflow", "tvl1")
 class ContribFlow:
     """OpenCV-contrib's DeepFlow ("deepflow") or dual TV-L1 ("tvl1", OpenCV's default parameters) behind the
     `FlowEstimator` interface, for `--flow`: how the propagation does along another classical flow. Each pair's
-    flow is kept, so every method of a clip reads the same flows and each is computed once (`calls`, `seconds`).
+    flow is kept, so every method of a clip reads the same flows and each is computed once.
     Benchmark only: it needs `cv2.optflow` (opencv-contrib-python), which fresco does not depend on."""
 
     def __init__(self, kind: str):
@@ -246,7 +246,6 @@ class ContribFlow:
         self._f = (cv2.optflow.createOptFlow_DeepFlow() if kind == "deepflow"
                    else cv2.optflow.DualTVL1OpticalFlow_create())
         self._memo: Dict[bytes, torch.Tensor] = {}
-        self.calls, self.seconds = 0, 0.0
 
     @staticmethod
     def _gray(x: torch.Tensor) -> np.ndarray:
@@ -258,9 +257,7 @@ class ContribFlow:
         a, b = self._gray(src), self._gray(dst)
         key = hashlib.sha1(a.tobytes() + b"|" + b.tobytes()).digest() + bytes(str(a.shape), "ascii")
         if key not in self._memo:
-            t0 = time.perf_counter()
             self._memo[key] = torch.from_numpy(self._f.calc(a, b, None)).permute(2, 0, 1).float()
-            self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - t0
         return self._memo[key]
 
     def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

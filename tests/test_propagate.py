@@ -74,7 +74,6 @@ def test_chunking_and_key_only_video():
     assert all(np.array_equal(o, keys[i]) for i, o in enumerate(run(frames[:4], list(range(4)), keys)))
 
 
-
 @pytest.mark.parametrize("method", ["flow", "auto"])
 def test_the_estimator_sees_at_most_chunk_pairs_per_call(method):
     """A batched estimator (GMFlow, RAFT on a GPU) gets the gap's pairs `chunk` at a time, so a long gap needs no
@@ -94,9 +93,10 @@ def test_the_estimator_sees_at_most_chunk_pairs_per_call(method):
         batches.clear()
         outs[chunk] = list(propagate(iter(frames), [0, 11], lambda k: stylised[k], shift_flow, method=method,
                                      chunk=chunk))
-        assert max(batches) <= chunk and sum(b for b in batches) >= 2 * 10
+        assert max(batches) <= chunk and sum(batches) >= 2 * 10
     assert max(batches) == 10                        # unchunked: the whole gap in one call
     assert all(np.array_equal(x, y) for x, y in zip(outs[3], outs[16]))
+
 
 def test_streams_the_input():
     """Only the frames up to the next key are read before that gap's outputs come out."""

@@ -73,7 +73,6 @@ def test_bad_arguments_exit_2(argv):
     assert e.value.code == 2
 
 
-
 def test_flow_without_opencv_contrib_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.delattr(pq.cv2, "optflow", raising=False)
     with pytest.raises(SystemExit) as e:
@@ -101,6 +100,7 @@ def test_flow_deepflow_is_what_every_method_follows(monkeypatch, tmp_path):
             for d in ("w", "d")}
     assert rows["w"]["flow"]["flow"] == "deepflow" and rows["d"]["flow"]["flow"] == "dis"
     assert rows["w"]["flow"]["psnr"] < rows["d"]["flow"]["psnr"] - 0.5
+
 
 def test_deflicker_rows_come_from_the_propagation_setting(tmp_path):
     """--deflicker S adds '<method>+d<S>' rows, run with the propagation's deflicker: steadier than without."""
