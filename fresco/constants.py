@@ -14,6 +14,12 @@ DEFAULT_PROPAGATION = "auto"  # patch and flow mixed per pixel; best on real cli
 # optical flow estimators (fresco.models.flow)
 FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 
+# the most CPU threads a render may ask for (`threads`; a state file's recorded count too): far above any machine's
+# cores, far below what makes OpenMP's pool exhaust memory (a billion threads is a 216 GB allocation, then an abort)
+MAX_THREADS = 1024
+# the most denoising steps: SD1.5's schedulers have 1000 training timesteps and refuse more inference steps
+MAX_STEPS = 1000
+
 # ControlNet v1.0 for SD1.5 per control type (the published choice)
 CONTROLNET_IDS = {
     "canny": "lllyasviel/sd-controlnet-canny",

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from fresco_kernels import BACKENDS
 from fresco_kernels.gram_loss import REDUCTIONS
 
+from .constants import MAX_STEPS, MAX_THREADS
 from .knobs import Range, check_kind, check_value, is_kind, knob
 
 # the published schedule, as fractions of a 20-step run: optimisation while the step index < 15, background
@@ -32,7 +33,7 @@ class FrescoSettings:
     field). Step indices are absolute (0 = the first of `num_inference_steps`); None means "the published value
     scaled to num_inference_steps" (see `schedule`)."""
     # --- schedule ---
-    num_inference_steps: int = knob(20, "DDPM steps of the schedule", flag="--steps", range=(1, None),
+    num_inference_steps: int = knob(20, "DDPM steps of the schedule", flag="--steps", range=(1, MAX_STEPS),
                                     group="Schedule")
     num_warmup_steps: Optional[int] = knob(None, "steps skipped by SDEdit (default from strength; negative: pure "
                                            "noise, as published)", type=int, flag="--warmup-steps", group="Schedule")
@@ -84,7 +85,7 @@ class FrescoSettings:
     vae_chunk: int = knob(1, "frames per VAE encode/decode call", range=(1, None), group="Run")
     threads: Optional[int] = knob(None, "intra-op CPU threads (torch, the C++ ops, OpenCV); the same render gives "
                                   "the same bytes at the same count (default: torch's, the core count; a resumed "
-                                  "render keeps the count it started with)", type=int, range=(1, None), group="Run",
+                                  "render keeps the count it started with)", type=int, range=(1, MAX_THREADS), group="Run",
                                   fingerprint=False)
     compile: bool = knob(False, "torch.compile the UNet's blocks and the ControlNet with FRESCO's processors in "
                                 "place (inductor; the first batch at a size compiles, later ones reuse it)",

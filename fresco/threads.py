@@ -9,6 +9,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from .constants import MAX_THREADS
+
 
 def render_threads(state: dict, requested: Optional[int]) -> int:
     """The thread count of a render with state file data `state`: the count it recorded (a resumed render keeps
@@ -31,8 +33,8 @@ def set_threads(n: int) -> tuple[int, int]:
     """Use `n` intra-op threads in torch (so in the C++ ops too) and OpenCV; returns the counts before, for
     `restore`."""
     import cv2
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"threads: a positive number of threads, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"threads: a number of threads from 1 to {MAX_THREADS}, got {n!r}")
     before = current()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -366,3 +366,179 @@ def test_ui_runs_the_cli_memory_preflight(clip, tmp_path, decoy, monkeypatch):
         p.close()
     assert "fresco: error: size: 64x64 needs about" in status
     assert not (tmp_path / "root" / "out" / "clip").exists()
+
+
+# ------------------------------------------------------------------- planted files, links and hard links (stop 37)
+def _render(clip, o, **kw):
+    from fresco.video.render import render
+    from test_render import StandInStylizer, _cfg
+    return render(_cfg(clip, o, **kw), stylizer=StandInStylizer(keep=False), progress=False)
+
+
+@pytest.mark.parametrize("plant", ["link", "hardlink"])
+def test_planted_frames_in_the_temporary_folder_are_never_written_through(clip, tmp_path, decoy, plant):
+    """A link or a hard link at a frame's name in the PNG frames' temporary folder: the frame replaces the name
+    (the decoy keeps its bytes), and only the writer's own frames move into the frames folder."""
+    o = tmp_path / "o"
+    (o / ".frames.partial").mkdir(parents=True)
+    for name, target in (("00000.png", "secret.txt"), ("00003.png", "thesis.docx")):
+        (os.link if plant == "hardlink" else os.symlink)(decoy / target, o / ".frames.partial" / name)
+    (o / ".frames.partial" / "notes.txt").write_text("not a frame")
+    res = _render(clip, o, output="frames")
+    frames = sorted(p.name for p in res.video.iterdir())
+    assert frames == [f"{i:05d}.png" for i in range(12)]
+    assert all(not p.is_symlink() and cv2.imread(str(p)) is not None for p in res.video.iterdir())
+    assert (o / ".frames.partial" / "notes.txt").read_text() == "not a frame"
+
+
+def test_planted_hard_linked_temporaries_are_replaced_not_written_through(clip, tmp_path, decoy):
+    o = tmp_path / "o"
+    o.mkdir()
+    os.link(decoy / "thesis.docx", o / ".state.json.tmp")
+    os.link(decoy / "secret.txt", o / ".preview.png.tmp")
+    _render(clip, o)
+    assert json.loads((o / "state.json").read_text())["complete"]
+
+
+def test_a_hard_linked_lock_file_is_refused(clip, tmp_path, capsys):
+    o, elsewhere = tmp_path / "o", tmp_path / "elsewhere.lock"
+    o.mkdir()
+    elsewhere.write_text(json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname(), "started": "earlier"}))
+    before = elsewhere.read_bytes()
+    os.link(elsewhere, o / LOCK)
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 2 and "hard link" in one_line(err)
+    assert elsewhere.read_bytes() == before
+
+
+@pytest.mark.parametrize("what", ["keys", "one-key"])
+def test_a_resumed_render_never_reads_a_keyframe_through_a_link(clip, tmp_path, decoy, capsys, what):
+    """A finished render whose keys (the folder, or one keyframe) are swapped for links to the user's images and
+    dropped from the manifest: rendering again refuses the folder instead of reading them into the video."""
+    import shutil
+    o = tmp_path / "o"
+    res = _render(clip, o)
+    state = json.loads((o / "state.json").read_text())
+    if what == "keys":
+        shutil.rmtree(o / "keys")
+        (o / "keys").symlink_to(decoy / "keys", target_is_directory=True)
+        drop = [f for f in state["files"] if f.startswith("keys/")]
+    else:
+        drop = [f"keys/{res.keys[1]:05d}.png"]
+        (o / drop[0]).unlink()
+        (o / drop[0]).symlink_to(decoy / "photo.png")
+    state["files"] = [f for f in state["files"] if f not in drop]
+    state["hashes"] = {k: v for k, v in state["hashes"].items() if k not in drop}
+    (o / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="symbolic link"):
+        _render(clip, o)
+
+
+def test_latents_are_never_read_through_a_link_nor_unpickled_raw(tmp_path, decoy):
+    from fresco.video.render import _read_latents
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "0000.pt").symlink_to(decoy / "secret.txt")
+    with pytest.raises(ValueError, match="symbolic link"):
+        _read_latents(tmp_path, 0)
+    (tmp_path / "latents" / "0001.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="latents .* cannot be loaded"):
+        _read_latents(tmp_path, 1)
+
+
+def test_the_ui_keyframe_zip_reads_no_link_and_writes_nothing_into_the_output_folder(tmp_path, decoy):
+    pytest.importorskip("gradio")
+    from fresco.ui.jobs import zip_keys
+    import zipfile
+    o, downloads = tmp_path / "o", tmp_path / "dl"
+    (o / "keys").mkdir(parents=True)
+    downloads.mkdir()
+    cv2.imwrite(str(o / "keys" / "00000.png"), synthetic_frame(0, (16, 16)))
+    (o / "keyframes.zip").write_bytes(b"the user's own zip")
+    z = zip_keys(o, [0], downloads)
+    assert z.parent == downloads and zipfile.ZipFile(z).namelist() == ["00000.png"]
+    assert (o / "keyframes.zip").read_bytes() == b"the user's own zip"
+    (o / "keys" / "00005.png").symlink_to(decoy / "secret.txt")
+    with pytest.raises(ValueError, match="symbolic link"):
+        zip_keys(o, [0, 5], downloads)
+
+
+@pytest.mark.slow
+def test_a_crafted_state_of_other_settings_deletes_no_output(clip, tmp_path, decoy, capsys):
+    """A state file of other settings with no batch done that claims the user's holiday.mp4 with its true hash:
+    a plain render (nothing asked) replaces the state but leaves the video."""
+    import hashlib
+    o = tmp_path / "o"
+    o.mkdir()
+    data = b"the user's holiday"
+    (o / "holiday.mp4").write_bytes(data)
+    _state(o, ["holiday.mp4"], done=[])
+    st = json.loads((o / "state.json").read_text())
+    st["hashes"] = {"holiday.mp4": [[len(data), hashlib.sha256(data).hexdigest()]]}
+    (o / "state.json").write_text(json.dumps(st))
+    _render(clip, o)
+    assert (o / "holiday.mp4").read_bytes() == data
+
+
+@pytest.mark.parametrize("change,says", [
+    ({"done": "0"}, "'done'"), ({"done": None}, "'done'"), ({"batches": 5}, "'batches'"),
+    ({"batches": [[["../x"], 0]]}, "'batches'"),
+    ({"n_frames": -3}, "'n_frames'"), ({"keys": [0, 4, 99]}, "'keys'"), ({"vfr_fps": "abc"}, "'vfr_fps'"),
+    ({"threads": 10 ** 9}, "'threads'"), ({"fingerprint": 7}, "'fingerprint'"), ("drop:keys", "no 'keys'"),
+    ("drop:done", "no 'done'"), ("drop:n_frames", "no 'n_frames'"), ("drop:batches", "no 'batches'")])
+def test_a_malformed_state_file_is_one_line(clip, tmp_path, capsys, change, says):
+    o = tmp_path / "o"
+    _state(o, [], done=[0])
+    st = json.loads((o / "state.json").read_text())
+    if isinstance(change, str):
+        del st[change.split(":")[1]]
+    else:
+        st.update(change)
+    (o / "state.json").write_text(json.dumps(st))
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 2
+    line = one_line(err)
+    assert "is not a fresco state file" in line and says in line, line
+
+
+def test_a_resumed_state_cannot_claim_more_frames_than_its_keys_allow(clip, tmp_path):
+    """n_frames far past the last key (which would make a list of a trillion frame names): refused on resume."""
+    from fresco.video.render import render
+    from test_render import StandInStylizer, _cfg
+    o = tmp_path / "o"
+    cfg = _cfg(clip, o, output="frames", mininterv=2, maxinterv=2, batch_size=3)
+    assert render(cfg, stylizer=StandInStylizer(keep=False), stop_after=1, progress=False) is None
+    st = json.loads((o / "state.json").read_text())
+    st["n_frames"] = 10 ** 12
+    (o / "state.json").write_text(json.dumps(st))
+    with pytest.raises(ValueError, match=f"is not a fresco state file .*last key is {st['keys'][-1]}"):
+        render(cfg, stylizer=StandInStylizer(keep=False), progress=False)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_state_file_that_is_not_a_file_is_one_line(clip, tmp_path, capsys, kind):
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / "state.json").mkdir() if kind == "folder" else os.mkfifo(o / "state.json")
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 2 and "state.json" in one_line(err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", [".video.mp4.partial.mp4", ".preview.png.tmp", ".frames.partial"])
+def test_a_folder_or_file_at_a_temporary_name_is_one_line(clip, tmp_path, capsys, where):
+    o = tmp_path / "o"
+    o.mkdir()
+    if where == ".frames.partial":
+        (o / where).write_text("a file where a folder goes")
+    else:
+        (o / where).mkdir()
+    output = ["--output", "frames"] if where == ".frames.partial" else []
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", o, *output, *TINY)
+    assert rc == 2 and where in one_line(err)
+
+
+@pytest.mark.parametrize("flag,value", [("--threads", "1000000000"), ("--threads", "1025"),
+                                        ("--steps", "1000000000000"), ("--steps", "1001")])
+def test_counts_that_would_exhaust_the_machine_are_refused(clip, tmp_path, capsys, flag, value):
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", tmp_path / "o", *TINY, flag, value)
+    assert rc == 2 and flag.lstrip("-") in one_line(err)

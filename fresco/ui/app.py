@@ -22,6 +22,14 @@ def _status(text: str, error: bool = False) -> str:
     return f'<span class="fresco-error">{text}</span>' if error else text
 
 
+
+def download_folder() -> Path:
+    """A fresh folder for one download (settings YAML, keyframes zip, score plot) inside Gradio's own upload folder,
+    which it serves anyway: the UI writes nowhere else outside its root, and never into the user's output folder."""
+    from gradio.utils import get_upload_folder
+    os.makedirs(get_upload_folder(), exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="fresco-ui-", dir=get_upload_folder()))
+
 class UI:
     """The page's state and handlers. `make_stylizer` (tests: a stand-in) turns a config and a step callback into
     a BatchStylizer; by default the cached FrescoPipeline. The page serves and writes only under `root` (default
@@ -125,7 +133,7 @@ class UI:
                         yield {"status": f"done: {res.n_frames} frames, {res.fps:g} fps, {res.size[0]}x"
                                          f"{res.size[1]} → {res.video}",
                                "gallery": jobs.finished_keys(cfg.save_path),
-                               "outputs": jobs.outputs(res, cfg.save_path)}
+                               "outputs": jobs.outputs(res, cfg.save_path, download_folder())}
                 elif ev.kind == "cancelled":
                     yield {"status": _status(f"fresco: cancelled: {d['message']}", True)}
                 else:
@@ -147,10 +155,7 @@ class UI:
         """(YAML path to download, status)."""
         try:
             cfg = self.config(values, keep, source, out_dir, validate=False)
-            # in Gradio's own upload folder, which it serves anyway: the UI writes nowhere else outside its root
-            from gradio.utils import get_upload_folder
-            os.makedirs(get_upload_folder(), exist_ok=True)
-            path = Path(tempfile.mkdtemp(prefix="fresco-ui-", dir=get_upload_folder())) / "fresco.yaml"
+            path = download_folder() / "fresco.yaml"
             return str(form.save_settings(cfg, path)), f"settings saved as {path.name}"
         except Exception as e:  # noqa: BLE001
             jobs.log_traceback(e)
@@ -165,7 +170,7 @@ class UI:
             if not video.exists():
                 raise ValueError(f"score: no render at '{video}' yet; step 3 makes it")
             from ..score import score_config
-            plot = Path(tempfile.mkdtemp(prefix="fresco-ui-")) / "score.png"
+            plot = download_folder() / "score.png"
             return "\n".join(f"- {line}" for line in score_config(cfg, video, plot=plot).summary()), str(plot)
         except Exception as e:  # noqa: BLE001
             jobs.log_traceback(e)

@@ -12,14 +12,14 @@ import traceback
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
 
 from ..config import RenderConfig
 from ..pipeline import FrescoPipeline
-from ..constants import STATE
+from ..constants import KEYS, STATE
 from ..video import Batch, plan_batches, probe, processing_size, read_frames
 from ..video.render import Cancelled, RenderResult, render
 from ..video.runner import BatchStylizer
@@ -117,14 +117,17 @@ def finished_keys(save_path: str | Path) -> list[tuple[str, str]]:
     return [(str(p), f"key {int(p.stem)}") for p in sorted(d.glob("*.png")) if not p.is_symlink()]
 
 
-def zip_keys(keys_dir: Path, dest: Path) -> Path:
-    """The stylised keyframes as one zip next to them (rewritten each time, through the output folder's write
-    gate: never through a link)."""
+def zip_keys(save_path: Path, keys: Sequence[int], folder: Path) -> Path:
+    """The render's stylised keyframes `keys` as one zip for download, `folder`/keyframes.zip: nothing is written
+    into the user's output folder, and each keyframe is read through its gate (a regular file, never through a
+    link)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for p in sorted(Path(keys_dir).glob("*.png")):
-            z.write(p, p.name)
-    safe_fs.write_atomic(dest.parent, dest.name, buf.getvalue())
+        for k in keys:
+            name = f"{k:05d}.png"
+            z.writestr(name, safe_fs.read_bytes(Path(save_path), f"{KEYS}/{name}"))
+    dest = Path(folder) / "keyframes.zip"
+    dest.write_bytes(buf.getvalue())
     return dest
 
 
@@ -239,7 +242,7 @@ class Job:
                 return
 
 
-def outputs(result: RenderResult, save_path: str | Path) -> dict[str, Any]:
-    """The downloads after propagation: video, keyframes zip, preview image."""
+def outputs(result: RenderResult, save_path: str | Path, folder: Path) -> dict[str, Any]:
+    """The downloads after propagation: video, keyframes zip (written into `folder`), preview image."""
     return dict(video=str(result.video), preview=str(result.preview),
-                keys_zip=str(zip_keys(result.keys_dir, Path(save_path) / "keyframes.zip")))
+                keys_zip=str(zip_keys(Path(save_path), result.keys, folder)))

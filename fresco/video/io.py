@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..constants import VIDEO_SUFFIXES
+from . import safe_fs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FOLDER_FPS = Fraction(30)
@@ -250,9 +251,10 @@ class VideoWriter:
             raise ValueError(f"size: H.264 (yuv420p) needs even sides, got {w}x{h}")
         self._tmp = self.path.with_name(f".{self.path.name}.partial{self.path.suffix}")
         self._audio = None
+        self._names: list[str] = []  # the PNG frames this writer wrote into the temporary folder
         if self._is_video:
             av = _av()
-            self._tmp.unlink(missing_ok=True)
+            safe_fs.clear(self._tmp, "output")
             self._out = av.open(str(self._tmp), "w")
             self._vs = self._out.add_stream("libx264", rate=self.fps)
             self._vs.width, self._vs.height = w, h
@@ -268,6 +270,9 @@ class VideoWriter:
             if self._tmp.is_symlink():
                 raise ValueError(f"output: '{self._tmp}' is a symbolic link; the frames are never written through "
                                  f"a link")
+            if self._tmp.exists() and not self._tmp.is_dir():
+                raise ValueError(f"output: '{self._tmp}' is a file where the frames' temporary folder goes; move it "
+                                 f"away")
             self._tmp.mkdir(parents=True, exist_ok=True)
 
     def write(self, img: np.ndarray, t: Fraction | None = None) -> None:
@@ -289,7 +294,14 @@ class VideoWriter:
             for packet in self._vs.encode(frame):
                 self._out.mux(packet)
         else:
-            cv2.imwrite(str(self._tmp / f"{self.n_written:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise RuntimeError(f"could not encode frame {self.n_written} as PNG")
+            name = f"{self.n_written:05d}.png"
+            # a fresh file: a link or a planted file already at the name is removed, never written through
+            with os.fdopen(safe_fs.create(self._tmp / name, "output"), "wb") as f:
+                f.write(buf.tobytes())
+            self._names.append(name)
         self.n_written += 1
 
     def close(self, ok: bool = True) -> None:
@@ -302,32 +314,32 @@ class VideoWriter:
             if self._audio is not None:
                 self._audio.close()
             self._out.close()
-        if not ok:
-            _remove(self._tmp)
+        if self._is_video:
+            if ok:
+                os.replace(self._tmp, self.path)
+            else:
+                self._tmp.unlink(missing_ok=True)
             return
-        if self._is_video or not self.path.is_dir():
-            if not self._is_video and self.path.exists():
-                self.path.unlink()
-            os.replace(self._tmp, self.path)
-            return
-        for f in sorted(self._tmp.iterdir()):
-            os.replace(f, self.path / f.name)
-        self._tmp.rmdir()
+        # PNG frames: only the files this writer wrote move (or go); anything else in the temporary folder stays
+        if ok:
+            if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+                self.path.unlink()  # a file or a link at the name (the link, never its target)
+            self.path.mkdir(exist_ok=True)
+        for name in self._names:
+            if ok:
+                os.replace(self._tmp / name, self.path / name)
+            else:
+                (self._tmp / name).unlink(missing_ok=True)
+        try:
+            self._tmp.rmdir()
+        except OSError:
+            pass  # not empty: what is left there is not this writer's
 
     def __enter__(self) -> "VideoWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(ok=exc_type is None)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        for f in path.iterdir():
-            f.unlink()
-        path.rmdir()
-    else:
-        path.unlink(missing_ok=True)
 
 
 def synthetic_frame(i: int, size: tuple[int, int] = (256, 256), seed: int = 0, cut_at: int | None = None) -> np.ndarray:

@@ -15,11 +15,12 @@ import os
 import socket
 import stat
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
-from ..constants import KEYS, LATENTS, LOCK, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
+from ..constants import KEYS, LATENTS, LOCK, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
 from . import safe_fs
 from .io import VideoInfo
 from .keyframes import Batch
@@ -130,9 +131,13 @@ class FolderLock:
             if e.errno == errno.EISDIR:
                 raise self._foreign("is a folder") from None
             raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise self._foreign("is not a regular file")
+        if st.st_nlink != 1:  # a hard link: rewriting the record would rewrite a file elsewhere
+            os.close(fd)
+            raise self._foreign("has other names (a hard link)")
         return fd, False
 
     def acquire(self) -> "FolderLock":
@@ -221,6 +226,48 @@ def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _ints(x: object, low: int = 0) -> bool:
+    return isinstance(x, list) and all(type(v) is int and v >= low for v in x)
+
+
+def check_state(d: object) -> None:
+    """Refuse (ValueError saying what is wrong) state data whose fields are not the types and ranges the renderer
+    writes: a state file is untrusted input, and every field read back must be checked before it is used."""
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    for k in ("fingerprint", "n_frames", "keys", "batches", "done"):
+        if k not in d:
+            raise ValueError(f"no '{k}'")
+    n, keys, batches = d["n_frames"], d["keys"], d["batches"]
+    if not isinstance(d["fingerprint"], str):
+        raise ValueError("'fingerprint' is not a string")
+    if type(n) is not int or n < 1:
+        raise ValueError("'n_frames' is not a positive integer")
+    if not _ints(keys) or not keys or any(b <= a for a, b in zip(keys, keys[1:])) or keys[-1] >= n:
+        raise ValueError("'keys' is not an increasing list of frame numbers below 'n_frames'")
+    known = set(keys)
+    ok = isinstance(batches, list) and all(
+        isinstance(b, list) and len(b) == 2 and _ints(b[0]) and b[0] and set(b[0]) <= known and b[1] in (0, 2)
+        and type(b[1]) is int and b[1] < len(b[0]) for b in batches)
+    if not ok:
+        raise ValueError("'batches' is not a list of [keyframes, anchors]")
+    if not _ints(d["done"]) or any(i >= len(batches) for i in d["done"]):
+        raise ValueError("'done' is not a list of batch numbers")
+    threads = d.get("threads")
+    if threads is not None and (type(threads) is not int or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"'threads' is not a thread count (1 to {MAX_THREADS})")
+    vfr = d.get("vfr_fps")
+    if vfr is not None:
+        try:
+            rate = Fraction(vfr) if isinstance(vfr, str) else None
+        except (ValueError, ZeroDivisionError):
+            rate = None
+        if rate is None or not 0 < rate < 10 ** 6:
+            raise ValueError("'vfr_fps' is not a frame rate")
+    if not isinstance(d.get("warnings", []), list) or not all(isinstance(w, str) for w in d.get("warnings", [])):
+        raise ValueError("'warnings' is not a list of strings")
+
+
 class State:
     """state.json in the output folder: the fingerprint, keys, batches, which batches are finished, and the
     manifest `files` (paths relative to the folder) of everything the renderer wrote there, with `hashes` (each
@@ -237,13 +284,10 @@ class State:
     def load(self) -> Optional[dict]:
         if not (self.path.exists() or self.path.is_symlink()):
             return None
-        safe_fs.inside(self.root, STATE)
         try:
-            with open(self.path) as f:
-                self.data = json.load(f)
-            if not isinstance(self.data, dict) or "fingerprint" not in self.data:
-                raise ValueError("no fingerprint")
-        except (ValueError, UnicodeDecodeError) as e:
+            self.data = json.loads(safe_fs.read_bytes(self.root, STATE))
+            check_state(self.data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "
                              f"another -o") from None
         if "files" not in self.data:  # written before the manifest existed: its finished batches' files are ours

@@ -19,7 +19,17 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 def load_png(path: Path) -> np.ndarray:
     """The RGB uint8 image of a keyframe PNG; a missing or unreadable one is an error that says how to recover."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""
+    return decode_png(data, path)
+
+
+def decode_png(data: bytes, path: Path) -> np.ndarray:
+    """The RGB uint8 image of the keyframe PNG `data` (read from `path`); an undecodable one is an error that says
+    how to recover."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         raise FileNotFoundError(f"keyframe '{path}' is missing or unreadable; re-run with --overwrite")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

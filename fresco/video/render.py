@@ -29,7 +29,7 @@ from .io import VideoInfo, VideoWriter, probe, processing_size
 from .keyframes import Batch
 from . import safe_fs
 from .outdir import FolderLock, State, batch_files, make_folder, output_files, refuse_foreign
-from .pngs import load_png, png_bytes, preview_png
+from .pngs import decode_png, png_bytes, preview_png
 from .preflight import check_render
 from .runner import BatchStylizer, LocalRunner, Runner
 from .source import Plan, batch_frames, plan_render, read_input
@@ -221,11 +221,35 @@ def _stylize_batches(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], 
             on_batch(b, new_keys)
 
     try:
-        runner.run_batches(stream(), lambda k: torch.load(root / LATENTS / f"{k:04d}.pt", map_location="cpu"),
-                           finish, len(todo))
+        runner.run_batches(stream(), lambda k: _read_latents(root, k), finish, len(todo))
     finally:
         bar.close()
     return not stopped
+
+
+def _read_key(root: Path, k: int) -> np.ndarray:
+    """Keyframe k read back from the output folder (through safe_fs: never through a link)."""
+    rel = f"{KEYS}/{k:05d}.png"
+    try:
+        data = safe_fs.read_bytes(root, rel)
+    except FileNotFoundError:
+        data = b""
+    return decode_png(data, root / rel)
+
+
+def _read_latents(root: Path, k: int) -> list:
+    """Batch k's per-step anchor record read back from the output folder (through safe_fs: never through a link)."""
+    rel = f"{LATENTS}/{k:04d}.pt"
+    try:
+        data = safe_fs.read_bytes(root, rel)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"latents '{root / rel}' of a finished batch are missing; re-run with --overwrite"
+                                ) from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu")
+    except Exception as e:  # a damaged or foreign file: the unpickler's errors have no common type
+        raise ValueError(f"save_path: latents '{root / rel}' cannot be loaded ({type(e).__name__}); re-run with "
+                         f"--overwrite or choose another -o") from None
 
 
 def _propagate(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: Path, state: State, plan: Plan,
@@ -251,7 +275,7 @@ def _propagate(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root: 
         count = 0
         bar = tqdm(total=n, desc="frames", unit="frame", disable=not progress)
         for out in runner.propagate(frames_with_preview(), plan.keys,
-                                    lambda k: load_png(root / KEYS / f"{k:05d}.png")):
+                                    lambda k: _read_key(root, k)):
             if should_stop is not None and should_stop():
                 bar.close()
                 raise Cancelled(f"cancelled while propagating (frame {count}/{n}); the keyframes in '{root}' are "

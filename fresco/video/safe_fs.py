@@ -73,12 +73,51 @@ def file_digest(path: Path) -> Optional[list]:
     return [size, h.hexdigest()]
 
 
+def clear(path: Path, what: str = "save_path") -> None:
+    """Remove whatever file or link is at `path` (a link or a hard link goes, its target is never touched), so
+    that the next open can create the name afresh (O_EXCL); a folder there is a ValueError naming `what`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{what}: '{path}' is a folder where the renderer writes a file; move it away or choose "
+                         f"another -o")
+    os.unlink(path)
+
+
+def create(path: Path, what: str = "save_path") -> int:
+    """A new file at `path` opened for writing: what was there is removed first (`clear`), then the name is
+    created with O_EXCL|O_NOFOLLOW, so nothing is ever written through a link, a hard link or a planted file."""
+    clear(path, what)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+
+
+def read_bytes(root: Path, rel: str, what: str = "save_path") -> bytes:
+    """The content of the regular file `root/rel`, checked by `inside` and opened without following a link
+    (and without waiting on a FIFO); FileNotFoundError when it is missing, a ValueError naming `what` when it is
+    not a regular file."""
+    path = inside(root, rel, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{what}: '{path}' cannot be read ({e.strerror}); the renderer reads only regular files "
+                         f"in its output folder, never through a link") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{what}: '{path}' is not a regular file; move it away or choose another -o")
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def write_temp(root: Path, rel: str, data: bytes) -> Path:
-    """Write `data` to the hidden temporary beside `root/rel` (never through a link) and return it; `commit`
-    moves it into place."""
+    """Write `data` to the hidden temporary beside `root/rel` (never through a link or into a planted file: a
+    stale temporary is removed and the name created afresh) and return it; `commit` moves it into place."""
     path = writable(root, rel)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    fd = create(tmp)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -97,11 +136,16 @@ def write_atomic(root: Path, rel: str, data: bytes) -> list:
     return digest(data)
 
 
+def internal(rel: str) -> bool:
+    """Whether `rel` is one of the renderer's working files: keys/NNNNN.png or latents/NNNN.pt."""
+    return any(g.fullmatch(rel) for g in _GENERATED)
+
+
 def generated(rel: str) -> bool:
     """Whether `rel` is a name the renderer generates: keys/NNNNN.png, latents/NNNN.pt, preview.png, the score files
     of --score, a video output (a plain name ending .mp4/.mov/.mkv) or a frame NAME/NNNNN.png of an output frames
     folder."""
-    if any(g.fullmatch(rel) for g in _GENERATED) or rel == PREVIEW or rel in SCORE_FILES:
+    if internal(rel) or rel == PREVIEW or rel in SCORE_FILES:
         return True
     parts = rel.split("/")
     plain = (not parts[0].startswith(".") and parts[0].lower() not in (r.lower() for r in RESERVED)

@@ -110,9 +110,12 @@ def plan_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root:
     removing what an earlier render wrote, when it is to be replaced) keys selected from one decode of the input."""
     fp = fingerprint(cfg, info, size)
     old = state.load()
-    if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old.get("done"))):
-        # only what the earlier render wrote goes; with no batch finished there is nothing to lose
-        safe_fs.remove_proven(root, old["files"], old["hashes"])
+    if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old["done"])):
+        # only what the earlier render wrote goes; with no batch finished there is nothing to lose. Unasked (a
+        # changed setting), only its keyframes and latents go: with no batch finished a render has written no
+        # output, so a state file that names one is not to be believed
+        files = old["files"] if cfg.overwrite or not cfg.resume else [f for f in old["files"] if safe_fs.internal(f)]
+        safe_fs.remove_proven(root, files, old["hashes"])
         state.path.unlink()
         old = None
     elif old is not None and old["fingerprint"] != fp:
@@ -130,6 +133,9 @@ def plan_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root:
                       "warnings": warnings, "files": []}
     else:
         keys, n = state.data["keys"], state.data["n_frames"]
+        if n > keys[-1] + cfg.maxinterv:  # frames after the last key are fewer than one interval
+            raise ValueError(f"save_path: '{state.path}' is not a fresco state file ({n} frames but the last key "
+                             f"is {keys[-1]}); move it away or choose another -o")
         batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
         print(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished",
               file=sys.stderr, flush=True)
