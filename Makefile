@@ -28,7 +28,7 @@ DEMO_OUT ?= out/demo
 DEMO_CONFIG ?= music
 DEMO_ABS = $(abspath $(DEMO_OUT))
 demo: $(STAMP)
-	$(BIN)/fresco make-clip $(DEMO_OUT)/clip.mp4 --frames 72 --size 128x128
+	$(BIN)/fresco make-clip $(DEMO_OUT)/clip.mp4 --frames 72 --size 128x128 --overwrite
 	$(BIN)/fresco make-test-models $(DEMO_OUT)/hf
 	$(BIN)/python tests/published_configs.py $(DEMO_CONFIG) $(DEMO_OUT)/config_$(DEMO_CONFIG).yaml \
 		--file-path $(DEMO_ABS)/clip.mp4 --save-path $(DEMO_ABS)/$(DEMO_CONFIG)

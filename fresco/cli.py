@@ -112,9 +112,17 @@ def _info() -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (which argument, what it got, where the help is) instead of the whole
+    usage first; exit 2 as before. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"fresco: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `fresco` argument parser (render flags include one per FrescoSettings field)."""
-    parser = argparse.ArgumentParser(prog="fresco", description="FRESCO zero-shot video-to-video translation")
+    parser = _Parser(prog="fresco", description="FRESCO zero-shot video-to-video translation")
     sub = parser.add_subparsers(dest="command", required=True)
     _render_parser(sub)
     add_render_many(sub)
@@ -126,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--size", default="256x256", help="WxH")
     clip.add_argument("--fps", type=float, default=24)
     clip.add_argument("--audio", action="store_true")
+    clip.add_argument("--overwrite", action="store_true", help="replace an existing clip at PATH")
     tm = sub.add_parser("make-test-models", help="write random-weight stand-ins for every model the published "
                                                  "configs name, in the Hugging Face cache layout",
                         description="Write tiny random-weight stand-ins (SD1.5 models, ControlNets, VAE, HED, MiDaS "
@@ -171,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             return _info()
         if args.command == "make-clip":
             from .video import make_synthetic_clip  # OpenCV loads only for the commands that need it
-            print(make_synthetic_clip(args.path, args.frames, _clip_size(args.size), args.fps, audio=args.audio))
+            size, fps = _clip_size(args.size), _clip_fps(args.fps)
+            _new_path(args.path, args.overwrite)
+            if args.frames < 1:
+                raise ValueError(f"--frames: a positive number of frames, got {args.frames}")
+            print(make_synthetic_clip(args.path, args.frames, size, fps, audio=args.audio))
             return 0
         if args.command == "make-test-models":
+            _test_models_folder(args.dir)
             for name in write_test_models(args.dir):
                 print(name)
             print(f"HF_HOME={os.path.abspath(args.dir)}; run the render in {os.path.abspath(args.dir)}")
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fresco: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError) as e:  # OSError: permissions, full disk, long names
         print(f"fresco: error: {e}", file=sys.stderr)
         return 2
     print(f"video:     {result.video}")
@@ -208,6 +222,40 @@ def main(argv: list[str] | None = None) -> int:
     for w in result.warnings:
         print(f"warning:   {w}")
     return 0
+
+
+TEST_MODELS_MARK = ".fresco-test-models"
+
+
+def _test_models_folder(folder: str) -> None:
+    """make-test-models' DIR: new, empty, or one it wrote before (its mark file); never a folder of other files,
+    such as a real Hugging Face cache or a FRESCO checkout, whose weights the stand-ins would replace."""
+    if not folder.strip():
+        raise ValueError("make-test-models: DIR: give a folder to write the stand-ins into, got ''")
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"make-test-models: DIR: '{folder}' is a file, not a folder")
+    if p.is_dir() and any(p.iterdir()) and not (p / TEST_MODELS_MARK).is_file():
+        raise ValueError(f"make-test-models: DIR: '{folder}' already holds files make-test-models did not write "
+                         f"(a real model cache?), whose weights the random stand-ins would replace; choose a new or "
+                         f"empty folder")
+    p.mkdir(parents=True, exist_ok=True)
+    (p / TEST_MODELS_MARK).write_text("random-weight stand-ins written by `fresco make-test-models`\n")
+
+
+def _new_path(path: str, overwrite: bool) -> None:
+    """make-clip's PATH: not empty, and not an existing file or frame folder unless --overwrite."""
+    if not path.strip():
+        raise ValueError("make-clip: PATH: give a file (.mp4) or a folder for PNG frames, got ''")
+    if os.path.lexists(path) and not overwrite and (not os.path.isdir(path) or any(Path(path).iterdir())):
+        raise ValueError(f"make-clip: PATH: '{path}' exists; use --overwrite to replace it")
+
+
+def _clip_fps(fps: float) -> float:
+    """make-clip's --fps: a finite rate in [0.01, 1000]."""
+    if not 0.01 <= fps <= 1000:  # also NaN
+        raise ValueError(f"--fps: a frame rate from 0.01 to 1000, got {fps}")
+    return fps
 
 
 def _clip_size(text: str) -> tuple[int, int]:

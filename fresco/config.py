@@ -15,7 +15,7 @@ from . import addon_specs, patch_params
 from . import settings as settings_mod
 from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS,
                         PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
-from .knobs import Range, check_kind, check_value, is_knob, knob, value_type, yaml_key
+from .knobs import Range, check_kind, check_value, is_knob, knob, shown, value_type, yaml_key
 from .patch_params import PatchParams
 from .prompts import parse_extra_prompts, published_pair
 from .settings import FrescoSettings
@@ -185,7 +185,7 @@ class RenderConfig:
         try:
             w, h = (int(v) for v in str(self.size).lower().split("x"))
         except ValueError:
-            raise ValueError(f"size: expected 'WxH' like '512x512', got {self.size!r}") from None
+            raise ValueError(f"size: expected 'WxH' like '512x512', got {shown(self.size)}") from None
         if w < 64 or h < 64 or w % 64 or h % 64:
             raise ValueError(f"size: both sides must be multiples of 64 and >= 64 (the UNet downsamples the 1/8 "
                              f"latent 3 times), got {w}x{h}")
@@ -196,7 +196,7 @@ class RenderConfig:
     def validate(self) -> "RenderConfig":
         def need(cond: bool, key: str, msg: str) -> None:
             if not cond:
-                raise ValueError(f"{key}: {msg}, got {getattr(self, key)!r}")
+                raise ValueError(f"{key}: {msg}, got {shown(getattr(self, key))}")
 
         for f in own_fields():  # the groups' knobs are checked by their own classes
             check_type(f.name, getattr(self, f.name))
@@ -239,7 +239,7 @@ class RenderConfig:
                 items = [i.strip() for i in (items or "").replace("\n", ";").split(";") if i.strip()]
                 setattr(self, key, items)
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise ValueError(f"{key}: expected a list of strings, got {items!r}")
+                raise ValueError(f"{key}: expected a list of strings, got {shown(items)}")
             for item in items:
                 parse(item, key)
         if self.controlnets is not None:
@@ -350,7 +350,7 @@ def _coerce(key: str, value: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+        raise ValueError(f"{key}: expected a boolean, got {shown(value)}")
     return value
 
 

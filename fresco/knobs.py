@@ -11,6 +11,7 @@ import dataclasses
 import math
 import numbers
 import typing
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -35,6 +36,15 @@ class Range:
             return f"<= {_num(self.hi)}"
         return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
 
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 6, 60, 60
+
+
+def shown(v: object) -> str:
+    """repr(v) for an error message, shortened (reprlib: a few items per level, long strings cut): a value built
+    from YAML aliases can expand to gigabytes, and the message must stay one line."""
+    return _SHORT.repr(v)
 
 def _num(v: float) -> str:
     return str(int(v)) if v == int(v) else f"{v:g}"
@@ -147,7 +157,7 @@ def check_kind(key: str, v: Any, kinds: Sequence[type], nullable: bool = False, 
     if v is None and nullable or v is not None and any(is_kind(v, t) for t in kinds):
         return
     what = " or ".join(KIND_NAMES.get(t, t.__name__) for t in kinds) + (" or null" if nullable else "")
-    raise exc(f"{key}: expected {what}, got {v!r}")
+    raise exc(f"{key}: expected {what}, got {shown(v)}")
 
 
 def check_value(key: str, f: dataclasses.Field, v: Any) -> None:
@@ -158,9 +168,9 @@ def check_value(key: str, f: dataclasses.Field, v: Any) -> None:
     r: Optional[Range] = f.metadata.get("range")
     if _is_number(v):
         if not math.isfinite(v):
-            raise ValueError(f"{key}: must be a finite number{f' {r}' if r else ''}, got {v!r}")
+            raise ValueError(f"{key}: must be a finite number{f' {r}' if r else ''}, got {shown(v)}")
         if r is not None and v not in r:
-            raise ValueError(f"{key}: must be {r}, got {v!r}")
+            raise ValueError(f"{key}: must be {r}, got {shown(v)}")
     choices = f.metadata.get("choices")
     if choices is not None and v not in choices:
-        raise ValueError(f"{key}: one of {choices}, got {v!r}")
+        raise ValueError(f"{key}: one of {choices}, got {shown(v)}")

@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if at is not None and args.strip is None:
         raise ValueError("--strip-frames: needs --strip F.png")
     from .score import score_videos
+    from .video.preflight import check_device
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None  # "--device: ..."
     result = score_videos(args.input, args.output, prompt=args.prompt, source_prompt=args.source_prompt,
                           clip=args.clip, json_path=args.json_path, plot=args.plot, strip=args.strip, strip_at=at,
                           resize=args.resize, max_frames=args.max_frames, overwrite=args.overwrite, flow=args.flow,

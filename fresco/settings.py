@@ -16,7 +16,7 @@ from fresco_kernels import BACKENDS
 from fresco_kernels.gram_loss import REDUCTIONS
 
 from .constants import MAX_STEPS, MAX_THREADS
-from .knobs import Range, check_kind, check_value, is_kind, knob
+from .knobs import Range, check_kind, check_value, is_kind, knob, shown
 
 # the published schedule, as fractions of a 20-step run: optimisation while the step index < 15, background
 # smoothing of x0 at steps 16 and 17, SDEdit strength 0.75 (5 warm-up steps skipped)
@@ -101,7 +101,7 @@ class FrescoSettings:
     def _validate(self) -> None:
         def need(cond: bool, name: str, msg: str, exc=ValueError) -> None:
             if not cond:
-                raise exc(f"{name}: {msg}, got {getattr(self, name)!r}")
+                raise exc(f"{name}: {msg}, got {shown(getattr(self, name))}")
 
         for f in fields(self):
             v = getattr(self, f.name)

@@ -27,7 +27,16 @@ def _check_backend(name: str, arg: str = "backend") -> str:
     return name
 
 
-_backend = _check_backend(os.environ.get("FRESCO_BACKEND", "fused"), "FRESCO_BACKEND")
+def _from_environment() -> Optional[str]:
+    """FRESCO_BACKEND's backend; None when it names none (the error is raised where the switch is first read, so
+    that importing the package never fails and a command can report it as one line)."""
+    try:
+        return _check_backend(os.environ.get("FRESCO_BACKEND", "fused"), "FRESCO_BACKEND")
+    except ValueError:
+        return None
+
+
+_backend = _from_environment()
 
 
 def set_backend(name: str) -> None:
@@ -37,6 +46,8 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
+    if _backend is None:
+        _check_backend(os.environ.get("FRESCO_BACKEND", "fused"), "FRESCO_BACKEND")  # raises: names the value
     return _backend
 
 
@@ -53,4 +64,4 @@ def use_backend(name: str) -> Iterator[None]:
 
 def resolve_backend(backend: Optional[str]) -> str:
     """The backend a call uses: its `backend=` argument if given, else the global switch."""
-    return _backend if backend is None else _check_backend(backend)
+    return get_backend() if backend is None else _check_backend(backend)

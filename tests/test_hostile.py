@@ -542,3 +542,84 @@ def test_a_folder_or_file_at_a_temporary_name_is_one_line(clip, tmp_path, capsys
 def test_counts_that_would_exhaust_the_machine_are_refused(clip, tmp_path, capsys, flag, value):
     rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", tmp_path / "o", *TINY, flag, value)
     assert rc == 2 and flag.lstrip("-") in one_line(err)
+
+
+# ------------------------------------------------------------------------- the other commands' input (stop 37)
+@pytest.mark.parametrize("argv,names", [(["render", "c.mp4", "--steps", "abc"], "--steps"),
+                                        (["render", "c.mp4", "--seed", "1.5"], "--seed"),
+                                        (["no-such-command"], "command")])
+def test_argument_type_errors_are_one_line_without_the_usage(capsys, argv, names):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" not in err and names in one_line(err)
+
+
+@pytest.mark.parametrize("fps", ["0", "1e-300", "inf", "nan", "-1"])
+def test_make_clip_fps_is_checked(tmp_path, capsys, fps):
+    rc, err = run(capsys, "make-clip", tmp_path / "c.mp4", "--fps", fps, "--frames", "2", "--size", "32x32")
+    assert rc == 2 and "--fps" in one_line(err) and not (tmp_path / "c.mp4").exists()
+
+
+def test_make_clip_keeps_an_existing_file_unless_asked(tmp_path, capsys):
+    (tmp_path / "mine.mp4").write_bytes(b"my film")
+    rc, err = run(capsys, "make-clip", tmp_path / "mine.mp4", "--frames", "2", "--size", "32x32")
+    assert rc == 2 and "--overwrite" in one_line(err) and (tmp_path / "mine.mp4").read_bytes() == b"my film"
+    rc, err = run(capsys, "make-clip", tmp_path / "mine.mp4", "--frames", "2", "--size", "32x32", "--overwrite")
+    assert rc == 0 and (tmp_path / "mine.mp4").read_bytes() != b"my film"
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys):
+    rc, err = run(capsys, "make-clip", tmp_path / ("x" * 300 + ".mp4"), "--frames", "2", "--size", "32x32")
+    assert rc == 2 and "File name too long" in one_line(err)
+
+
+@pytest.mark.parametrize("what", ["cache", "empty-name", "file"])
+def test_make_test_models_never_writes_over_a_folder_it_did_not_make(tmp_path, capsys, what):
+    """A real Hugging Face cache (or a FRESCO checkout with real weights): the stand-ins would replace them."""
+    d = tmp_path / "hf"
+    if what == "cache":
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "gmflow_sintel-0c07dcb3.pth").write_bytes(b"real weights")
+    elif what == "file":
+        d.write_text("a file")
+    before = snapshot(tmp_path)
+    rc, err = run(capsys, "make-test-models", "" if what == "empty-name" else d)
+    assert rc == 2 and "make-test-models: DIR" in one_line(err)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("loader,key", [("gmflow", "gmflow_path"), ("egnet", "sod_path")])
+@pytest.mark.parametrize("content", ["text", "empty", "other-tensors"])
+def test_a_file_that_is_not_the_checkpoint_is_one_line(tmp_path, loader, key, content):
+    import importlib
+    import torch
+    p = tmp_path / "w.pth"
+    if content == "other-tensors":
+        torch.save({"model": {"some.weight": torch.zeros(2)}} if loader == "gmflow" else {"x": torch.zeros(2)}, p)
+    else:
+        p.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" if content == "text" else b"")
+    load = getattr(importlib.import_module(f"fresco.models.{loader}"), f"load_{loader}")
+    with pytest.raises(ValueError) as e:
+        load(p)
+    assert str(e.value).startswith(f"{key}: '{p}'") and "\n" not in str(e.value)
+
+
+def test_a_bad_backend_variable_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "fresco.cli", "info"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "FRESCO_BACKEND": "bogus"})
+    assert r.returncode == 2 and "FRESCO_BACKEND" in one_line(r.stderr)
+
+
+def test_score_device_is_checked(clip, capsys):
+    rc, err = run(capsys, "score", clip, clip, "--device", "bogus")
+    assert rc == 2 and "--device" in one_line(err)
+
+
+def test_a_yaml_alias_bomb_gives_a_short_line(tmp_path, capsys):
+    levels = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    (tmp_path / "bomb.yaml").write_text(f"bg_smoothing_steps: [{', '.join(levels)}]\n")
+    rc, err = run(capsys, "render", "c.mp4", "--config", tmp_path / "bomb.yaml")
+    assert rc == 2 and "bg_smoothing_steps" in one_line(err) and len(err) < 2000

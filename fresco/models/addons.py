@@ -18,6 +18,7 @@ import torch
 from ..constants import TINY_NAMES, TINY_TEXT_WIDTH
 from ..addon_specs import (SD15_CONFIG_REPOS, SINGLE_FILE_SUFFIXES, ControlSpec, EmbeddingSpec, LoraSpec,
                            is_single_file, parse_embedding, parse_lora)
+from .checkpoint import load_tensors
 
 @dataclass
 class Addons:
@@ -80,7 +81,7 @@ def _read_state_dict(path: str) -> dict:
     if path.lower().endswith(".safetensors"):
         from safetensors.torch import load_file
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path, "weights file")
 
 
 # keys only SDXL's UNet / second text encoder have, in kohya and diffusers LoRA naming

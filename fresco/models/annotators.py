@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_tensors
+
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 HED_FILE = "ControlNetHED.pth"
 # ControlNetHED_Apache2's widths and convolutions per block
@@ -101,7 +103,7 @@ class HEDDetector:
     def from_pretrained(cls, annotator_path: Optional[str] = None, device: Union[str, torch.device] = "cpu"
                         ) -> "HEDDetector":
         path = annotator_file(HED_FILE, annotator_path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path, "annotator_path")
         net = HEDNetwork(HEDNetwork.widths_of(state))
         net.load_state_dict(state, strict=True)
         return cls(net, device)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_tensors
+
 __all__ = ["EGNet", "load_egnet", "write_random_checkpoint", "SOD_MEAN"]
 
 SOD_MEAN = (104.00699, 116.66877, 122.67892)  # subtracted per channel from the 0..255 input, in the given order
@@ -183,7 +185,7 @@ def load_egnet(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     if not os.path.isfile(path):
         raise FileNotFoundError(f"sod_path: no such file '{path}' (the EGNet ResNet-50 checkpoint, "
                                 "epoch_resnet.pth)")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = load_tensors(path, "sod_path")
     if not isinstance(sd, dict):
         raise ValueError(f"sod_path: '{path}' does not hold a state_dict")
     try:

@@ -16,6 +16,7 @@ import torch
 from fresco_kernels import occlusion_from_flows
 
 from ..constants import FLOW_ESTIMATORS
+from .checkpoint import load_into, load_tensors
 from .gmflow import GMFlowEstimator
 
 __all__ = ["FlowEstimator", "DISFlow", "DIS_PRESETS", "RAFTFlow", "get_flow_estimator", "FLOW_ESTIMATORS",
@@ -85,7 +86,7 @@ class RAFTFlow:
                                    "there yourself or give raft_path (this package never downloads weights), or "
                                    "use flow='dis'")
         model = raft_large(weights=None, progress=False)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        load_into(model, load_tensors(path, "raft_path"), path, "raft_path")
         self.model = model.to(device).eval().requires_grad_(False)
         self.num_flow_updates = num_flow_updates
 

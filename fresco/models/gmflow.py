@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_into, load_tensors
+
 __all__ = ["GMFlow", "GMFlowEstimator", "load_gmflow", "write_random_checkpoint", "CHUNK_ELEMS"]
 
 CHUNK_ELEMS = 1 << 25  # score elements per attention chunk: 128 MiB in fp32
@@ -286,8 +288,8 @@ def load_gmflow(path: Union[str, os.PathLike], device: Union[str, torch.device] 
                                 "gmflow_sintel-0c07dcb3.pth)")
     with torch.device("meta"):  # no random init that the file replaces
         model = GMFlow()
-    model.load_state_dict(_state_dict_of(torch.load(path, map_location="cpu", weights_only=True)), strict=True,
-                          assign=True)
+    load_into(model, _state_dict_of(load_tensors(path, "gmflow_path")), path, "gmflow_path", strict=True,
+              assign=True)
     return model.to(device).eval().requires_grad_(False)
 
 

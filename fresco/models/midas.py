@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .annotators import annotator_file
+from .checkpoint import load_tensors
 
 __all__ = ["MIDAS_FILE", "MidasConfig", "DPTDepth", "DepthDetector", "load_midas", "midas_state_dict",
            "TINY_MIDAS"]
@@ -414,7 +415,7 @@ def load_midas(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"depth checkpoint: no such file '{path}' ({MIDAS_FILE})")
-    sd = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
+    sd = _state_dict_of(load_tensors(path, "depth checkpoint"), path)
     try:
         cfg = MidasConfig.from_state_dict(sd)
     except ValueError as e:
