@@ -13,3 +13,9 @@ def assert_lowp_close(fused_lp: torch.Tensor, ref_lp: torch.Tensor, ref_fp32: to
     e_fused = max_err(fused_lp, ref_fp32)
     e_ref = max_err(ref_lp, ref_fp32)
     assert e_fused <= 2 * e_ref + atol, f"{name}: fused low-precision error {e_fused:.3g} > 2 x reference's {e_ref:.3g}"
+
+
+def load_png(path):
+    """A keyframe PNG the renderer wrote, as RGB uint8 (the renderer reads its own through fresco.video.safe_fs)."""
+    from fresco.video.pngs import decode_png
+    return decode_png(path.read_bytes(), path)

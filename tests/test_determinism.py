@@ -234,7 +234,7 @@ def test_threads_setting_used_recorded_and_kept_on_resume(clip, tmp_path, capfd)
 
 
 def test_threads_bad_value_names_the_setting(clip, tmp_path):
-    with pytest.raises(ValueError, match="threads: must be >= 1"):
+    with pytest.raises(ValueError, match=r"threads: must be in \[1, 1024\]"):
         render(_cfg(clip, tmp_path / "o", threads=0), stylizer=StandInStylizer(), progress=False)
 
 

@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 
 from fresco.config import RenderConfig  # noqa: E402
 from fresco.video import make_synthetic_clip, read_frames, synthetic_frame  # noqa: E402
-from fresco.video.pngs import load_png as _load_png  # noqa: E402
+from _utils import load_png as _load_png  # noqa: E402
 from fresco.video.render import render  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"

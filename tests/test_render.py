@@ -71,7 +71,7 @@ def test_render_preserves_count_fps_size(clip, tmp_path):
     # the keys' video frames are the stylised keys (up to H.264 loss)
     frames = list(read_frames(res.video))
     for k in res.keys:
-        from fresco.video.pngs import load_png as _load_png
+        from _utils import load_png as _load_png
         assert np.abs(frames[k].astype(int) - _load_png(res.keys_dir / f"{k:05d}.png")).mean() < 6
     state = json.loads((tmp_path / "o" / "state.json").read_text())
     assert state["complete"] and state["done"] == list(range(len(res.batches)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fresco.video import make_synthetic_clip, read_frames
-from fresco.video.pngs import load_png as _load_png
+from _utils import load_png as _load_png
 from fresco.video.render import Cancelled, render
 from test_render import StandInStylizer, _cfg
 

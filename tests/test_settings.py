@@ -12,7 +12,7 @@ from fresco.settings import FrescoSettings, knob
 
 
 @pytest.mark.parametrize("kw,exc,match", [
-    (dict(num_inference_steps=0), ValueError, "num_inference_steps: must be in [1, 1000]"),
+    (dict(num_inference_steps=0), ValueError, r"num_inference_steps: must be in \[1, 1000\]"),
     (dict(num_inference_steps=2.5), TypeError, "num_inference_steps: expected an int"),
     (dict(seed=True), TypeError, "seed: expected an int"),
     (dict(cross_frame_attention="yes"), TypeError, "cross_frame_attention: expected a boolean"),

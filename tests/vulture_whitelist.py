@@ -44,3 +44,10 @@ render_job
 versions
 # fresco/models/addons.py load_ip_adapter: diffusers' StableDiffusionPipeline.encode_image reads pipe.feature_extractor
 feature_extractor
+# fresco/knobs.py _SHORT: reprlib.Repr's limits, read by Repr.repr itself
+maxdict
+maxlevel
+maxlist
+maxother
+maxstring
+maxtuple

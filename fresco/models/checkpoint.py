@@ -9,9 +9,12 @@ from typing import Union
 import torch
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """The error's type and message on one line (load_state_dict lists its mismatches on several), cut to
+    `limit` characters."""
+    text = " ".join(str(e).split())
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def load_tensors(path: Union[str, os.PathLike], key: str):
@@ -20,7 +23,7 @@ def load_tensors(path: Union[str, os.PathLike], key: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler's errors have no common type (EOFError, IndexError, UnpicklingError..)
-        raise ValueError(f"{key}: '{os.fspath(path)}' is not a readable PyTorch checkpoint ({_first_line(e)})"
+        raise ValueError(f"{key}: '{os.fspath(path)}' is not a readable PyTorch checkpoint ({_one_line(e)})"
                          ) from None
 
 
@@ -31,5 +34,5 @@ def load_into(module: torch.nn.Module, state: dict, path: Union[str, os.PathLike
         module.load_state_dict(state, **kw)
     except (RuntimeError, KeyError, TypeError) as e:
         raise ValueError(f"{key}: '{os.fspath(path)}' does not hold this network's weights "
-                         f"({_first_line(e)}; {len(state) if isinstance(state, dict) else 0} tensors in the file)"
+                         f"({_one_line(e)}; {len(state) if isinstance(state, dict) else 0} tensors in the file)"
                          ) from None

@@ -17,15 +17,6 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def load_png(path: Path) -> np.ndarray:
-    """The RGB uint8 image of a keyframe PNG; a missing or unreadable one is an error that says how to recover."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        data = b""
-    return decode_png(data, path)
-
-
 def decode_png(data: bytes, path: Path) -> np.ndarray:
     """The RGB uint8 image of the keyframe PNG `data` (read from `path`); an undecodable one is an error that says
     how to recover."""
