@@ -377,11 +377,15 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
 def load_yaml(path: str | Path) -> dict:
     import yaml
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config: '{path}' is a folder, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"config: '{path}' does not exist")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f)
+        except UnicodeDecodeError:
+            raise ValueError(f"config: '{path}' is not UTF-8 text (a YAML file is expected)") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

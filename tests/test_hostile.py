@@ -623,3 +623,11 @@ def test_a_yaml_alias_bomb_gives_a_short_line(tmp_path, capsys):
     (tmp_path / "bomb.yaml").write_text(f"bg_smoothing_steps: [{', '.join(levels)}]\n")
     rc, err = run(capsys, "render", "c.mp4", "--config", tmp_path / "bomb.yaml")
     assert rc == 2 and "bg_smoothing_steps" in one_line(err) and len(err) < 2000
+
+
+@pytest.mark.parametrize("kind,says", [("binary", "is not UTF-8 text"), ("folder", "is a folder")])
+def test_a_config_that_is_not_yaml_text_is_one_line(tmp_path, capsys, kind, says):
+    p = tmp_path / "c.yaml"
+    p.mkdir() if kind == "folder" else p.write_bytes(bytes(range(128, 256)) * 3)
+    rc, err = run(capsys, "render", "x.mp4", "--config", p)
+    assert rc == 2 and f"config: '{p}' {says}" in one_line(err)
