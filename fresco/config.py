@@ -89,7 +89,7 @@ class RenderConfig:
     # --- ours ---
     size: Optional[str] = knob(None, "processing size WxH (multiples of 64); default: from --short-side",
                                group="Frames")
-    short_side: int = knob(512, "short side before rounding to 64", range=(64, None), group="Frames")
+    short_side: int = knob(512, "short side before rounding to 64", range=(64, 16384), group="Frames")
     fps: Optional[float] = knob(None, "frame rate for a folder of images (default 30)", range=Range(0, 1000, True),
                                 group="Frames")
     flow: Optional[str] = knob(None, "optical flow of the batches and the propagation (default: gmflow when "

@@ -107,8 +107,8 @@ def run_plan(args: argparse.Namespace) -> int:
     """Print the table; exit 0 when it fits, 1 when it does not. Bad arguments raise ValueError (exit 2)."""
     if (args.video is None) == (args.size is None):
         raise ValueError("plan: give a VIDEO or --size WxH (one of them)")
-    if args.batch_size < 2:
-        raise ValueError(f"--batch-size: at least 2 keyframes per batch, got {args.batch_size}")
+    if not 2 <= args.batch_size <= 256:
+        raise ValueError(f"--batch-size: from 2 to 256 keyframes per batch, got {args.batch_size}")
     if args.vae_chunk is not None and args.vae_chunk < 1:
         raise ValueError(f"--vae-chunk: a positive number of frames, got {args.vae_chunk}")
     device_bytes = parse_memory(args.device_memory) if args.device_memory is not None else None
@@ -116,6 +116,8 @@ def run_plan(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     else:
         from .video.io import probe, processing_size
+        if not 64 <= args.short_side <= 16384:
+            raise ValueError(f"--short-side: from 64 to 16384 (the render's short_side), got {args.short_side}")
         info = probe(args.video)
         size = processing_size(info.width, info.height, args.short_side)
     if device_bytes is None:

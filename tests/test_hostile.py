@@ -631,3 +631,10 @@ def test_a_config_that_is_not_yaml_text_is_one_line(tmp_path, capsys, kind, says
     p.mkdir() if kind == "folder" else p.write_bytes(bytes(range(128, 256)) * 3)
     rc, err = run(capsys, "render", "x.mp4", "--config", p)
     assert rc == 2 and f"config: '{p}' {says}" in one_line(err)
+
+
+@pytest.mark.parametrize("argv,flag", [(["--size", "64x64", "--batch-size", "100000"], "--batch-size"),
+                                       (["CLIP", "--short-side", "999999999"], "--short-side")])
+def test_plan_bounds_what_it_would_trace(clip, capsys, argv, flag):
+    rc, err = run(capsys, "plan", *[str(clip) if a == "CLIP" else a for a in argv])
+    assert rc == 2 and flag in one_line(err)
