@@ -70,7 +70,7 @@ class FrescoSettings:
     background_smoothing: bool = knob(True, "smooth the background (needs a background map: --saliency in "
                                             "renders)", group=CONSTRAINTS)
     # --- optimisation ---
-    opt_iters: int = knob(20, "Adam iterations per optimised step", range=(0, None), group="Optimisation")
+    opt_iters: int = knob(20, "Adam iterations per optimised step", range=(0, 1000), group="Optimisation")
     opt_lr: float = knob(0.2, "Adam learning rate", range=Range(0, 10, lo_open=True), group="Optimisation")
     spatial_weight: float = knob(100.0, "weight of the Gram loss", range=(0, 1e6), group="Optimisation")
     loss_reduction: str = knob("l1", "reduction of both losses", choices=REDUCTIONS, group="Optimisation")

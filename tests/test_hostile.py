@@ -638,3 +638,33 @@ def test_a_config_that_is_not_yaml_text_is_one_line(tmp_path, capsys, kind, says
 def test_plan_bounds_what_it_would_trace(clip, capsys, argv, flag):
     rc, err = run(capsys, "plan", *[str(clip) if a == "CLIP" else a for a in argv])
     assert rc == 2 and flag in one_line(err)
+
+
+@pytest.mark.parametrize("what", ["key", "latents", "state"])
+def test_a_hard_link_in_the_output_folder_is_never_read(tmp_path, decoy, what):
+    """A hard link is a second name of a file elsewhere (one the folder's writer could read): the renderer's reads
+    refuse it, as they refuse a symbolic link."""
+    from fresco.video import safe_fs
+    rel = {"key": "keys/00004.png", "latents": "latents/0000.pt", "state": "state.json"}[what]
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.link(decoy / "photo.png", tmp_path / rel)
+    with pytest.raises(ValueError, match="has other names"):
+        safe_fs.read_bytes(tmp_path, rel)
+
+
+def test_the_ui_zip_is_never_written_through_a_planted_link(tmp_path, decoy):
+    pytest.importorskip("gradio")
+    from fresco.ui.jobs import zip_keys
+    o, downloads = tmp_path / "o", tmp_path / "dl"
+    (o / "keys").mkdir(parents=True)
+    downloads.mkdir()
+    cv2.imwrite(str(o / "keys" / "00000.png"), synthetic_frame(0, (16, 16)))
+    (downloads / "keyframes.zip").symlink_to(decoy / "thesis.docx")
+    z = zip_keys(o, [0], downloads)
+    assert not z.is_symlink()
+
+
+def test_opt_iters_is_bounded(clip, tmp_path, capsys):
+    rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", tmp_path / "o", *TINY, "--opt-iters",
+                  "999999999999999")
+    assert rc == 2 and "opt_iters" in one_line(err)

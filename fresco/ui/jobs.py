@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import queue
 import sys
 import threading
@@ -127,7 +128,8 @@ def zip_keys(save_path: Path, keys: Sequence[int], folder: Path) -> Path:
             name = f"{k:05d}.png"
             z.writestr(name, safe_fs.read_bytes(Path(save_path), f"{KEYS}/{name}"))
     dest = Path(folder) / "keyframes.zip"
-    dest.write_bytes(buf.getvalue())
+    with os.fdopen(safe_fs.create(dest, "keys_zip"), "wb") as f:  # never through a link planted there
+        f.write(buf.getvalue())
     return dest
 
 

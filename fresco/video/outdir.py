@@ -284,8 +284,9 @@ class State:
     def load(self) -> Optional[dict]:
         if not (self.path.exists() or self.path.is_symlink()):
             return None
+        raw = safe_fs.read_bytes(self.root, STATE)  # a link, a folder, a FIFO: its own one-line error
         try:
-            self.data = json.loads(safe_fs.read_bytes(self.root, STATE))
+            self.data = json.loads(raw)
             check_state(self.data)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise ValueError(f"save_path: '{self.path}' is not a fresco state file ({e}); move it away or choose "

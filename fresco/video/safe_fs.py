@@ -96,7 +96,7 @@ def create(path: Path, what: str = "save_path") -> int:
 def read_bytes(root: Path, rel: str, what: str = "save_path") -> bytes:
     """The content of the regular file `root/rel`, checked by `inside` and opened without following a link
     (and without waiting on a FIFO); FileNotFoundError when it is missing, a ValueError naming `what` when it is
-    not a regular file."""
+    not a regular file of one name (a hard link could be any file the folder's writer could read)."""
     path = inside(root, rel, what)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -105,9 +105,13 @@ def read_bytes(root: Path, rel: str, what: str = "save_path") -> bytes:
             raise
         raise ValueError(f"{what}: '{path}' cannot be read ({e.strerror}); the renderer reads only regular files "
                          f"in its output folder, never through a link") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise ValueError(f"{what}: '{path}' is not a regular file; move it away or choose another -o")
+        why = "has other names (a hard link, which may be a file elsewhere)" if stat.S_ISREG(st.st_mode) else \
+            "is not a regular file"
+        raise ValueError(f"{what}: '{path}' {why}; the renderer reads only its own files there: move it away or "
+                         f"choose another -o")
     with os.fdopen(fd, "rb") as f:
         return f.read()
 
