@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -186,6 +187,8 @@ def real_windows(folder: str, size: int, frames: int, windows: int, names: Seque
             allf.append(bgr)
         cap.release()
         if len(allf) < frames:
+            print(f"note: {name} decodes {len(allf)} frames, fewer than --frames {frames}: skipped", file=sys.stderr,
+                  flush=True)
             continue
         h, w = allf[0].shape[:2]
         k = size / max(h, w)

@@ -120,7 +120,7 @@ def test_pencil_style_is_deterministic_and_textured():
     assert not np.array_equal(s, f) and pq.grad_energy(s) > 0
 
 
-def test_real_windows_read_a_clip_folder(tmp_path):
+def test_real_windows_read_a_clip_folder(tmp_path, capsys):
     import cv2
     frames = pq.make_clip("crossing", 64, n=12)
     vw = cv2.VideoWriter(str(tmp_path / "tree.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
@@ -132,6 +132,8 @@ def test_real_windows_read_a_clip_folder(tmp_path):
     assert wins[0][1][0].shape == (32, 32, 3) and wins[0][0] != wins[1][0]
     with pytest.raises(SystemExit):
         pq.real_windows(str(tmp_path), 32, 50, 1)  # no clip that long
+    # a clip shorter than the window is said to be skipped (tree.avi decodes 67 of its frames)
+    assert "tree.avi decodes 12 frames, fewer than --frames 50: skipped" in capsys.readouterr().err
 
 
 def test_cpu_timing_of_each_method():
