@@ -132,7 +132,7 @@ def test_real_windows_read_a_clip_folder(tmp_path, capsys):
     assert wins[0][1][0].shape == (32, 32, 3) and wins[0][0] != wins[1][0]
     with pytest.raises(SystemExit):
         pq.real_windows(str(tmp_path), 32, 50, 1)  # no clip that long
-    # a clip shorter than the window is said to be skipped (tree.avi decodes 67 of its frames)
+    # a clip shorter than the window is said to be skipped (tree.avi decodes 68 of its 444 frames)
     assert "tree.avi decodes 12 frames, fewer than --frames 50: skipped" in capsys.readouterr().err
 
 
