@@ -10,8 +10,8 @@ import copy
 import dataclasses
 import math
 import numbers
-import typing
 import reprlib
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 

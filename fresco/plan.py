@@ -116,8 +116,10 @@ def run_plan(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     else:
         from .video.io import probe, processing_size
-        if not 64 <= args.short_side <= 16384:
-            raise ValueError(f"--short-side: from 64 to 16384 (the render's short_side), got {args.short_side}")
+        from .config import own_fields
+        from .knobs import check_value
+        short_side = next(f for f in own_fields() if f.name == "short_side")
+        check_value("--short-side", short_side, args.short_side)  # the render's own range
         info = probe(args.video)
         size = processing_size(info.width, info.height, args.short_side)
     if device_bytes is None:

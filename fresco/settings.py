@@ -85,8 +85,8 @@ class FrescoSettings:
     vae_chunk: int = knob(1, "frames per VAE encode/decode call", range=(1, None), group="Run")
     threads: Optional[int] = knob(None, "intra-op CPU threads (torch, the C++ ops, OpenCV); the same render gives "
                                   "the same bytes at the same count (default: torch's, the core count; a resumed "
-                                  "render keeps the count it started with)", type=int, range=(1, MAX_THREADS), group="Run",
-                                  fingerprint=False)
+                                  "render keeps the count it started with)", type=int, range=(1, MAX_THREADS),
+                                  group="Run", fingerprint=False)
     compile: bool = knob(False, "torch.compile the UNet's blocks and the ControlNet with FRESCO's processors in "
                                 "place (inductor; the first batch at a size compiles, later ones reuse it)",
                          group="Run")

@@ -12,6 +12,11 @@ import torch
 from .constants import MAX_THREADS
 
 
+def valid(n: object) -> bool:
+    """Whether `n` is a thread count a render may use: an int (not a bool) from 1 to MAX_THREADS."""
+    return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_THREADS
+
+
 def render_threads(state: dict, requested: Optional[int]) -> int:
     """The thread count of a render with state file data `state`: the count it recorded (a resumed render keeps
     the count it started with, since float reductions depend on it), else `requested`, else torch's now; recorded
@@ -33,7 +38,7 @@ def set_threads(n: int) -> tuple[int, int]:
     """Use `n` intra-op threads in torch (so in the C++ ops too) and OpenCV; returns the counts before, for
     `restore`."""
     import cv2
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+    if not valid(n):
         raise ValueError(f"threads: a number of threads from 1 to {MAX_THREADS}, got {n!r}")
     before = current()
     if torch.get_num_threads() != n:

@@ -27,16 +27,9 @@ def _check_backend(name: str, arg: str = "backend") -> str:
     return name
 
 
-def _from_environment() -> Optional[str]:
-    """FRESCO_BACKEND's backend; None when it names none (the error is raised where the switch is first read, so
-    that importing the package never fails and a command can report it as one line)."""
-    try:
-        return _check_backend(os.environ.get("FRESCO_BACKEND", "fused"), "FRESCO_BACKEND")
-    except ValueError:
-        return None
-
-
-_backend = _from_environment()
+# checked where the switch is read (get_backend), not here: importing the package never fails, and a command
+# reports a bad FRESCO_BACKEND as one line
+_backend = os.environ.get("FRESCO_BACKEND", "fused")
 
 
 def set_backend(name: str) -> None:
@@ -46,9 +39,7 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    if _backend is None:
-        _check_backend(os.environ.get("FRESCO_BACKEND", "fused"), "FRESCO_BACKEND")  # raises: names the value
-    return _backend
+    return _check_backend(_backend, "FRESCO_BACKEND")  # set_backend/use_backend check theirs; this is the variable
 
 
 @contextlib.contextmanager

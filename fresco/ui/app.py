@@ -22,13 +22,13 @@ def _status(text: str, error: bool = False) -> str:
     return f'<span class="fresco-error">{text}</span>' if error else text
 
 
-
 def download_folder() -> Path:
     """A fresh folder for one download (settings YAML, keyframes zip, score plot) inside Gradio's own upload folder,
     which it serves anyway: the UI writes nowhere else outside its root, and never into the user's output folder."""
     from gradio.utils import get_upload_folder
     os.makedirs(get_upload_folder(), exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="fresco-ui-", dir=get_upload_folder()))
+
 
 class UI:
     """The page's state and handlers. `make_stylizer` (tests: a stand-in) turns a config and a step callback into

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
+from .. import threads as threads_mod
 from ..constants import KEYS, LATENTS, LOCK, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
 from . import safe_fs
 from .io import VideoInfo
@@ -254,7 +255,7 @@ def check_state(d: object) -> None:
     if not _ints(d["done"]) or any(i >= len(batches) for i in d["done"]):
         raise ValueError("'done' is not a list of batch numbers")
     threads = d.get("threads")
-    if threads is not None and (type(threads) is not int or not 1 <= threads <= MAX_THREADS):
+    if threads is not None and not threads_mod.valid(threads):
         raise ValueError(f"'threads' is not a thread count (1 to {MAX_THREADS})")
     vfr = d.get("vfr_fps")
     if vfr is not None:

@@ -100,9 +100,9 @@ def read_bytes(root: Path, rel: str, what: str = "save_path") -> bytes:
     path = inside(root, rel, what)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
     except OSError as e:
-        if isinstance(e, FileNotFoundError):
-            raise
         raise ValueError(f"{what}: '{path}' cannot be read ({e.strerror}); the renderer reads only regular files "
                          f"in its output folder, never through a link") from None
     st = os.fstat(fd)
