@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 import torch
 
+from fresco.constants import PROPAGATION_METHODS
+
 CLIPS = ("crossing", "pan_thin", "zoom_occlude")
 CLIP_FRAMES = 61  # keys 0, 30, 60 at interval 30; 0, 10, ..., 60 at interval 10
 
@@ -216,7 +218,7 @@ def grad_energy(x: np.ndarray) -> float:
 
 def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], styled: Dict[int, np.ndarray],
                flow=None, **opts) -> List[np.ndarray]:
-    """The whole stylised clip by `method` ("nearest" | "flow" | "patch" | "auto", or one of the last three with
+    """The whole stylised clip by `method` ("nearest" or a propagation method, "flow" | "patch" | "auto" | "nlmeans", or one of those with
     "+d<S>": with the propagation's `deflicker` S, e.g. "auto+d1") from the keys' styled frames only; flow: the
     estimator (None: OpenCV DIS at the propagation's preset, as a render runs it)."""
     method, _, strength = method.partition("+d")
@@ -470,7 +472,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", nargs="*", default=list(CLIPS), choices=CLIPS,
                     help="procedural clips (none: only the real ones)")
     ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch", "auto"],
-                    choices=["nearest", "flow", "patch", "auto"])
+                    choices=["nearest", *PROPAGATION_METHODS])
     ap.add_argument("--style", default="flat", choices=sorted(STYLES), help="the per-frame target style")
     ap.add_argument("--real", default=None, metavar="DIR", help="also real clips from DIR (make real-clips)")
     ap.add_argument("--frames", type=int, default=31, help="frames per window of a real clip")

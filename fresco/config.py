@@ -96,10 +96,11 @@ class RenderConfig:
                                      "--gmflow-path is given, else dis: OpenCV DIS)", choices=FLOW_ESTIMATORS,
                                group="Run")
     raft_path: Optional[str] = knob(None, "torchvision RAFT-large weights (default: the torch hub cache)")
-    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: auto (patch and flow mixed per pixel, more "
+    propagation: str = knob(DEFAULT_PROPAGATION, "non-keyframes: auto (patch and nlmeans mixed per pixel, more "
                                                  "weight on the one that rebuilds the frame's source better), patch "
-                                                 "(guided patch synthesis from both keys, Ebsynth-style) or flow "
-                                                 "(flow-warp blend of the two keys)",
+                                                 "(guided patch synthesis from both keys, Ebsynth-style), nlmeans "
+                                                 "(per pixel the mean of the keys' pixels near the flow's guess whose "
+                                                 "source matches the frame) or flow (flow-warp blend of the two keys)",
                             choices=PROPAGATION_METHODS, group=patch_params.GROUP, fingerprint=False)
     deflicker: float = knob(0.0, "non-keyframes: mix each with its neighbours carried along the flow, weighted by how "
                                  "well the flow holds there (0: off; 1: a neighbour where the flow holds weighs as "

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# non-keyframes: guided patch synthesis from both keys (Ebsynth-style), a flow-warp blend of the two keys, or auto
-# (the two mixed per pixel, more weight on the one whose rebuilt source frame matches the frame better there:
-# fresco.video.propagate)
-PROPAGATION_METHODS = ("patch", "flow", "auto")
-DEFAULT_PROPAGATION = "auto"  # patch and flow mixed per pixel; best on real clips (RESULTS.md, "Real footage")
+# non-keyframes: guided patch synthesis from both keys (Ebsynth-style), a flow-warp blend of the two keys, non-local
+# means over the keys (fresco.video.nlmeans), or auto (patch synthesis and non-local means mixed per pixel, more weight
+# on the one whose rebuilt source frame matches the frame better there: fresco.video.propagate)
+PROPAGATION_METHODS = ("patch", "flow", "auto", "nlmeans")
+DEFAULT_PROPAGATION = "auto"  # patch and nlmeans mixed per pixel; best on real clips (RESULTS.md, "Stop 38")
 # optical flow estimators (fresco.models.flow)
 FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 

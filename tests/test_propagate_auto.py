@@ -1,4 +1,5 @@
-"""propagation "auto" (fresco.video.propagate): per pixel it mixes the patch synthesis's and the flow blend's output,
+"""propagation "auto" (fresco.video.propagate): per pixel it mixes the patch synthesis's and the non-local means'
+output (fresco.video.nlmeans),
 with more weight on the one whose rebuilt source has the lower box-averaged error there (`patch_weight`; as the
 weight hardens, exactly one method's pixel; the share where patch weighs more logged per gap), and the rebuilt-source
 channels the patch method fuses alongside its style are the key's source re-assembled (zero error
@@ -57,7 +58,7 @@ def test_auto_mixes_the_methods_by_patch_weight(monkeypatch):
     log: list = []
     auto = run(frames, [0, 4, 8], stylised, "auto", log)
     patch = run(frames, [0, 4, 8], stylised, "patch")
-    flow = run(frames, [0, 4, 8], stylised, "flow")
+    flow = run(frames, [0, 4, 8], stylised, "nlmeans")   # auto's other candidate
     assert [g[0] for g in log] == [0, 4] and len(auto) == 9 and len(weights) == 6
     for a, share, err_p, err_f in log:
         assert 0.0 <= share <= 1.0 and err_p >= 0 and err_f > 0
@@ -87,18 +88,21 @@ def test_auto_mixes_the_methods_by_patch_weight(monkeypatch):
     assert mixed > 0
 
 
-def test_auto_weighs_both_methods_equally_where_both_rebuild_exactly():
-    # a still clip and a zero flow: both methods rebuild the source exactly (errors 0, weight 0.5); on flat stylised
-    # keys the contrast-preserving blend is then the plain average of the two outputs (within rounding)
-    src = synthetic_frame(0, size=(W, H))
+def test_auto_weighs_both_methods_equally_where_both_rebuild_exactly(monkeypatch):
+    # a still, flat clip and a zero flow: both candidates rebuild the source exactly (errors 0 up to float rounding,
+    # weight 0.5 up to that); on flat stylised keys the contrast-preserving blend is then the plain mix of the two
+    src = np.full((H, W, 3), 90, np.uint8)
     stylised = {k: np.full((H, W, 3), 40 * (k + 1), np.uint8) for k in (0, 4)}
+    real, weights = patch_weight, []
+    monkeypatch.setattr(propagate_mod, "patch_weight", lambda ep, ef: weights.append(real(ep, ef)) or weights[-1])
     auto = run([src] * 5, [0, 4], stylised, "auto")
     patch = run([src] * 5, [0, 4], stylised, "patch")
-    flow = run([src] * 5, [0, 4], stylised, "flow")
-    for i in (1, 2, 3):
-        mean = (patch[i].astype(float) + flow[i].astype(float)) / 2
-        assert np.abs(auto[i] - mean).max() <= 1
-    assert not np.array_equal(patch[2], flow[2])  # the two differ, so the average is a real test
+    other = run([src] * 5, [0, 4], stylised, "nlmeans")
+    for i, w in zip((1, 2, 3), weights):
+        assert (w - 0.5).abs().max() < 0.05
+        mix = w.numpy()[..., None] * patch[i] + (1 - w.numpy()[..., None]) * other[i]
+        assert np.abs(auto[i] - mix).max() <= 1
+    assert not np.array_equal(patch[2], other[2])  # the two differ, so the mix is a real test
 
 
 def test_flow_beyond_the_frame_reads_the_border_not_black():

@@ -1,12 +1,14 @@
-"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Three methods:
-"auto" (default): both of the others on each gap, mixed per pixel with more weight on the one whose output rebuilds
+"""Non-keyframes from the two stylised keyframes around them (docs/algorithm.md, "Non-keyframes"). Four methods:
+"auto" (default): "patch" and "nlmeans" on each gap, mixed per pixel with more weight on the one whose output rebuilds
 the frame's own source better (`patch_weight`, then the contrast-preserving `histogram_blend`): each method, applied
 to the keys' SOURCE frames as extra channels, re-assembles the in-between source frame, an error measurable without
 the stylised target; "patch" (the published Ebsynth step
 as an op: guided patch synthesis from both keys, fresco.video.patch_propagation); "flow": both keys are warped to
 the frame along optical flow, direct or chained frame to frame, whichever rebuilds the frame's source better there
 (a sample point beyond the frame reads the nearest border pixel), and blended with weights that fall linearly with
-distance and with that rebuild error (`blend_from_keys`). Both methods follow one set of frame-to-frame flows per
+distance and with that rebuild error (`blend_from_keys`); "nlmeans": per pixel the mean of the keys' pixels around
+where the flow carries it, weighted by how well each key's source patch matches the frame's (fresco.video.nlmeans).
+All follow one set of frame-to-frame flows per
 gap (`gap_flows`); the optional deflicker (`deflicker_gap`, off by default) mixes each output with its neighbours'
 along them. Runs on the GPU when the tensors are there; streams frames. Every op
 follows `backend` (None: the global switch)."""
@@ -22,6 +24,7 @@ from fresco_kernels import flow_warp
 from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
 from ..models.flow import FlowEstimator
 from ..patch_params import PatchParams
+from .nlmeans import nlm_from_keys
 from .patch_propagation import gap_flows, histogram_blend, patch_gap, rebuild_error
 
 
@@ -120,8 +123,9 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-# auto, per pixel: patch synthesis weighs alpha = 1 / (1 + (e_patch / (AUTO_PATCH_MARGIN e_flow))^AUTO_POWER) against
-# the flow blend's 1 - alpha, with e the rebuilt-source errors box-averaged over AUTO_WINDOW, and the two are mixed
+# auto, per pixel: patch synthesis weighs alpha = 1 / (1 + (e_patch / (AUTO_PATCH_MARGIN e_other))^AUTO_POWER)
+# against the other candidate's 1 - alpha (non-local means since stop 38, the flow blend before; the constants were
+# chosen against the flow blend and kept: benchmarks/RESULTS.md, "Stop 38"), with e the rebuilt-source errors box-averaged over AUTO_WINDOW, and the two are mixed
 # by the contrast-preserving histogram blend (benchmarks/RESULTS.md, "Real footage": the rows "hard w3 m1.0" and its
 # neighbours chose window and margin; "Stop 32", the soft choice, chose the power: a hard choice, power infinity,
 # kept 0.09 dB less at the same sharpness, and lower powers gain PSNR by blurring)
@@ -194,8 +198,8 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
     load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
     fresco.video.patch_propagation, `patch_params` its `PatchParams`), "flow" (`blend_from_keys`) or "auto" (both;
     mixed per pixel by `patch_weight`, more weight on the one whose rebuilt source is better; `auto_log`, if given,
-    gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error, mean flow
-    rebuild error) per gap); deflicker: > 0 mixes each in-between frame with its neighbours' outputs carried along
+    gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error, mean rebuild
+    error of the other candidate) per gap) or "nlmeans" (`fresco.video.nlmeans`); deflicker: > 0 mixes each in-between frame with its neighbours' outputs carried along
     the flow (`deflicker_gap`, that strength; 0: off; `auto` deflickers its patch candidate before the mix). Holds
     the frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the
     flow estimator sees at most `chunk` frame pairs per call and the flow blend works on `chunk` in-between frames at a
@@ -223,6 +227,8 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
                                  flows=gf)
             elif method == "auto":
                 outs = auto_gap(xs, gf, span, src_b, out_b)
+            elif method == "nlmeans":
+                outs = (o for _, out in nlms(xs, gf, span, src_b, out_b, False) for o in out)
             else:
                 outs = (o for _, out in blends(xs, gf, span, src_b, out_b, False) for o in out)
             if deflicker > 0 and method != "auto":   # auto deflickers its patch candidate (auto_gap)
@@ -240,18 +246,32 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             yield x, blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk),
                                      with_source)
 
+    def nlms(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None,
+             with_source: bool) -> Iterator[tuple]:
+        # non-local means over the keys (fresco.video.nlmeans) of the gap's frames xs, `chunk` at a time: (those
+        # frames [n, 3, H, W], their estimates)
+        for s in range(0, len(xs), chunk):
+            x = torch.stack(xs[s:s + chunk])
+            m = x.shape[0]
+            js = torch.arange(s + 1, s + 1 + m, dtype=torch.float32)
+            t = js / span if span else torch.zeros_like(js)
+            direct = (flow(x, src_a.expand(m, -1, -1, -1)),
+                      flow(x, src_b.expand(m, -1, -1, -1)) if src_b is not None else None)
+            yield x, nlm_from_keys(x, t, src_a, out_a, src_b, out_b, direct, _chunk(gf, s, chunk), with_source)
+
     def auto_gap(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None
                  ) -> Iterator[torch.Tensor]:
-        # both methods on the keys' stylised frames and, as extra channels, on their source frames; per pixel more
-        # weight on the method whose rebuilt source matches the frame better (streams: `chunk` frames at a time)
+        # patch synthesis and non-local means on the keys' stylised frames and, as extra channels, on their source
+        # frames; per pixel more weight on the one whose rebuilt source matches the frame better (streams: `chunk`
+        # frames at a time)
         stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
         patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
                             with_source=True, flows=gf)
         if deflicker > 0:
             patches = deflicker_gap(list(patches), xs, gf, src_a, out_a, src_b, out_b, deflicker, backend,
                                     with_source=True)
-        for x, flows in blends(xs, gf, span, src_b, out_b, True):
-            for xi, fo, po in zip(x, flows, patches):
+        for x, others in nlms(xs, gf, span, src_b, out_b, True):
+            for xi, fo, po in zip(x, others, patches):
                 ep, ef = rebuild_error(po[3:], xi, AUTO_WINDOW), rebuild_error(fo[3:], xi, AUTO_WINDOW)
                 if auto_log is not None:
                     stats.append(torch.stack([choose_per_pixel(ep, ef).float().mean(), ep.mean(), ef.mean()]))
