@@ -2,7 +2,7 @@
 deterministic per-frame "style" S (bilateral smoothing + colour quantisation + dark Canny edges); the propagation
 methods see only the keyframes' S(frame) and are scored on every in-between frame against S(frame).
 
-    python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch auto]
+    python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch nlmeans auto]
                                              [--seed 0] [--style flat|pencil] [--timing 512] [--out DIR]
     python -m benchmarks.propagation_quality --real .cache/real-clips [--frames 31] [--windows 2] ...
                                              [--flow dis|deepflow|tvl1] [--deflicker S] [--dense N]
@@ -471,7 +471,7 @@ def main(argv=None) -> int:
     ap.add_argument("--intervals", type=int, nargs="+", default=[10, 30])
     ap.add_argument("--clips", nargs="*", default=list(CLIPS), choices=CLIPS,
                     help="procedural clips (none: only the real ones)")
-    ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch", "auto"],
+    ap.add_argument("--methods", nargs="+", default=["nearest", "flow", "patch", "nlmeans", "auto"],
                     choices=["nearest", *PROPAGATION_METHODS])
     ap.add_argument("--style", default="flat", choices=sorted(STYLES), help="the per-frame target style")
     ap.add_argument("--real", default=None, metavar="DIR", help="also real clips from DIR (make real-clips)")

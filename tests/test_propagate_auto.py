@@ -11,7 +11,7 @@ from fresco.constants import DEFAULT_PROPAGATION
 from fresco.video import synthetic_frame
 from fresco.video.patch_propagation import PatchParams, patch_gap, rebuild_error
 import fresco.video.propagate as propagate_mod
-from fresco.video.propagate import (AUTO_WINDOW, PROPAGATION_METHODS, choose_per_pixel, into_frame, patch_weight,
+from fresco.video.propagate import (AUTO_POWER, AUTO_WINDOW, PROPAGATION_METHODS, choose_per_pixel, into_frame, patch_weight,
                                     propagate)
 
 H = W = 32
@@ -32,8 +32,9 @@ def test_auto_is_the_default_and_chooses_by_the_lower_error():
     ep, ef = torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[2.0, 2.0, 2.0]])
     assert choose_per_pixel(ep, ef).tolist() == [[True, False, True]]  # a tie keeps patch synthesis
     w = patch_weight(ep, ef)
-    assert w[0, 0] > 0.9 and w[0, 1] < 0.2 and abs(w[0, 2] - 0.5) < 1e-6  # 1/(1+(1/2)^4), 1/(1+(3/2)^4), a tie
-    assert torch.allclose(w, 1 / (1 + (ep / ef) ** 4))
+    assert w[0, 0] > 0.7 and w[0, 1] < 0.4 and abs(w[0, 2] - 0.5) < 1e-6  # 1/(1+(1/2)^1.5), 1/(1+(3/2)^1.5), a tie
+    assert torch.allclose(w, 1 / (1 + (ep / ef) ** AUTO_POWER))
+    assert torch.allclose(patch_weight(ep, ef, power=4.0), 1 / (1 + (ep / ef) ** 4))
     assert torch.equal(patch_weight(ep, ef, power=1e6) > 0.5, choose_per_pixel(ep, ef) & (ep != ef))
     big = torch.tensor([[0.0, 1e30, 0.0, 5.0]]), torch.tensor([[1e30, 0.0, 0.0, 0.0]])
     assert torch.allclose(patch_weight(*big), torch.tensor([[1.0, 0.0, 0.5, 0.0]]))  # no overflow, no NaN
