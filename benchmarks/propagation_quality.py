@@ -2,7 +2,8 @@
 deterministic per-frame "style" S (bilateral smoothing + colour quantisation + dark Canny edges); the propagation
 methods see only the keyframes' S(frame) and are scored on every in-between frame against S(frame).
 
-    python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30] [--methods nearest flow patch nlmeans auto]
+    python -m benchmarks.propagation_quality [--size 128] [--intervals 10 30]
+                                             [--methods nearest flow patch nlmeans auto]
                                              [--seed 0] [--style flat|pencil] [--timing 512] [--out DIR]
     python -m benchmarks.propagation_quality --real .cache/real-clips [--frames 31] [--windows 2] ...
                                              [--flow dis|deepflow|tvl1] [--deflicker S] [--dense N]
@@ -218,9 +219,9 @@ def grad_energy(x: np.ndarray) -> float:
 
 def run_method(method: str, frames: Sequence[np.ndarray], keys: Sequence[int], styled: Dict[int, np.ndarray],
                flow=None, **opts) -> List[np.ndarray]:
-    """The whole stylised clip by `method` ("nearest" or a propagation method, "flow" | "patch" | "auto" | "nlmeans", or one of those with
-    "+d<S>": with the propagation's `deflicker` S, e.g. "auto+d1") from the keys' styled frames only; flow: the
-    estimator (None: OpenCV DIS at the propagation's preset, as a render runs it)."""
+    """The whole stylised clip by `method` ("nearest" or a propagation method, "flow" | "patch" | "auto" |
+    "nlmeans", or one of those with "+d<S>": with the propagation's `deflicker` S, e.g. "auto+d1") from the keys'
+    styled frames only; flow: the estimator (None: OpenCV DIS at the propagation's preset, as a render runs it)."""
     method, _, strength = method.partition("+d")
     if strength:
         opts["deflicker"] = float(strength)

@@ -11,8 +11,8 @@ from fresco.constants import DEFAULT_PROPAGATION
 from fresco.video import synthetic_frame
 from fresco.video.patch_propagation import PatchParams, patch_gap, rebuild_error
 import fresco.video.propagate as propagate_mod
-from fresco.video.propagate import (AUTO_POWER, AUTO_WINDOW, PROPAGATION_METHODS, choose_per_pixel, into_frame, patch_weight,
-                                    propagate)
+from fresco.video.propagate import (AUTO_POWER, AUTO_WINDOW, PROPAGATION_METHODS, choose_per_pixel, into_frame,
+                                    patch_weight, propagate)
 
 H = W = 32
 SMALL = PatchParams(levels=2, em_iters=1)

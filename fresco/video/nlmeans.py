@@ -21,9 +21,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .patch_propagation import box_mean, rebuild_error, sample
+from .patch_propagation import box_mean, into_frame, rebuild_error, sample
 
-# the search: offsets within NLM_RADIUS (Chebyshev) of the carried position; patch side NLM_PATCH; h = NLM_H + NLM_ADAPT x the best candidate's patch error (an adaptive
+# the search: offsets within NLM_RADIUS (Chebyshev) of the carried position; patch side NLM_PATCH;
+# h = NLM_H + NLM_ADAPT x the best candidate's patch error (an adaptive
 # bandwidth: where even the best match is poor, more candidates share the weight)
 NLM_RADIUS = 3
 NLM_PATCH = 3
@@ -39,7 +40,6 @@ def carry_nearest(stack: torch.Tensor, frame: torch.Tensor, flows: Tuple[Optiona
     carried onto `frame` [3, H, W] along whichever of `flows` ([1, 2, H, W] frame -> key, None skipped)
     rebuilds the frame's source better per pixel (`CHOICE_WINDOW`); nearest sampling, beyond the border the nearest
     pixel. Returns [C, H, W]."""
-    from .propagate import into_frame   # (propagate imports this module)
     best = err = None
     for f in flows:
         if f is None:

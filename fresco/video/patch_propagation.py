@@ -47,6 +47,15 @@ def sample(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch
     return F.grid_sample(x, torch.stack([gx, gy], -1), mode=mode, padding_mode="border", align_corners=True)
 
 
+def into_frame(flow: torch.Tensor) -> torch.Tensor:
+    """The flow [B, 2, H, W] (pixels, channel 0 = x) with every sample point p + flow(p) clamped into the frame, so
+    that a zero-padding warp reads the nearest border pixel there (border padding) instead of black."""
+    _, _, h, w = flow.shape
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, w)
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(h, 1)
+    return torch.stack([(xs + flow[:, 0]).clamp(0, w - 1) - xs, (ys + flow[:, 1]).clamp(0, h - 1) - ys], 1)
+
+
 def chain_to_key(step_flows: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """Flows to a key chained frame by frame: step_flows[j] [1, 2, H, W] maps frame j to the frame one step nearer
     the key (step_flows[0] maps the frame next to the key onto the key). Returns the composed flows frame j -> key:

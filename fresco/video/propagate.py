@@ -25,7 +25,7 @@ from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
 from ..models.flow import FlowEstimator
 from ..patch_params import PatchParams
 from .nlmeans import nlm_from_keys
-from .patch_propagation import gap_flows, histogram_blend, patch_gap, rebuild_error
+from .patch_propagation import gap_flows, histogram_blend, into_frame, patch_gap, rebuild_error
 
 
 # the flow blend: each key's warp is judged per pixel by the squared RGB error (summed over channels) of the key's
@@ -97,15 +97,6 @@ def _carry(stack: torch.Tensor, flow: torch.Tensor, frames: torch.Tensor, backen
     the deflicker carry a key or a neighbour onto a frame and judge the carry."""
     w = flow_warp(stack, into_frame(flow.to(stack.dtype)), backend=backend)
     return w, rebuild_error(w[:, -3:], frames, BLEND_WINDOW).unsqueeze(1)
-
-
-def into_frame(flow: torch.Tensor) -> torch.Tensor:
-    """The flow [B, 2, H, W] (pixels, channel 0 = x) with every sample point p + flow(p) clamped into the frame, so
-    that a zero-padding warp reads the nearest border pixel there (border padding) instead of black."""
-    _, _, h, w = flow.shape
-    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, w)
-    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(h, 1)
-    return torch.stack([(xs + flow[:, 0]).clamp(0, w - 1) - xs, (ys + flow[:, 1]).clamp(0, h - 1) - ys], 1)
 
 
 def _chunk(gf, start: int, n: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -197,14 +188,15 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
 
     frames: the source frames (HxWx3 uint8, processing size) as a stream; keys: keyframe indices (keys[0] = 0);
     load_key(k): the stylised keyframe k (HxWx3 uint8); method: "patch" (guided patch synthesis from both keys,
-    fresco.video.patch_propagation, `patch_params` its `PatchParams`), "flow" (`blend_from_keys`) or "auto" (both;
-    mixed per pixel by `patch_weight`, more weight on the one whose rebuilt source is better; `auto_log`, if given,
-    gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error, mean rebuild
-    error of the other candidate) per gap) or "nlmeans" (`fresco.video.nlmeans`); deflicker: > 0 mixes each in-between frame with its neighbours' outputs carried along
-    the flow (`deflicker_gap`, that strength; 0: off; `auto` deflickers its patch candidate before the mix). Holds
-    the frames between two keys (at most one gap), their frame-to-frame and chained flows, and two stylised keys; the
-    flow estimator sees at most `chunk` frame pairs per call and the flow blend works on `chunk` in-between frames at a
-    time on `device`; all use the fresco_kernels `backend` (None: the global switch)."""
+    fresco.video.patch_propagation, `patch_params` its `PatchParams`), "flow" (`blend_from_keys`), "auto" (patch and
+    nlmeans, mixed per pixel by `patch_weight`, more weight on the one whose rebuilt source is better; `auto_log`,
+    if given, gets (key a, share of the gap's pixels where patch synthesis weighs more, mean patch rebuild error,
+    mean rebuild error of the other candidate) per gap) or "nlmeans" (`fresco.video.nlmeans`); deflicker: > 0 mixes
+    each in-between frame with its neighbours' outputs carried along the flow (`deflicker_gap`, that strength; 0:
+    off; `auto` deflickers its patch candidate before the mix). Holds the frames between two keys (at most one gap),
+    their frame-to-frame and chained flows, and two stylised keys; the flow estimator sees at most `chunk` frame
+    pairs per call and the flow blend works on `chunk` in-between frames at a time on `device`; all use the
+    fresco_kernels `backend` (None: the global switch)."""
     if method not in PROPAGATION_METHODS:
         raise ValueError(f"method must be one of {PROPAGATION_METHODS}, got {method!r}")
     keys = list(keys)
