@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .patch_propagation import box_mean, into_frame, rebuild_error, sample
+from .patch_propagation import box_mean, into_frame, keep_better, rebuild_error, sample
 
 # the search: offsets within NLM_RADIUS (Chebyshev) of the carried position; patch side NLM_PATCH;
 # h = NLM_H + NLM_ADAPT x the best candidate's patch error (an adaptive
@@ -45,12 +45,7 @@ def carry_nearest(stack: torch.Tensor, frame: torch.Tensor, flows: Tuple[Optiona
         if f is None:
             continue
         w = sample(stack[None], into_frame(f.to(stack.dtype)), "nearest")[0]
-        e = rebuild_error(w[src:src + 3], frame, CHOICE_WINDOW)
-        if best is None:
-            best, err = w, e
-        else:
-            take = e < err
-            best, err = torch.where(take, w, best), torch.where(take, e, err)
+        best, err = keep_better(best, err, w, rebuild_error(w[src:src + 3], frame, CHOICE_WINDOW))
     if best is None:
         raise ValueError("carry_nearest: no flow given")
     return best
@@ -64,13 +59,15 @@ def nlm_frame(frame: torch.Tensor, keys: list, radius: int = NLM_RADIUS, patch: 
     h_, w_ = frame.shape[1:]
     span = range(-radius, radius + 1)
 
-    def shifted(carried):   # (the carried key shifted by each offset d: [C, H, W] views)
-        pad = F.pad(carried[None], (radius,) * 4, mode="replicate")[0]
-        for dy in span:
-            for dx in span:
-                yield pad[:, radius + dy:radius + dy + h_, radius + dx:radius + dx + w_]
+    pads = [F.pad(carried[None], (radius,) * 4, mode="replicate")[0] for carried, _ in keys]
 
-    diffs = torch.stack([((v[-3:] - frame) ** 2).sum(0) for carried, _ in keys for v in shifted(carried)])
+    def shifted():   # (every key shifted by every offset d, key by key: [C, H, W] views of its padded copy)
+        for pad in pads:
+            for dy in span:
+                for dx in span:
+                    yield pad[:, radius + dy:radius + dy + h_, radius + dx:radius + dx + w_]
+
+    diffs = torch.stack([((v[-3:] - frame) ** 2).sum(0) for v in shifted()])
     dist = box_mean(diffs, patch)                               # [K (2r + 1)^2, H, W]: one pooling call for all
     del diffs
     dmin = dist.amin(0)
@@ -81,7 +78,7 @@ def nlm_frame(frame: torch.Tensor, keys: list, radius: int = NLM_RADIUS, patch: 
     wt = wt.sub_(wt.amax(0)).exp_()
     wt = wt.div_(wt.sum(0))
     out = torch.zeros_like(keys[0][0])
-    for i, v in enumerate(v for carried, _ in keys for v in shifted(carried)):
+    for i, v in enumerate(shifted()):
         out.addcmul_(wt[i].expand_as(v), v)
     return out
 

@@ -167,6 +167,18 @@ def rebuild_error(rebuilt: torch.Tensor, frame: torch.Tensor, window: int) -> to
     return box_mean(((rebuilt - frame) ** 2).sum(-3), window)
 
 
+def keep_better(best: Optional[torch.Tensor], err: Optional[torch.Tensor], cand: torch.Tensor,
+                err_cand: torch.Tensor) -> tuple:
+    """(best, err) updated per pixel with a candidate image and its rebuild error (`rebuild_error`; the error
+    broadcasts over the image's channels): where the candidate's error is lower it replaces the best so far (ties
+    keep the earlier). best / err None: the candidate is the first. How the flow blend and non-local means choose,
+    per pixel, between a key carried along the direct and along the chained flow."""
+    if best is None:
+        return cand, err_cand
+    take = err_cand < err
+    return torch.where(take, cand, best), torch.where(take, err_cand, err)
+
+
 def colour_error(frame: torch.Tensor, key_src: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor,
                  patch_size: int) -> torch.Tensor:
     """Per pixel the patch mean of the squared RGB difference (summed over channels) between frame [3, H, W] and

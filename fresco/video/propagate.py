@@ -8,10 +8,9 @@ the frame along optical flow, direct or chained frame to frame, whichever rebuil
 (a sample point beyond the frame reads the nearest border pixel), and blended with weights that fall linearly with
 distance and with that rebuild error (`blend_from_keys`); "nlmeans": per pixel the mean of the keys' pixels around
 where the flow carries it, weighted by how well each key's source patch matches the frame's (fresco.video.nlmeans).
-All follow one set of frame-to-frame flows per
-gap (`gap_flows`); the optional deflicker (`deflicker_gap`, off by default) mixes each output with its neighbours'
-along them. Runs on the GPU when the tensors are there; streams frames. Every op
-follows `backend` (None: the global switch)."""
+All follow one set of frame-to-frame flows per gap (`gap_flows`); the optional deflicker (`deflicker_gap`, off by
+default) mixes each output with its neighbours' along them. Runs on the GPU when the tensors are there; streams
+frames. Every op follows `backend` (None: the global switch)."""
 from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
@@ -25,7 +24,7 @@ from ..constants import DEFAULT_PROPAGATION, PROPAGATION_METHODS
 from ..models.flow import FlowEstimator
 from ..patch_params import PatchParams
 from .nlmeans import nlm_from_keys
-from .patch_propagation import gap_flows, histogram_blend, into_frame, patch_gap, rebuild_error
+from .patch_propagation import gap_flows, histogram_blend, into_frame, keep_better, patch_gap, rebuild_error
 
 
 # the flow blend: each key's warp is judged per pixel by the squared RGB error (summed over channels) of the key's
@@ -80,12 +79,7 @@ def _warp_key(frames: torch.Tensor, src: torch.Tensor, out: torch.Tensor, flow: 
     for f in (flow(frames, src.expand(m, -1, -1, -1)), chained):
         if f is None:
             continue
-        w, e = _carry(key, f, frames, backend)
-        if best is None:
-            best, err = w, e
-        else:
-            take = e < err
-            best, err = torch.where(take, w, best), torch.where(take, e, err)
+        best, err = keep_better(best, err, *_carry(key, f, frames, backend))
     return best, err
 
 
@@ -128,8 +122,8 @@ AUTO_POWER = 1.5
 
 def choose_per_pixel(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float = AUTO_PATCH_MARGIN
                      ) -> torch.Tensor:
-    """[H, W] bool, True where patch synthesis's error map is <= margin x the flow blend's (a tie counts for patch
-    synthesis): where `auto` gives it the larger weight, as logged."""
+    """[H, W] bool, True where patch synthesis's error map is <= margin x the other candidate's (non-local means; a
+    tie counts for patch synthesis): where `auto` gives it the larger weight, as logged."""
     return err_patch <= margin * err_flow
 
 
@@ -137,7 +131,7 @@ def patch_weight(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float 
                  power: float = AUTO_POWER) -> torch.Tensor:
     """[H, W] in [0, 1]: `auto`'s weight of patch synthesis, 1 / (1 + (err_patch / (margin err_flow))^power),
     computed in the log domain (no overflow; both errors 0: 0.5). 0.5 where err_patch = margin x err_flow; toward 1
-    where patch synthesis rebuilds the frame better, toward 0 where the flow blend does; a larger power is a harder
+    where patch synthesis rebuilds the frame better, toward 0 where the other candidate does; a larger power is a harder
     choice (infinity: `choose_per_pixel`)."""
     tiny = 1e-6
     return torch.sigmoid(power * (torch.log(margin * err_flow + tiny) - torch.log(err_patch + tiny)))
@@ -148,9 +142,9 @@ def patch_weight(err_patch: torch.Tensor, err_flow: torch.Tensor, margin: float 
 # weight strength x F / (e + F), e the rebuild error of the neighbour's source carried the same way (`BLEND_WINDOW`,
 # F = BLEND_ERROR_FLOOR), o_j itself with weight 1: where the flow holds, patch synthesis's frame-to-frame texture
 # noise averages out; where it does not (occlusion, a wrong flow), the neighbour fades. `auto` deflickers its patch
-# candidate, rebuilt source included, before the mix (the flow blend is steady already): at the same sharpness that
-# scored 0.035 dB more, with less warp error, than deflickering the mix. Off by default: on the real clips it trades
-# sharpness for stability and PSNR (benchmarks/RESULTS.md, "Stop 35")
+# candidate, rebuilt source included, before the mix (measured when its other candidate was the flow blend, which is
+# steady already): at the same sharpness that scored 0.035 dB more, with less warp error, than deflickering the mix.
+# Off by default: on the real clips it trades sharpness for stability and PSNR (benchmarks/RESULTS.md, "Stop 35")
 def deflicker_gap(outs: Sequence[torch.Tensor], frames: Sequence[torch.Tensor], gf, src_a: torch.Tensor,
                   out_a: torch.Tensor, src_b: Optional[torch.Tensor], out_b: Optional[torch.Tensor],
                   strength: float, backend: Optional[str] = None, with_source: bool = False
@@ -229,13 +223,18 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
             for o in outs:
                 yield _to_image(o)
 
-    def blends(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None,
-               with_source: bool) -> Iterator[tuple]:
-        # the flow blend of the gap's frames xs, `chunk` at a time: (those frames [n, 3, H, W], their blend)
+    def gap_chunks(xs: list, span: int | None) -> Iterator[tuple]:
+        # the gap's frames xs `chunk` at a time: (the first one's index in xs, those frames [n, 3, H, W], their
+        # positions t in (0, 1) between the keys; 0 without a later key)
         for s in range(0, len(xs), chunk):
             x = torch.stack(xs[s:s + chunk])
             js = torch.arange(s + 1, s + 1 + x.shape[0], dtype=torch.float32)
-            t = js / span if span else torch.zeros_like(js)
+            yield s, x, (js / span if span else torch.zeros_like(js))
+
+    def blends(xs: list, gf, span: int | None, src_b: torch.Tensor | None, out_b: torch.Tensor | None,
+               with_source: bool) -> Iterator[tuple]:
+        # the flow blend of the gap's frames xs, `chunk` at a time: (those frames [n, 3, H, W], their blend)
+        for s, x, t in gap_chunks(xs, span):
             yield x, blend_from_keys(x, t, src_a, out_a, src_b, out_b, flow, backend, _chunk(gf, s, chunk),
                                      with_source)
 
@@ -243,11 +242,8 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
              with_source: bool) -> Iterator[tuple]:
         # non-local means over the keys (fresco.video.nlmeans) of the gap's frames xs, `chunk` at a time: (those
         # frames [n, 3, H, W], their estimates)
-        for s in range(0, len(xs), chunk):
-            x = torch.stack(xs[s:s + chunk])
+        for s, x, t in gap_chunks(xs, span):
             m = x.shape[0]
-            js = torch.arange(s + 1, s + 1 + m, dtype=torch.float32)
-            t = js / span if span else torch.zeros_like(js)
             direct = (flow(x, src_a.expand(m, -1, -1, -1)),
                       flow(x, src_b.expand(m, -1, -1, -1)) if src_b is not None else None)
             yield x, nlm_from_keys(x, t, src_a, out_a, src_b, out_b, direct, _chunk(gf, s, chunk), with_source)
@@ -257,7 +253,7 @@ def propagate(frames: Iterable[np.ndarray], keys: Sequence[int], load_key: Calla
         # patch synthesis and non-local means on the keys' stylised frames and, as extra channels, on their source
         # frames; per pixel more weight on the one whose rebuilt source matches the frame better (streams: `chunk`
         # frames at a time)
-        stats = []  # per frame (share from patch, mean patch error, mean flow error), only for auto_log
+        stats = []  # per frame (share from patch, mean patch error, mean error of the other), only for auto_log
         patches = patch_gap(xs, src_a, out_a, src_b, out_b, flow, patch_params or PatchParams(), backend,
                             with_source=True, flows=gf)
         if deflicker > 0:
