@@ -13,7 +13,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from . import addon_specs, patch_params
 from . import settings as settings_mod
-from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, PROPAGATION_METHODS,
+from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, MAX_SIDE, PROPAGATION_METHODS,
                         PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
 from .knobs import Range, check_kind, check_value, is_knob, knob, shown, value_type, yaml_key
 from .patch_params import PatchParams
@@ -89,7 +89,7 @@ class RenderConfig:
     # --- ours ---
     size: Optional[str] = knob(None, "processing size WxH (multiples of 64); default: from --short-side",
                                group="Frames")
-    short_side: int = knob(512, "short side before rounding to 64", range=(64, 16384), group="Frames")
+    short_side: int = knob(512, "short side before rounding to 64", range=(64, MAX_SIDE), group="Frames")
     fps: Optional[float] = knob(None, "frame rate for a folder of images (default 30)", range=Range(0, 1000, True),
                                 group="Frames")
     flow: Optional[str] = knob(None, "optical flow of the batches and the propagation (default: gmflow when "
@@ -190,8 +190,8 @@ class RenderConfig:
         if w < 64 or h < 64 or w % 64 or h % 64:
             raise ValueError(f"size: both sides must be multiples of 64 and >= 64 (the UNet downsamples the 1/8 "
                              f"latent 3 times), got {w}x{h}")
-        if max(w, h) > 16384:
-            raise ValueError(f"size: each side at most 16384 (the H.264 encoder's limit), got {w}x{h}")
+        if max(w, h) > MAX_SIDE:
+            raise ValueError(f"size: each side at most {MAX_SIDE} (the H.264 encoder's limit), got {w}x{h}")
         return w, h
 
     def validate(self) -> "RenderConfig":

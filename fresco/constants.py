@@ -19,6 +19,8 @@ FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 MAX_THREADS = 1024
 # the most denoising steps: SD1.5's schedulers have 1000 training timesteps and refuse more inference steps
 MAX_STEPS = 1000
+# the largest side of a frame (the H.264 encoder's limit)
+MAX_SIDE = 16384
 
 # ControlNet v1.0 for SD1.5 per control type (the published choice)
 CONTROLNET_IDS = {

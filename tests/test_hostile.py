@@ -213,6 +213,17 @@ def test_render_many_runs_the_good_jobs_and_reports_the_bad(clip, tmp_path, deco
     assert not (tmp_path / "a").exists()
 
 
+def test_render_many_with_only_bad_jobs_is_an_input_error(clip, tmp_path, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"jobs:\n"
+                    f"  - {{name: one, prompt: x, file_path: '{clip}', save_path: '{tmp_path / 'a'}', batch_size: 1}}\n"
+                    f"  - {{name: two, prompt: x, file_path: '{clip}', save_path: '{tmp_path / 'b'}', steps: 3}}\n")
+    rc, err = run(capsys, "render-many", jobs, "-q")
+    assert rc == 2 and one_line(err).startswith("fresco: error: job one: ") and "batch_size" in err
+    assert "1 more job(s)" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 # ------------------------------------------------------------------------------------------------ web UI: CLI
 @pytest.fixture
 def launched(monkeypatch):
@@ -238,6 +249,36 @@ def test_ui_auth_forms(launched, tmp_path, capsys):
     assert rc == 0 and launched["auth"] is None and "warning: --no-auth" in err
     rc, err = run(capsys, "ui", "--listen", "--auth", "nopassword")
     assert rc == 2 and "--auth: expected USER:PASS" in one_line(err)
+    launched.clear()
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", "/etc/passwd")   # its lines would be public logins
+    assert rc == 2 and "--auth-file: '/etc/passwd' is a system file" in one_line(err) and launched == {}
+    f.chmod(0o644)
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", f)
+    assert rc == 0 and "warning: --auth-file:" in err and "readable by every user" in err
+    f.chmod(0o600)
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", f)
+    assert rc == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize("flag,where,says", [
+    ("--out", "/etc", "a system folder"), ("--root", "/", "the file system's root"),
+    ("--root", "/usr/share", "a system folder"), ("--root", "/tmp", "shared by other users"),
+    ("--root", "HOME", "your home folder"), ("--out", "KEYS", "holds .aws, .ssh")])
+def test_ui_refuses_a_root_that_would_serve_the_system(launched, tmp_path, capsys, monkeypatch, flag, where, says):
+    """The page serves every file under its root: /etc (with /etc/shadow, to a UI run as root), a home folder or
+    a folder holding keys must not be one, whatever the flag that named it."""
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    keys = home / "work" / "project"
+    (keys / ".ssh").mkdir(parents=True)
+    (keys / ".aws").mkdir()
+    where = {"HOME": str(home), "KEYS": str(keys)}.get(where, where)
+    rc, err = run(capsys, "ui", flag, where)
+    assert rc == 2 and f"{flag}: " in one_line(err) and says in err and "serves every file" in err
+    assert launched == {}
+    rc, err = run(capsys, "ui", flag, str(home / "work" / "renders"))   # a folder of its own under the home: fine
+    assert rc == 0 and launched
 
 
 # ----------------------------------------------------------------------------------------------- web UI: HTTP
@@ -484,6 +525,8 @@ def test_a_crafted_state_of_other_settings_deletes_no_output(clip, tmp_path, dec
     ({"done": "0"}, "'done'"), ({"done": None}, "'done'"), ({"batches": 5}, "'batches'"),
     ({"batches": [[["../x"], 0]]}, "'batches'"),
     ({"n_frames": -3}, "'n_frames'"), ({"keys": [0, 4, 99]}, "'keys'"), ({"vfr_fps": "abc"}, "'vfr_fps'"),
+    ({"fps": "0"}, "'fps'"), ({"fps": 30}, "'fps'"), ({"fps": "nan"}, "'fps'"), ({"size": [64, -1]}, "'size'"),
+    ({"size": [64, 64, 3]}, "'size'"), ({"size": [10 ** 6, 64]}, "'size'"), ({"complete": "yes"}, "'complete'"),
     ({"threads": 10 ** 9}, "'threads'"), ({"fingerprint": 7}, "'fingerprint'"), ("drop:keys", "no 'keys'"),
     ("drop:done", "no 'done'"), ("drop:n_frames", "no 'n_frames'"), ("drop:batches", "no 'batches'")])
 def test_a_malformed_state_file_is_one_line(clip, tmp_path, capsys, change, says):

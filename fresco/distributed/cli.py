@@ -32,12 +32,16 @@ def check_actors(actors) -> None:
 
 
 def run_many(args: argparse.Namespace) -> int:
-    """Exit code: 0 when every job finished, 1 when any failed (the table says which and why)."""
+    """Exit code: 0 when every job finished, 1 when any failed (the table says which and why), 2 (an error line,
+    nothing started) when the file is bad or every job in it has a bad setting."""
     from .fleet import load_jobs, print_summary, render_many
     check_actors(args.actors)
     if args.max_retries < 0:
         raise ValueError(f"--max-retries: a number >= 0, got {args.max_retries}")
     jobs = load_jobs(args.jobs)
+    if all(j.error is not None for j in jobs):
+        more = f" (and {len(jobs) - 1} more job(s), all with bad settings)" if len(jobs) > 1 else ""
+        raise ValueError(f"{jobs[0].error}{more}")
     results = render_many(jobs, ray=args.ray is not None, address=args.ray or None, num_actors=args.actors,
                           max_retries=args.max_retries, progress=not args.quiet)
     print_summary(results)

@@ -20,6 +20,43 @@ def check_under_root(save_path: str, root: Path) -> None:
                          f"it (fresco ui --root DIR serves another root)")
 
 
+# folders of the system: a root at or under one of them would serve its files (/etc/shadow to a UI run as root)
+SYSTEM_DIRS = ("/etc", "/proc", "/sys", "/dev", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+               "/libx32", "/run", "/var/lib", "/var/log", "/var/run", "/var/spool", "/var/mail", "/var/cache",
+               "/snap", "/root")
+# folders that hold other users' or other programs' folders: refused themselves, a folder under them is fine
+SHARED_DIRS = ("/home", "/Users", "/var", "/opt", "/srv", "/mnt", "/media", "/tmp", "/var/tmp")
+# names whose presence in a root says it is somebody's home or project, with credentials the page would serve
+SECRET_NAMES = (".ssh", ".gnupg", ".aws", ".kube", ".docker", ".netrc", ".git-credentials", ".pgpass", ".env")
+
+
+def check_root(root: Path, flag: str = "--root") -> None:
+    """Refuse a root (resolved) the page must not serve everything under: the file system's root, a system
+    folder or one under it, the user's home or a folder above it, or a folder holding credentials (.ssh, .aws,
+    ...). The page serves every file under its root to whoever may use it."""
+    home = Path.home().resolve() if Path.home().is_absolute() else None
+    why = None
+    if root == Path(root.anchor):
+        why = "the file system's root"
+    elif any(root == Path(d) for d in SHARED_DIRS):
+        why = "a folder shared by other users and programs"
+    elif any(root == Path(d) or Path(d) in root.parents for d in SYSTEM_DIRS) and not (
+            home is not None and (root == home or home in root.parents) and home != Path("/")):
+        why = "a system folder"
+    elif home is not None and (root == home or root in home.parents):
+        why = "your home folder" if root == home else "a folder above your home"
+    else:
+        try:
+            found = sorted(n for n in SECRET_NAMES if (root / n).exists())
+        except OSError:
+            found = []
+        if found:
+            why = f"a folder that holds {', '.join(found)}"
+    if why:
+        raise ValueError(f"{flag}: '{root}' is {why}, and the page serves every file under its root; give a folder "
+                         f"of its own (for example --out out)")
+
+
 def _pair(text: str, where: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user.strip() or not password:
@@ -37,7 +74,14 @@ def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exp
     if auth:
         pairs.append(_pair(auth, "--auth"))
     if auth_file:
+        where = Path(auth_file).expanduser().resolve()
+        if any(where == Path(d) or Path(d) in where.parents for d in SYSTEM_DIRS):
+            raise ValueError(f"--auth-file: '{auth_file}' is a system file, not a list of logins (its lines would "
+                             f"become logins anyone can read); give a file of your own, one USER:PASS a line")
         try:
+            if where.stat().st_mode & 0o004:
+                print(f"fresco: warning: --auth-file: '{auth_file}' is readable by every user of this machine "
+                      f"(chmod o-r)", file=sys.stderr)
             lines = Path(auth_file).read_text().splitlines()
         except OSError as e:
             raise ValueError(f"--auth-file: cannot read '{auth_file}': {e.strerror or e}") from None

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
 from .. import threads as threads_mod
-from ..constants import KEYS, LATENTS, LOCK, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
+from ..constants import KEYS, LATENTS, LOCK, MAX_SIDE, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
 from . import safe_fs
 from .io import VideoInfo
 from .keyframes import Batch
@@ -231,6 +231,14 @@ def _ints(x: object, low: int = 0) -> bool:
     return isinstance(x, list) and all(type(v) is int and v >= low for v in x)
 
 
+def _rate(x: object) -> bool:
+    """A frame rate as the state writes it: a string of a fraction or a decimal in (0, 10^6)."""
+    try:
+        return isinstance(x, str) and 0 < Fraction(x) < 10 ** 6
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
 def check_state(d: object) -> None:
     """Refuse (ValueError saying what is wrong) state data whose fields are not the types and ranges the renderer
     writes: a state file is untrusted input, and every field read back must be checked before it is used."""
@@ -257,14 +265,14 @@ def check_state(d: object) -> None:
     threads = d.get("threads")
     if threads is not None and not threads_mod.valid(threads):
         raise ValueError(f"'threads' is not a thread count (1 to {MAX_THREADS})")
-    vfr = d.get("vfr_fps")
-    if vfr is not None:
-        try:
-            rate = Fraction(vfr) if isinstance(vfr, str) else None
-        except (ValueError, ZeroDivisionError):
-            rate = None
-        if rate is None or not 0 < rate < 10 ** 6:
-            raise ValueError("'vfr_fps' is not a frame rate")
+    for k in ("vfr_fps", "fps"):
+        if d.get(k) is not None and not _rate(d[k]):
+            raise ValueError(f"'{k}' is not a frame rate")
+    size = d.get("size")
+    if size is not None and not (_ints(size, 1) and len(size) == 2 and max(size) <= MAX_SIDE):
+        raise ValueError(f"'size' is not [width, height] in 1..{MAX_SIDE}")
+    if type(d.get("complete", False)) is not bool:
+        raise ValueError("'complete' is not true or false")
     if not isinstance(d.get("warnings", []), list) or not all(isinstance(w, str) for w in d.get("warnings", [])):
         raise ValueError("'warnings' is not a list of strings")
 
