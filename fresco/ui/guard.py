@@ -34,7 +34,10 @@ def check_root(root: Path, flag: str = "--root") -> None:
     """Refuse a root (resolved) the page must not serve everything under: the file system's root, a system
     folder or one under it, the user's home or a folder above it, or a folder holding credentials (.ssh, .aws,
     ...). The page serves every file under its root to whoever may use it."""
-    home = Path.home().resolve() if Path.home().is_absolute() else None
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no home directory for this user
+        home = None
     why = None
     if root == Path(root.anchor):
         why = "the file system's root"
