@@ -87,3 +87,19 @@ def test_the_method_runs_through_propagate_and_repeats_exactly():
         assert np.array_equal(runs[0][k], styled[k])
     after = list(propagate(iter(frames), [0, 3], lambda k: styled[k], zero_flow, method="nlmeans"))
     assert len(after) == 7 and after[6].shape == (H, W, 3)   # frames after the last key: key a alone
+
+
+def test_bands_of_rows_give_the_whole_frame_answer():
+    # a large frame goes through in bands of rows, each with the rows its search and patches read: every pixel,
+    # the bands' edges included, gets what one pass over the whole frame gives (up to float rounding)
+    g = torch.Generator().manual_seed(3)
+    frame = torch.rand(3, 37, 50, generator=g) * 255
+    keys = [(torch.rand(6, 37, 50, generator=g) * 255, 0.3), (torch.rand(6, 37, 50, generator=g) * 255, 0.7)]
+    whole = nlm_frame(frame, keys, band_pixels=10 ** 9)
+    for rows in (1, 5, 9, 36):
+        banded = nlm_frame(frame, keys, band_pixels=rows * 50)
+        assert torch.allclose(banded, whole, atol=1e-3), rows
+    # without the halo the band edges would differ: the test sees them
+    cut = torch.cat([nlm_frame(frame[:, :18], [(c[:, :18], w) for c, w in keys]),
+                     nlm_frame(frame[:, 18:], [(c[:, 18:], w) for c, w in keys])], 1)
+    assert not torch.allclose(cut, whole, atol=1e-3)

@@ -30,6 +30,9 @@ NLM_RADIUS = 3
 NLM_PATCH = 3
 NLM_H = 10.0
 NLM_ADAPT = 1.0
+# frames of more pixels than this go through nlm_frame in bands of rows (each with the rows its search and patches
+# reach), so the [2 (2 NLM_RADIUS + 1)^2, rows, W] candidate stacks stay near 200 MB each: 1.6 GB at 1920x1080 without
+NLM_BAND_PIXELS = 1 << 19
 # the direct and the chained flow are compared per pixel by the carried source's squared error over this box
 CHOICE_WINDOW = 3
 
@@ -52,11 +55,23 @@ def carry_nearest(stack: torch.Tensor, frame: torch.Tensor, flows: Tuple[Optiona
 
 
 def nlm_frame(frame: torch.Tensor, keys: list, radius: int = NLM_RADIUS, patch: int = NLM_PATCH,
-              h: float = NLM_H, adapt: float = NLM_ADAPT) -> torch.Tensor:
+              h: float = NLM_H, adapt: float = NLM_ADAPT, band_pixels: int = NLM_BAND_PIXELS) -> torch.Tensor:
     """One in-between frame [3, H, W] (0..255) from its keys: `keys` a list of (carried [C, H, W], weight), carried
     = `carry_nearest` of a key's (stylised [C - 3], source [3]) and weight > 0 the key's distance weight. Returns
-    [C, H, W]: the stylised estimate, then the rebuilt source in the last 3 channels."""
+    [C, H, W]: the stylised estimate, then the rebuilt source in the last 3 channels. A frame of more than
+    `band_pixels` pixels is done in bands of rows, each with the `radius` + `patch` // 2 rows around it that its
+    pixels read, so every pixel sees what it would see in one pass and the memory stays bounded."""
     h_, w_ = frame.shape[1:]
+    rows = max(1, band_pixels // max(w_, 1))
+    if h_ > rows:
+        halo = radius + patch // 2
+        out = torch.empty_like(keys[0][0])
+        for y0 in range(0, h_, rows):
+            y1 = min(h_, y0 + rows)
+            a, b = max(0, y0 - halo), min(h_, y1 + halo)
+            part = nlm_frame(frame[:, a:b], [(c[:, a:b], wk) for c, wk in keys], radius, patch, h, adapt, (b - a) * w_)
+            out[:, y0:y1] = part[:, y0 - a:y1 - a]
+        return out
     span = range(-radius, radius + 1)
 
     pads = [F.pad(carried[None], (radius,) * 4, mode="replicate")[0] for carried, _ in keys]
