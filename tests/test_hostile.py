@@ -263,7 +263,8 @@ def test_ui_auth_forms(launched, tmp_path, capsys):
 @pytest.mark.parametrize("flag,where,says", [
     ("--out", "/etc", "a system folder"), ("--root", "/", "the file system's root"),
     ("--root", "/usr/share", "a system folder"), ("--root", "/tmp", "shared by other users"),
-    ("--root", "HOME", "your home folder"), ("--out", "KEYS", "holds .aws, .ssh")])
+    ("--root", "HOME", "your home folder"), ("--out", "KEYS", "holds .aws, .ssh"),
+    ("--root", "SSH", "a folder of credentials")])
 def test_ui_refuses_a_root_that_would_serve_the_system(launched, tmp_path, capsys, monkeypatch, flag, where, says):
     """The page serves every file under its root: /etc (with /etc/shadow, to a UI run as root), a home folder or
     a folder holding keys must not be one, whatever the flag that named it."""
@@ -273,7 +274,7 @@ def test_ui_refuses_a_root_that_would_serve_the_system(launched, tmp_path, capsy
     keys = home / "work" / "project"
     (keys / ".ssh").mkdir(parents=True)
     (keys / ".aws").mkdir()
-    where = {"HOME": str(home), "KEYS": str(keys)}.get(where, where)
+    where = {"HOME": str(home), "KEYS": str(keys), "SSH": str(keys / ".ssh")}.get(where, where)
     rc, err = run(capsys, "ui", flag, where)
     assert rc == 2 and f"{flag}: " in one_line(err) and says in err and "serves every file" in err
     assert launched == {}

@@ -48,6 +48,8 @@ def check_root(root: Path, flag: str = "--root") -> None:
         why = "a system folder"
     elif home is not None and (root == home or root in home.parents):
         why = "your home folder" if root == home else "a folder above your home"
+    elif any(part in SECRET_NAMES for part in root.parts):
+        why = "a folder of credentials"
     else:
         try:
             found = sorted(n for n in SECRET_NAMES if (root / n).exists())
