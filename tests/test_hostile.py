@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -258,6 +259,13 @@ def test_ui_auth_forms(launched, tmp_path, capsys):
     f.chmod(0o600)
     rc, err = run(capsys, "ui", "--listen", "--auth-file", f)
     assert rc == 0 and "warning" not in err
+    fifo = tmp_path / "pipe"   # a pipe, as `--auth-file <(pass show ui)` gives: read, no warning
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("cat:pw3\n"))
+    writer.start()
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", fifo)
+    writer.join()
+    assert rc == 0 and launched["auth"] == [("cat", "pw3")] and "warning" not in err
 
 
 @pytest.mark.parametrize("flag,where,says", [

@@ -3,6 +3,7 @@ under the UI's root; a server reachable from the network needs a login (`--auth 
 explicit `--no-auth`; a render passes the CLI's preflight (device, size, memory, model) before it starts."""
 from __future__ import annotations
 
+import stat
 import sys
 from pathlib import Path
 from typing import Optional
@@ -80,14 +81,15 @@ def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exp
         pairs.append(_pair(auth, "--auth"))
     if auth_file:
         where = Path(auth_file).expanduser().resolve()
-        if any(where == Path(d) or Path(d) in where.parents for d in SYSTEM_DIRS):
+        if where.is_file() and any(Path(d) in where.parents for d in SYSTEM_DIRS):   # (a pipe, <(...), may pass)
             raise ValueError(f"--auth-file: '{auth_file}' is a system file, not a list of logins (its lines would "
                              f"become logins anyone can read); give a file of your own, one USER:PASS a line")
         try:
-            if where.stat().st_mode & 0o004:
+            mode = Path(auth_file).expanduser().stat().st_mode
+            if stat.S_ISREG(mode) and mode & 0o004:
                 print(f"fresco: warning: --auth-file: '{auth_file}' is readable by every user of this machine "
                       f"(chmod o-r)", file=sys.stderr)
-            lines = Path(auth_file).read_text().splitlines()
+            lines = Path(auth_file).expanduser().read_text().splitlines()
         except OSError as e:
             raise ValueError(f"--auth-file: cannot read '{auth_file}': {e.strerror or e}") from None
         for i, line in enumerate(lines, 1):
