@@ -13,8 +13,8 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from . import addon_specs, patch_params
 from . import settings as settings_mod
-from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, MAX_SIDE, PROPAGATION_METHODS,
-                        PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
+from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, MAX_BATCH, MAX_SIDE,
+                        PROPAGATION_METHODS, PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
 from .knobs import Range, check_kind, check_value, is_knob, knob, shown, value_type, yaml_key
 from .patch_params import PatchParams
 from .prompts import parse_extra_prompts, published_pair
@@ -44,7 +44,7 @@ class RenderConfig:
     controlnet_type: str = knob("canny", "the ControlNet's condition; the CLI flag also takes several ControlNets "
                                          "with their scales, 'hed:0.7,depth:0.5' (see controlnets)",
                                 flag="--controlnet", choices=CONTROL_TYPES, group="Model", cli_any=True)
-    batch_size: int = knob(8, "keyframes per batch N (2 anchors + new keyframes)", range=(3, None),
+    batch_size: int = knob(8, "keyframes per batch N (2 anchors + new keyframes)", range=(3, MAX_BATCH),
                            group="Schedule")
     gmflow_path: Optional[str] = knob(None, "GMFlow checkpoint (gmflow_sintel-0c07dcb3.pth): flow 'gmflow'")
     sod_path: Optional[str] = knob(None, "EGNet checkpoint for the background mask (--saliency)")

@@ -19,6 +19,8 @@ FLOW_ESTIMATORS = ("dis", "raft", "gmflow")
 MAX_THREADS = 1024
 # the most denoising steps: SD1.5's schedulers have 1000 training timesteps and refuse more inference steps
 MAX_STEPS = 1000
+# the most keyframes in one batch (cross-frame attention over all of them: far past any card's memory above)
+MAX_BATCH = 256
 # the largest side of a frame (the H.264 encoder's limit)
 MAX_SIDE = 16384
 

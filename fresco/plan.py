@@ -107,8 +107,10 @@ def run_plan(args: argparse.Namespace) -> int:
     """Print the table; exit 0 when it fits, 1 when it does not. Bad arguments raise ValueError (exit 2)."""
     if (args.video is None) == (args.size is None):
         raise ValueError("plan: give a VIDEO or --size WxH (one of them)")
-    if not 2 <= args.batch_size <= 256:
-        raise ValueError(f"--batch-size: from 2 to 256 keyframes per batch, got {args.batch_size}")
+    from .config import own_fields
+    from .knobs import check_value
+    knob = {f.name: f for f in own_fields()}
+    check_value("--batch-size", knob["batch_size"], args.batch_size)  # the render's own range
     if args.vae_chunk is not None and args.vae_chunk < 1:
         raise ValueError(f"--vae-chunk: a positive number of frames, got {args.vae_chunk}")
     device_bytes = parse_memory(args.device_memory) if args.device_memory is not None else None
@@ -116,10 +118,7 @@ def run_plan(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     else:
         from .video.io import probe, processing_size
-        from .config import own_fields
-        from .knobs import check_value
-        short_side = next(f for f in own_fields() if f.name == "short_side")
-        check_value("--short-side", short_side, args.short_side)  # the render's own range
+        check_value("--short-side", knob["short_side"], args.short_side)  # the render's own range
         info = probe(args.video)
         size = processing_size(info.width, info.height, args.short_side)
     if device_bytes is None:

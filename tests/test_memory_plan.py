@@ -125,6 +125,7 @@ def test_fresco_plan_prints_the_table(capsys):
 @pytest.mark.parametrize("argv,key", [(["--size", "65x64"], "--size"), (["--size", "512x512", "--device-memory",
                                       "24XB"], "--device-memory"), ([], "plan"), (["--size", "512x512",
                                       "--batch-size", "1"], "--batch-size"),
+                                      (["--size", "512x512", "--batch-size", "2"], "--batch-size: must be in [3, 256]"),
                                       (["missing.mp4"], "")])
 def test_fresco_plan_bad_input_is_one_line_exit_2(capsys, argv, key):
     assert cli.main(["plan", *argv]) == 2

@@ -158,9 +158,10 @@ def test_bad_inputs(tmp_path, make, match):
     (dict(size="100x64"), "multiples of 64"),
     (dict(mininterv=9, maxinterv=3), "s_min \\(9\\) must be <= s_max \\(3\\)"),
     (dict(batch_size=2), "batch_size"),
+    (dict(batch_size=257), "batch_size: must be in \\[3, 256\\]"),
     (dict(prompt=""), "prompt"),
     (dict(num_warmup_steps=4), "num_warmup_steps"),
-], ids=["size", "s_min>s_max", "batch", "prompt", "warmup"])
+], ids=["size", "s_min>s_max", "batch", "batch-max", "prompt", "warmup"])
 def test_bad_settings(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         render(_cfg(tmp_path / "x.mp4", tmp_path / "o", **kw), stylizer=StandInStylizer(), progress=False)
