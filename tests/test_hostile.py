@@ -270,7 +270,8 @@ def test_ui_auth_forms(launched, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,where,says", [
     ("--out", "/etc", "a system folder"), ("--root", "/", "the file system's root"),
-    ("--root", "/usr/share", "a system folder"), ("--root", "/tmp", "shared by other users"),
+    ("--root", "/var/log/fresco", "a system folder"), ("--root", "/tmp", "shared by other users"),
+    ("--out", "/usr", "shared by other users"),
     ("--root", "HOME", "your home folder"), ("--out", "KEYS", "holds .aws, .ssh"),
     ("--root", "SSH", "a folder of credentials")])
 def test_ui_refuses_a_root_that_would_serve_the_system(launched, tmp_path, capsys, monkeypatch, flag, where, says):

@@ -21,12 +21,14 @@ def check_under_root(save_path: str, root: Path) -> None:
                          f"it (fresco ui --root DIR serves another root)")
 
 
-# folders of the system: a root at or under one of them would serve its files (/etc/shadow to a UI run as root)
-SYSTEM_DIRS = ("/etc", "/proc", "/sys", "/dev", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
-               "/libx32", "/run", "/var/lib", "/var/log", "/var/run", "/var/spool", "/var/mail", "/var/cache",
-               "/snap", "/root")
+# folders of the system: a root at or under one of them would serve its files (/etc/shadow to a UI run as root,
+# /proc/<pid>/environ, /run/secrets)
+SYSTEM_DIRS = ("/etc", "/proc", "/sys", "/dev", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+               "/run", "/var/lib", "/var/log", "/var/run", "/var/spool", "/var/mail", "/var/cache", "/root")
 # folders that hold other users' or other programs' folders: refused themselves, a folder under them is fine
-SHARED_DIRS = ("/home", "/Users", "/var", "/opt", "/srv", "/mnt", "/media", "/tmp", "/var/tmp")
+# (/usr/src/app, a container's usual working folder, or /srv/renders)
+SHARED_DIRS = ("/home", "/Users", "/usr", "/usr/local", "/var", "/opt", "/srv", "/mnt", "/media", "/tmp",
+               "/var/tmp")
 # names whose presence in a root says it is somebody's home or project, with credentials the page would serve
 SECRET_NAMES = (".ssh", ".gnupg", ".aws", ".kube", ".docker", ".netrc", ".git-credentials", ".pgpass", ".env")
 
