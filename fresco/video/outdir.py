@@ -231,10 +231,10 @@ def _ints(x: object, low: int = 0) -> bool:
     return isinstance(x, list) and all(type(v) is int and v >= low for v in x)
 
 
-def _rate(x: object) -> bool:
-    """A frame rate as the state writes it: a string of a fraction or a decimal in (0, 10^6)."""
+def _rate(x: object, top: float = float("inf")) -> bool:
+    """A frame rate as the state writes it: a string of a fraction or a decimal in (0, top)."""
     try:
-        return isinstance(x, str) and 0 < Fraction(x) < 10 ** 6
+        return isinstance(x, str) and 0 < Fraction(x) < top
     except (ValueError, ZeroDivisionError):
         return False
 
@@ -265,8 +265,8 @@ def check_state(d: object) -> None:
     threads = d.get("threads")
     if threads is not None and not threads_mod.valid(threads):
         raise ValueError(f"'threads' is not a thread count (1 to {MAX_THREADS})")
-    for k in ("vfr_fps", "fps"):
-        if d.get(k) is not None and not _rate(d[k]):
+    for k, top in (("vfr_fps", 10 ** 6), ("fps", float("inf"))):   # (fps: the input's, as its header says)
+        if d.get(k) is not None and not _rate(d[k], top):
             raise ValueError(f"'{k}' is not a frame rate")
     size = d.get("size")
     if size is not None and not (_ints(size, 1) and len(size) == 2 and max(size) <= MAX_SIDE):
