@@ -24,7 +24,7 @@ from .plan import add_parser as add_plan
 from .plan import run_plan
 from .score_cli import add_parser as add_score
 from .score_cli import run as run_score
-from .ui.guard import auth_pairs, check_root
+from .ui.guard import auth_pairs, ui_root
 
 
 def _knob_flags(p: argparse.ArgumentParser) -> None:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
-            check_root(Path(args.root or args.out).expanduser().resolve(), "--root" if args.root else "--out")
+            ui_root(args.out, args.root)   # (refused here, before Gradio loads; the UI checks it again)
             auth = auth_pairs(args.auth, args.auth_file, args.no_auth, args.listen or args.share)
             try:
                 web_ui.launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,

@@ -39,8 +39,7 @@ class UI:
                  make_stylizer: Optional[jobs.StylizerFactory] = None, root: Optional[str | Path] = None):
         self.defaults = RenderConfig(sd_path=model) if model else RenderConfig()
         self.out_root = Path(out_root)
-        self.root = Path(out_root if root is None else root).expanduser().resolve()
-        guard.check_root(self.root, "--out" if root is None else "--root")
+        self.root = guard.ui_root(out_root, root)
         guard.check_under_root(str(self.out_root), self.root)
         self._pipeline = jobs.pipeline_stylizer(jobs.PipelineCache())
         self.make_stylizer = make_stylizer or self._pipeline

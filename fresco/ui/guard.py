@@ -13,10 +13,14 @@ from ..video import preflight as pf
 from ..video.io import probe, processing_size
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
 def check_under_root(save_path: str, root: Path) -> None:
     """Refuse an output folder that does not resolve, symbolic links included, to `root` or a folder under it."""
-    resolved = Path(save_path).expanduser().resolve()
-    if resolved != root and root not in resolved.parents:
+    if not _within(Path(save_path).expanduser().resolve(), root):
         raise ValueError(f"save_path: '{save_path}' is outside the UI's output root '{root}'; give a folder under "
                          f"it (fresco ui --root DIR serves another root)")
 
@@ -33,6 +37,13 @@ SHARED_DIRS = ("/home", "/Users", "/usr", "/usr/local", "/var", "/opt", "/srv", 
 SECRET_NAMES = (".ssh", ".gnupg", ".aws", ".kube", ".docker", ".netrc", ".git-credentials", ".pgpass", ".env")
 
 
+def ui_root(out_root: str | Path, root: Optional[str | Path] = None) -> Path:
+    """The folder the page serves and writes under: `root`, by default `out_root`, resolved, after `check_root`."""
+    resolved = Path(out_root if root is None else root).expanduser().resolve()
+    check_root(resolved, "--out" if root is None else "--root")
+    return resolved
+
+
 def check_root(root: Path, flag: str = "--root") -> None:
     """Refuse a root (resolved) the page must not serve everything under: the file system's root, a system
     folder or one under it, the user's home or a folder above it, or a folder holding credentials (.ssh, .aws,
@@ -41,15 +52,15 @@ def check_root(root: Path, flag: str = "--root") -> None:
         home = Path.home().resolve()
     except (RuntimeError, KeyError, OSError):  # no home directory for this user
         home = None
+    under_home = home is not None and home != Path("/") and _within(root, home)   # (a home may be /root, /var/lib/x)
     why = None
     if root == Path(root.anchor):
         why = "the file system's root"
     elif any(root == Path(d) for d in SHARED_DIRS):
         why = "a folder shared by other users and programs"
-    elif any(root == Path(d) or Path(d) in root.parents for d in SYSTEM_DIRS) and not (
-            home is not None and (root == home or home in root.parents) and home != Path("/")):
+    elif any(_within(root, Path(d)) for d in SYSTEM_DIRS) and not under_home:
         why = "a system folder"
-    elif home is not None and (root == home or root in home.parents):
+    elif home is not None and _within(home, root):
         why = "your home folder" if root == home else "a folder above your home"
     elif any(part in SECRET_NAMES for part in root.parts):
         why = "a folder of credentials"
@@ -83,7 +94,7 @@ def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exp
         pairs.append(_pair(auth, "--auth"))
     if auth_file:
         where = Path(auth_file).expanduser().resolve()
-        if where.is_file() and any(Path(d) in where.parents for d in SYSTEM_DIRS):   # (a pipe, <(...), may pass)
+        if where.is_file() and any(_within(where, Path(d)) for d in SYSTEM_DIRS):   # (a pipe, <(...), may pass)
             raise ValueError(f"--auth-file: '{auth_file}' is a system file, not a list of logins (its lines would "
                              f"become logins anyone can read); give a file of your own, one USER:PASS a line")
         try:

@@ -63,15 +63,21 @@ def nlm_frame(frame: torch.Tensor, keys: list, radius: int = NLM_RADIUS, patch: 
     pixels read, so every pixel sees what it would see in one pass and the memory stays bounded."""
     h_, w_ = frame.shape[1:]
     rows = max(1, band_pixels // max(w_, 1))
-    if h_ > rows:
-        halo = radius + patch // 2
-        out = torch.empty_like(keys[0][0])
-        for y0 in range(0, h_, rows):
-            y1 = min(h_, y0 + rows)
-            a, b = max(0, y0 - halo), min(h_, y1 + halo)
-            part = nlm_frame(frame[:, a:b], [(c[:, a:b], wk) for c, wk in keys], radius, patch, h, adapt, (b - a) * w_)
-            out[:, y0:y1] = part[:, y0 - a:y1 - a]
-        return out
+    if h_ <= rows:
+        return _nlm_pass(frame, keys, radius, patch, h, adapt)
+    halo = radius + patch // 2
+    out = torch.empty_like(keys[0][0])
+    for y0 in range(0, h_, rows):
+        y1 = min(h_, y0 + rows)
+        a, b = max(0, y0 - halo), min(h_, y1 + halo)
+        part = _nlm_pass(frame[:, a:b], [(c[:, a:b], wk) for c, wk in keys], radius, patch, h, adapt)
+        out[:, y0:y1] = part[:, y0 - a:y1 - a]
+    return out
+
+
+def _nlm_pass(frame: torch.Tensor, keys: list, radius: int, patch: int, h: float, adapt: float) -> torch.Tensor:
+    """`nlm_frame` over the whole of `frame` in one pass (its candidate stacks: [K (2 radius + 1)^2, H, W])."""
+    h_, w_ = frame.shape[1:]
     span = range(-radius, radius + 1)
 
     pads = [F.pad(carried[None], (radius,) * 4, mode="replicate")[0] for carried, _ in keys]

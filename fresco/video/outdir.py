@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 from ..config import RenderConfig, fingerprint_keys
 from .. import threads as threads_mod
-from ..constants import KEYS, LATENTS, LOCK, MAX_SIDE, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE, VIDEO_SUFFIXES
+from ..constants import (KEYS, LATENTS, LOCK, MAX_SIDE, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE,
+                         VIDEO_SUFFIXES)
 from . import safe_fs
 from .io import VideoInfo
 from .keyframes import Batch
