@@ -293,8 +293,9 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
     between = [i for i in range(len(frames)) if i not in set(keys)]
     rows, per_frame = [], {}
     base = {"clip": clip, "size": size, "interval": interval, "style": style}
+    pairs = input_pairs(frames)
     rows.append({**base, "method": "target", "psnr": 99.0, "sharpness": 1.0, "s_per_frame": 0.0,
-                 **warp_stability(frames, target)})
+                 "temporal_vs_target": temporal_vs_target(target, target, pairs), **warp_stability(frames, target)})
     for m in methods:
         t0 = time.perf_counter()
         log: list = []
@@ -307,7 +308,7 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
         sharp = np.mean([grad_energy(out[i]) for i in between]) / np.mean([grad_energy(target[i]) for i in between])
         per_frame[m] = p
         rows.append({**base, "method": m, "psnr": float(np.mean(p)), "sharpness": float(sharp), "s_per_frame": secs,
-                     **warp_stability(frames, out)})
+                     "temporal_vs_target": temporal_vs_target(out, target, pairs), **warp_stability(frames, out)})
         if log:
             rows[-1]["auto_patch_share"] = float(np.mean([share for _, share, _, _ in log]))
             rows[-1]["auto_log"] = log
@@ -366,6 +367,32 @@ def warp_stability(frames: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> d
     from fresco.score import score_frames
     r = score_frames(frames, out, flow="dis")
     return {"warp_error": r.warp_error_mean, "warp_x_floor": r.warp_error_mean / r.warp_error_floor_mean}
+
+
+def input_pairs(frames: Sequence[np.ndarray]) -> list:
+    """[(backward flow, carried pixels)] of each consecutive pair of the input (fresco.score's DIS flow and mask), for
+    `temporal_vs_target`."""
+    from fresco.models.flow import get_flow_estimator
+    from fresco.score import _to_tensor, carried_pixels
+    est = get_flow_estimator("dis", "cpu")
+    return [carried_pixels(est, _to_tensor(a, "cpu"), _to_tensor(b, "cpu")) for a, b in zip(frames, frames[1:])]
+
+
+def temporal_vs_target(out: Sequence[np.ndarray], target: Sequence[np.ndarray], pairs: list) -> float:
+    """The output's frame-to-frame change along the input's flow, compared with the target's own change there: the
+    mean squared difference of the two changes (RGB 0..1, carried pixels) as a multiple of the target's warp error.
+    0: the output changes exactly as the target does; 1: as far off as an output that never changes along the flow;
+    above 1: flicker that the target does not have. The warp error alone (`warp_stability`) also counts the
+    target's own changes against a method that reproduces them."""
+    from fresco.score import _to_tensor, change_along_flow
+    num, den = [], []
+    for i, (bwd, valid) in enumerate(pairs):
+        d_t = change_along_flow(_to_tensor(target[i], "cpu"), _to_tensor(target[i + 1], "cpu"), bwd)
+        d_o = change_along_flow(_to_tensor(out[i], "cpu"), _to_tensor(out[i + 1], "cpu"), bwd)
+        if int(valid.sum()):
+            num.append(float(((d_o - d_t) ** 2).mean(dim=1)[valid].double().mean()))
+            den.append(float((d_t ** 2).mean(dim=1)[valid].double().mean()))
+    return float(np.mean(num) / np.mean(den)) if den and np.mean(den) > 0 else float("nan")
 
 
 def time_patch(size: int, repeats: int = 3, device: str = "cpu") -> dict:
@@ -455,11 +482,12 @@ def time_methods(size: int, methods: Sequence[str] = ("flow", "patch", "auto"), 
 
 def markdown(rows: List[dict]) -> str:
     lines = ["| clip | style | size | interval | method | PSNR dB | sharpness | warp error x input "
-             "| worst frame vs flow dB | s/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| change vs target's x target's warp | worst frame vs flow dB | s/frame |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['clip']} | {r.get('style', 'flat')} | {r['size']} | {r['interval']} | {r['method']} | "
-                     f"{r['psnr']:.2f} | "
-                     f"{r['sharpness']:.3f} | {r['warp_x_floor']:.2f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} "
+                     f"{r['psnr']:.2f} | {r['sharpness']:.3f} | {r['warp_x_floor']:.2f} | "
+                     f"{r.get('temporal_vs_target', float('nan')):.3f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} "
                      f"| {r['s_per_frame']:.3f} |"
                      + (f" {100 * r['auto_patch_share']:.0f}% of pixels weighted toward patch"
                         if "auto_patch_share" in r else ""))
@@ -578,7 +606,9 @@ def main(argv=None) -> int:
                            f"{'' if args.flow == 'dis' else ' along ' + args.flow}: "
                            f"mean PSNR {np.mean([r['psnr'] for r in sel]):.2f} dB, "
                            f"sharpness {np.mean([r['sharpness'] for r in sel]):.3f}, warp error "
-                           f"x{np.mean([r['warp_x_floor'] for r in sel]):.2f} the input's, worst frame vs flow "
+                           f"x{np.mean([r['warp_x_floor'] for r in sel]):.2f} the input's, change against the "
+                           f"target's x{np.mean([r['temporal_vs_target'] for r in sel]):.3f} its warp error, "
+                           f"worst frame vs flow "
                            f"{min(r.get('worst_vs_flow_db', float('nan')) for r in sel):+.2f} dB")
     for real, interval, m in [(real, i, m) for real in (True, False) for i in args.intervals
                               for m in args.methods]:

@@ -110,6 +110,25 @@ def _warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return torch.where(still, x, flow_warp(x, flow))
 
 
+@torch.no_grad()
+def carried_pixels(estimator: FlowEstimator, a_in: torch.Tensor, b_in: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input's backward flow of a consecutive pair ([1, 2, H, W], frame b to frame a) and the pixels of b it
+    carries from a ([1, H, W] bool: not occluded by the forward-backward check, source inside the frame): where the
+    warp error of every figure here is taken. a_in, b_in: [1, 3, H, W] float RGB 0..255."""
+    fwd, bwd = (f.to(a_in.device, torch.float32) for f in flow_pair(estimator, a_in, b_in))
+    if tuple(bwd.shape) != (1, 2) + tuple(a_in.shape[2:]):
+        raise RuntimeError(f"flow estimator returned {list(bwd.shape)}, expected [1, 2, H, W]")
+    _, occ = occlusion_from_flows(fwd, bwd, a_in, targets=b_in)
+    inside = _warp(torch.ones_like(a_in[:, :1]), bwd)[:, 0] > 0.999
+    return bwd, (occ < 0.5) & inside
+
+
+def change_along_flow(a: torch.Tensor, b: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
+    """b minus a warped along the input's backward flow, RGB in [0, 1] ([1, 3, H, W]; a, b: float RGB 0..255)."""
+    return b / 255 - _warp(a / 255, bwd)
+
+
 class _PairScorer:
     """Accumulates the flow-based figures one consecutive pair at a time."""
 
@@ -121,18 +140,13 @@ class _PairScorer:
 
     @torch.no_grad()
     def add(self, a_in: torch.Tensor, b_in: torch.Tensor, a_out: torch.Tensor, b_out: torch.Tensor) -> None:
-        fwd, bwd = (f.to(a_in.device, torch.float32) for f in flow_pair(self.estimator, a_in, b_in))
-        if tuple(bwd.shape) != (1, 2) + tuple(a_in.shape[2:]):
-            raise RuntimeError(f"flow estimator returned {list(bwd.shape)}, expected [1, 2, H, W]")
-        _, occ = occlusion_from_flows(fwd, bwd, a_in, targets=b_in)
-        inside = _warp(torch.ones_like(a_in[:, :1]), bwd)[:, 0] > 0.999
-        valid = (occ < 0.5) & inside
+        bwd, valid = carried_pixels(self.estimator, a_in, b_in)
         n_valid = int(valid.sum())
         for prev, cur, into in ((a_out, b_out, self.warp), (a_in, b_in, self.floor)):
             if n_valid == 0:
                 into.append(None)
                 continue
-            err = ((cur / 255 - _warp(prev / 255, bwd)) ** 2).mean(dim=1)
+            err = (change_along_flow(prev, cur, bwd) ** 2).mean(dim=1)
             into.append(float(err[valid].double().sum() / n_valid))
         static = (b_in - a_in).abs().mean(dim=1) / 255 <= STATIC_THRESHOLD
         self.flick[0] += float(((b_out - a_out).abs().mean(dim=1) / 255)[static].double().sum())

@@ -63,6 +63,23 @@ def test_evaluate_rows_small():
     assert set(by["nearest"]) >= {"psnr", "sharpness", "s_per_frame", "worst_vs_flow_db", "warp_x_floor"}
     # temporal stability (fresco.score): nearest-key holds jump at every switch of key, the flow blend is smooth
     assert by["flow"]["warp_x_floor"] < by["nearest"]["warp_x_floor"] and by["target"]["warp_x_floor"] > 0
+    # against the target's own changes: the target itself is exact, nearest-key holds are off by more than the blend
+    assert by["target"]["temporal_vs_target"] == 0
+    assert 0 < by["flow"]["temporal_vs_target"] < by["nearest"]["temporal_vs_target"]
+
+
+def test_temporal_vs_target_scale():
+    """0 for the target, 1 for an output that never changes (a still camera: the flow is zero), a flicker the target
+    lacks above 1, and a target that never changes has no scale."""
+    rng = np.random.default_rng(0)
+    still = [np.full((24, 24, 3), 128, np.uint8)] * 4
+    target = [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(4)]
+    pairs = pq.input_pairs(still)
+    assert pq.temporal_vs_target(target, target, pairs) == 0
+    assert pq.temporal_vs_target(still, target, pairs) == pytest.approx(1.0)
+    flicker = [np.clip(t.astype(int) + (60 if i % 2 else -60), 0, 255).astype(np.uint8) for i, t in enumerate(target)]
+    assert pq.temporal_vs_target(flicker, target, pairs) > 1.0
+    assert np.isnan(pq.temporal_vs_target(target, still, pairs))
 
 
 @pytest.mark.parametrize("argv", [["--size", "8"], ["--clips", "nope"], ["--timing", "16"], ["--style", "oil"],
