@@ -64,6 +64,15 @@ def has_kernel(name: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fresco::{name}", key)
 
 
+def reference_vjp(fn: Callable, primals: tuple, cotangent=None) -> tuple:
+    """(fn(*primals) detached, its vector-Jacobian product with `cotangent` (None: ones, for a scalar loss) for each
+    primal). With torch.func.vjp, because an op's kernel runs below the Autograd dispatch key: there
+    `torch.enable_grad()` + `torch.autograd.grad` build no graph, and the plain-PyTorch fallbacks would fail."""
+    out, vjp = torch.func.vjp(fn, *primals)
+    grads = vjp(torch.ones_like(out) if cotangent is None else cotangent)
+    return out.detach(), grads
+
+
 def impl_cpu(name: str, fallback: Callable) -> str:
     """Use the C++ kernel for `fresco::name` on CPU if the library provides one, else `fallback`.
 

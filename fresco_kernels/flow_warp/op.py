@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 
 from .._config import HAS_TRITON
-from .._library import impl_cpu, impl_cuda, lib
+from .._library import impl_cpu, impl_cuda, lib, reference_vjp
 from .reference import flow_warp_reference
 
 lib.define("flow_warp(Tensor x, Tensor flow) -> Tensor")
@@ -47,12 +47,13 @@ def _reference_forward(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_backward(grad_out, x, flow, need_x: bool, need_flow: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    with torch.enable_grad():
-        xr = x.detach().requires_grad_(need_x)
-        fr = flow.detach().requires_grad_(need_flow)
-        out = flow_warp_reference(xr, fr)
-        wrt = [t for t in (xr, fr) if t.requires_grad]
-        grads = list(torch.autograd.grad(out, wrt, grad_out))
+    if need_x and need_flow:
+        _, grads = reference_vjp(flow_warp_reference, (x, flow), grad_out)
+    elif need_x:
+        _, grads = reference_vjp(lambda t: flow_warp_reference(t, flow), (x,), grad_out)
+    else:
+        _, grads = reference_vjp(lambda f: flow_warp_reference(x, f), (flow,), grad_out)
+    grads = list(grads)
     gx = torch.empty_like(x).copy_(grads.pop(0)) if need_x else x.new_empty(0)
     gf = torch.empty_like(flow).copy_(grads.pop(0)) if need_flow else flow.new_empty(0)
     return gx, gf

@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 
 from .._config import HAS_TRITON
-from .._library import impl_cpu, impl_cuda, lib, register_fused_loss_autograd
+from .._library import impl_cpu, impl_cuda, lib, reference_vjp, register_fused_loss_autograd
 from .reference import gram_loss_reference
 
 lib.define("gram_loss(Tensor feat, Tensor ref, str reduction, float weight, str precision) -> Tensor")
@@ -43,11 +43,8 @@ def _reference_loss(feat, ref, reduction: str, weight: float, precision: str) ->
 
 
 def _reference_fwd_bwd(feat, ref, reduction: str, weight: float, precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    with torch.enable_grad():
-        f = feat.detach().requires_grad_()
-        loss = gram_loss_reference(f, ref, reduction, weight)
-        (grad,) = torch.autograd.grad(loss, f)
-    return loss.detach(), torch.empty_like(feat).copy_(grad)
+    loss, (grad,) = reference_vjp(lambda f: gram_loss_reference(f, ref, reduction, weight), (feat,))
+    return loss, torch.empty_like(feat).copy_(grad)
 
 
 impl_cpu("gram_loss", _reference_loss)

@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 
 from .._config import HAS_TRITON
-from .._library import impl_cpu, impl_cuda, lib, register_fused_loss_autograd
+from .._library import impl_cpu, impl_cuda, lib, reference_vjp, register_fused_loss_autograd
 from .reference import warp_consistency_loss_reference
 
 _ARGS = "Tensor feat, Tensor fwd_flow, Tensor bwd_flow, Tensor fwd_occ, Tensor bwd_occ, int cfg_chunks"
@@ -47,11 +47,9 @@ def _reference_loss(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks: int)
 
 
 def _reference_fwd_bwd(feat, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    with torch.enable_grad():
-        f = feat.detach().requires_grad_()
-        loss = warp_consistency_loss_reference(f, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks)
-        (grad,) = torch.autograd.grad(loss, f)
-    return loss.detach().to(_loss_dtype(feat)), torch.empty_like(feat).copy_(grad)
+    loss, (grad,) = reference_vjp(
+        lambda f: warp_consistency_loss_reference(f, fwd_flow, bwd_flow, fwd_occ, bwd_occ, cfg_chunks), (feat,))
+    return loss.to(_loss_dtype(feat)), torch.empty_like(feat).copy_(grad)
 
 
 impl_cpu("warp_consistency_loss", _reference_loss)
