@@ -57,8 +57,11 @@ def _split_tail(spec: str) -> Tuple[str, Optional[str]]:
     return head, tail
 
 
+LORA_WEIGHT_MAX = 10.0  # as the ControlNet and IP-Adapter scales; LoRAs are made for weights around 1
+
+
 def parse_lora(spec: str, key: str = "lora") -> LoraSpec:
-    """'FILE' or 'FILE:WEIGHT' (weight a finite number, default 1)."""
+    """'FILE' or 'FILE:WEIGHT' (weight in [-10, 10], default 1)."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"{key}: expected 'FILE' or 'FILE:WEIGHT', got {spec!r}")
     path, tail = _split_tail(spec)
@@ -69,8 +72,8 @@ def parse_lora(spec: str, key: str = "lora") -> LoraSpec:
         except ValueError:
             raise ValueError(f"{key}: expected 'FILE' or 'FILE:WEIGHT' with a number as WEIGHT, got {spec!r}") \
                 from None
-        if weight != weight or abs(weight) == float("inf"):
-            raise ValueError(f"{key}: WEIGHT must be finite, got {spec!r}")
+        if not abs(weight) <= LORA_WEIGHT_MAX:  # (NaN fails too) a huge weight turns every frame black
+            raise ValueError(f"{key}: WEIGHT must be in [-{LORA_WEIGHT_MAX:g}, {LORA_WEIGHT_MAX:g}], got {spec!r}")
     return LoraSpec(path, weight)
 
 

@@ -16,6 +16,7 @@ import fresco_kernels as fk
 from . import __version__
 from . import config as cfgmod
 from . import ui as web_ui
+from .constants import MAX_CLIP_FRAMES, MAX_SIDE
 from .distributed.cli import add_parser as add_render_many
 from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             from .video import make_synthetic_clip  # OpenCV loads only for the commands that need it
             size, fps = _clip_size(args.size), _clip_fps(args.fps)
             _new_path(args.path, args.overwrite)
-            if args.frames < 1:
-                raise ValueError(f"--frames: a positive number of frames, got {args.frames}")
+            if not 1 <= args.frames <= MAX_CLIP_FRAMES:
+                raise ValueError(f"--frames: a number of frames in [1, {MAX_CLIP_FRAMES}], got {args.frames}")
             print(make_synthetic_clip(args.path, args.frames, size, fps, audio=args.audio))
             return 0
         if args.command == "make-test-models":
@@ -265,8 +266,8 @@ def _clip_size(text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size: expected WxH like 256x256, got {text!r}") from None
-    if w < 2 or h < 2 or w % 2 or h % 2:
-        raise ValueError(f"--size: both sides must be even and >= 2 (H.264), got {text!r}")
+    if w < 2 or h < 2 or w % 2 or h % 2 or max(w, h) > MAX_SIDE:
+        raise ValueError(f"--size: both sides must be even and in [2, {MAX_SIDE}] (H.264), got {text!r}")
     return w, h
 
 

@@ -23,6 +23,8 @@ MAX_STEPS = 1000
 MAX_BATCH = 256
 # the largest side of a frame (the H.264 encoder's limit)
 MAX_SIDE = 16384
+# the most frames `fresco make-clip` writes (an hour at 25 fps)
+MAX_CLIP_FRAMES = 90000
 
 # ControlNet v1.0 for SD1.5 per control type (the published choice)
 CONTROLNET_IDS = {

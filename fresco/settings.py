@@ -118,6 +118,12 @@ class FrescoSettings:
         need(self.num_warmup_steps is None or self.num_warmup_steps < self.num_inference_steps,
              "num_warmup_steps", f"must be < num_inference_steps={self.num_inference_steps} (negative: pure noise, "
                                  f"as published)")
+        if self.num_warmup_steps is None:  # from strength: int(steps x strength) steps run, and must be >= 1
+            strength = PUBLISHED_STRENGTH if self.strength is None else self.strength
+            need(self.warmup_steps < self.num_inference_steps,
+                 "strength" if self.strength is not None else "num_inference_steps",
+                 f"leaves no denoising step: num_inference_steps {self.num_inference_steps} x strength {strength:g} "
+                 f"rounds down to 0 (need a product >= 1)")
         need(all(0 <= i < 4 for i in self.opt_layers), "opt_layers", "indices of the 4 decoder blocks (0..3)")
 
     def replace(self, **changes) -> "FrescoSettings":

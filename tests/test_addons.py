@@ -72,7 +72,8 @@ def test_specs_parse():
         ("lllyasviel/control_v11p_sd15_softedge", "softedge", 0.8),
         ("lllyasviel/control_v11p_sd15_scribble", "scribble", None)]  # None: cond_scale
     assert addon_specs.parse_controlnets("hed=someone/my-net")[0].preprocessor == "hed"
-    for bad, match in (("a.safetensors:x", "WEIGHT"), ("a.safetensors:nan", "finite")):
+    for bad, match in (("a.safetensors:x", "WEIGHT"), ("a.safetensors:nan", r"in \[-10, 10\]"),
+                       ("a.safetensors:1e308", r"in \[-10, 10\]"), ("a.safetensors:-10.5", r"in \[-10, 10\]")):
         with pytest.raises(ValueError, match=match):
             addon_specs.parse_lora(bad)
     for bad, match in (("hed:x", "SCALE"), ("hed:0.5,", "empty item"), ("someone/net", "preprocessor"),

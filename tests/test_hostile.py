@@ -266,6 +266,38 @@ def test_ui_auth_forms(launched, tmp_path, capsys):
     rc, err = run(capsys, "ui", "--listen", "--auth-file", fifo)
     writer.join()
     assert rc == 0 and launched["auth"] == [("cat", "pw3")] and "warning" not in err
+    launched.clear()
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", "/dev/zero")   # endless: refused, not read
+    assert rc == 2 and "--auth-file: '/dev/zero' is a device" in one_line(err) and launched == {}
+    f.write_text("cat:pw\n" * 200_000)
+    rc, err = run(capsys, "ui", "--listen", "--auth-file", f)
+    assert rc == 2 and "is longer than 1024 KiB" in one_line(err) and launched == {}
+
+
+def test_inputs_that_are_not_files_or_frames(tmp_path):
+    """A pipe as the input would hang the probe (a render reads its input twice); a frame of a folder that is a
+    dangling link or a pipe would vanish from the video; a tiny file that decodes to gigabytes is refused from its
+    header."""
+    from PIL import Image
+    from fresco.video.io import probe
+    fifo = tmp_path / "in.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is not a regular file or a folder"):
+        probe(fifo)
+    with pytest.raises(ValueError, match="is not a regular file or a folder"):
+        probe("/dev/zero")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in (0, 2):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), synthetic_frame(i, (32, 32))[:, :, ::-1])
+    assert probe(frames).n_frames == 2
+    (frames / "001.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ValueError, match="001.png' in the frames folder is not a regular file"):
+        probe(frames)
+    (frames / "001.png").unlink()
+    Image.new("1", (20000, 20000)).save(frames / "000.png")   # 48 KB on disk, 1.2 GB decoded
+    with pytest.raises(ValueError, match="larger than 16384 pixels on a side"):
+        probe(frames)
 
 
 @pytest.mark.parametrize("flag,where,says", [
@@ -613,6 +645,13 @@ def test_argument_type_errors_are_one_line_without_the_usage(capsys, argv, names
 def test_make_clip_fps_is_checked(tmp_path, capsys, fps):
     rc, err = run(capsys, "make-clip", tmp_path / "c.mp4", "--fps", fps, "--frames", "2", "--size", "32x32")
     assert rc == 2 and "--fps" in one_line(err) and not (tmp_path / "c.mp4").exists()
+
+
+@pytest.mark.parametrize("frames", ["0", "90001", "99999999999999999999999999"])
+def test_make_clip_frames_is_bounded(tmp_path, capsys, frames):
+    rc, err = run(capsys, "make-clip", tmp_path / "c.mp4", "--frames", frames, "--size", "32x32")
+    assert rc == 2 and "--frames: a number of frames in [1, 90000]" in one_line(err)
+    assert not list(tmp_path.iterdir())
 
 
 def test_make_clip_keeps_an_existing_file_unless_asked(tmp_path, capsys):

@@ -322,7 +322,7 @@ def test_yaml_syntax_error_names_line_and_column(clip, tmp_path):
     assert re.search(r"config: '.*c\.yaml' line \d+, column \d+: not valid YAML", one_line_error(out.stderr))
 
 
-@pytest.mark.parametrize("size", ["64", "64x", "axb", "63x64"])
+@pytest.mark.parametrize("size", ["64", "64x", "axb", "63x64", "20000x2", "2x99999999999999999998"])
 def test_make_clip_bad_size(tmp_path, capsys, size):
     assert cli.main(["make-clip", str(tmp_path / "c.mp4"), "--size", size]) == 2
     assert one_line_error(capsys.readouterr().err).startswith("fresco: error: --size: ")

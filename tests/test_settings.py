@@ -21,6 +21,8 @@ from fresco.settings import FrescoSettings, knob
     (dict(strength=1.5), ValueError, r"strength: must be in \(0, 1\]"),
     (dict(strength=0.5, num_warmup_steps=2), ValueError, "pass one of them"),
     (dict(num_inference_steps=4, num_warmup_steps=4), ValueError, r"num_warmup_steps: must be < num_inference_steps"),
+    (dict(num_inference_steps=1), ValueError, "num_inference_steps: leaves no denoising step"),
+    (dict(num_inference_steps=2, strength=0.01), ValueError, "strength: leaves no denoising step"),
     (dict(opt_layers=(0, 7)), ValueError, "opt_layers"),
     (dict(vae_chunk=0), ValueError, "vae_chunk: must be >= 1"),
 ])
@@ -30,6 +32,7 @@ def test_validation_names_the_field(kw, exc, match):
 
 
 def test_schedule_and_replace():
+    assert FrescoSettings(num_inference_steps=2, strength=0.5).warmup_steps == 1  # one step runs: accepted
     s = FrescoSettings()
     assert s.schedule() == dict(num_inference_steps=20, num_warmup_steps=5, end_opt_step=15,
                                 bg_smoothing_steps=[16, 17])

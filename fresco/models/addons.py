@@ -309,6 +309,9 @@ def check_files(model: str, model_config: Optional[str], addons: Addons, ip_imag
         try:
             with Image.open(ip_image) as im:
                 im.verify()
+        except Image.DecompressionBombError:
+            raise ValueError(f"ip_image: '{ip_image}' decodes to more pixels than a style image may have "
+                             f"({Image.MAX_IMAGE_PIXELS} at most)") from None
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"ip_image: '{ip_image}' is not a readable image ({e})") from None
 

@@ -83,6 +83,9 @@ def _pair(text: str, where: str) -> tuple[str, str]:
     return user.strip(), password
 
 
+AUTH_FILE_LIMIT = 1 << 20  # characters read from --auth-file at most (a pipe or a huge file cannot exhaust memory)
+
+
 def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exposed: bool
                ) -> Optional[list[tuple[str, str]]]:
     """The (user, password) logins of `fresco ui`, None for none. A server on every interface or behind a share
@@ -99,12 +102,20 @@ def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exp
                              f"become logins anyone can read); give a file of your own, one USER:PASS a line")
         try:
             mode = Path(auth_file).expanduser().stat().st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+                raise ValueError(f"--auth-file: '{auth_file}' is a device or socket, not a list of logins; give a "
+                                 f"file or a pipe, one USER:PASS a line")
             if stat.S_ISREG(mode) and mode & 0o004:
                 print(f"fresco: warning: --auth-file: '{auth_file}' is readable by every user of this machine "
                       f"(chmod o-r)", file=sys.stderr)
-            lines = Path(auth_file).expanduser().read_text().splitlines()
+            with open(Path(auth_file).expanduser(), encoding="utf-8", errors="replace") as f:
+                text = f.read(AUTH_FILE_LIMIT + 1)
         except OSError as e:
             raise ValueError(f"--auth-file: cannot read '{auth_file}': {e.strerror or e}") from None
+        if len(text) > AUTH_FILE_LIMIT:
+            raise ValueError(f"--auth-file: '{auth_file}' is longer than {AUTH_FILE_LIMIT // 1024} KiB; a list of "
+                             f"logins is one USER:PASS a line")
+        lines = text.splitlines()
         for i, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 pairs.append(_pair(line.strip(), f"--auth-file: '{auth_file}' line {i}"))

@@ -14,7 +14,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..constants import VIDEO_SUFFIXES
+from ..constants import MAX_SIDE, VIDEO_SUFFIXES
 from . import safe_fs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -75,12 +75,29 @@ def _natural_key(name: str):
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """The images of a folder in natural order (frame2 before frame10)."""
     folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+    for p in files:  # a frame that cannot be read must not vanish from the video without a word
+        if not p.is_file():
+            raise ValueError(f"input: '{p}' in the frames folder is not a regular file (a folder, a device, a pipe or "
+                             f"a dangling link); remove it or give the frames as files")
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
 def _read_image(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    from PIL import Image
+    try:  # the header's size first: a small file can decode to gigabytes
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError:
+        w = h = MAX_SIDE + 1
+    except Exception:  # noqa: BLE001 - not a format PIL knows: OpenCV decides below
+        w = h = 0
+    if max(w, h) > MAX_SIDE:
+        raise ValueError(f"input: image '{path}' is larger than {MAX_SIDE} pixels on a side")
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise ValueError(f"input: cannot decode image '{path}' ({str(e).strip().splitlines()[-1]})") from None
     if img is None:
         raise ValueError(f"input: cannot read image '{path}' (accepted: {', '.join(IMAGE_EXTS)})")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -98,6 +115,9 @@ def probe(path: str | os.PathLike, folder_fps: Fraction | float | None = None) -
         first = _read_image(files[0])
         fps = Fraction(folder_fps).limit_denominator(100000) if folder_fps else DEFAULT_FOLDER_FPS
         return VideoInfo(str(path), len(files), first.shape[1], first.shape[0], fps, False, True)
+    if not path.is_file():
+        raise ValueError(f"input: '{path}' is not a regular file or a folder (a device, a pipe or a socket cannot be "
+                         f"read twice, as a render does)")
     if folder_fps is not None:
         raise ValueError("fps: only a folder of images takes an explicit fps; a video keeps its own")
     av = _av()
