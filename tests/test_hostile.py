@@ -749,3 +749,13 @@ def test_opt_iters_is_bounded(clip, tmp_path, capsys):
     rc, err = run(capsys, "render", clip, "--prompt", "x", "-o", tmp_path / "o", *TINY, "--opt-iters",
                   "999999999999999")
     assert rc == 2 and "opt_iters" in one_line(err)
+
+
+def test_an_interval_longer_than_the_clip_names_the_interval(clip, tmp_path, capsys):
+    """A fixed interval of 100 on a 12-frame clip leaves frame 0 the only key: refused before any model loads, with
+    the interval that works, and nothing written."""
+    i = TINY.index("--s-min")
+    argv = TINY[:i] + TINY[i + 4:]   # without --s-min 4 --s-max 4
+    rc, err = run(capsys, "render", clip, *argv, "--prompt", "x", "--interval", "100", "-o", tmp_path / "o")
+    assert rc == 2 and "interval: a fixed keyframe interval of 100 gives one keyframe" in one_line(err)
+    assert "at most 11" in err and not (tmp_path / "o" / "keys").exists()

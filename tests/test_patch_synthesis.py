@@ -213,6 +213,11 @@ def test_weighted_vote_and_colour_error():
     both = weighted_vote(style, rnd, even, 1, 0.5, style, own, 1e-3)   # the style, then the source's own vote
     assert both.shape == (6, 9, 10) and torch.allclose(both[:3], own, atol=1e-3)
     assert torch.allclose(both[3:], own, atol=1e-3)
+    # a vanishing sharpness or sigma (1e-320 passes the knobs' ranges) is "the best vote only", not inf / NaN
+    for s, sigma in ((1e-320, 1e-3), (0.5, 1e-320), (1e-320, 1e-320)):
+        tiny = weighted_vote(style, rnd, even, 1, s, style, own, sigma)
+        assert torch.allclose(tiny[:3], own, atol=1e-3)
+        assert torch.isfinite(weighted_vote(style, rnd, bad, 1, s, style, own, sigma)).all()
     assert not torch.allclose(plain, own, atol=1.0)
     assert torch.allclose(weighted_vote(style, rnd, even, 1, 0.5, style, own, 0.0)[:3], plain, atol=1e-4)
     # a frame far from every source pixel (a flash, a region no key saw): still the weighted mean of the votes,

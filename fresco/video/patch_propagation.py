@@ -206,7 +206,11 @@ def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: 
     frame_cl = frame.permute(1, 2, 0) if pixel_sigma > 0 else None
     # weights in the log domain with a running per-pixel maximum (as a streaming softmax): a pixel whose votes all
     # match poorly still gets their weighted mean, where exp() of the raw weights would underflow to 0 / 0
-    log_wt = -err / (sharpness * err.mean().clamp_min(1e-6)) if sharpness > 0 else torch.zeros_like(err)
+    # (the floors keep a vanishing sharpness or sigma, 1e-320, from turning the weights into inf / NaN: such a value
+    # means "the best vote only", which these finite scales give)
+    scale = (sharpness * err.mean().clamp_min(1e-6)).clamp_min(1e-12)
+    log_wt = -(err - err.min()) / scale if sharpness > 0 else torch.zeros_like(err)  # (a common offset cancels)
+    inv_sigma = 1.0 / max(pixel_sigma, 1e-12)
     total = both.new_zeros((h, w, both.shape[0]))
     count = err.new_zeros((h, w))
     top = torch.full_like(err, -math.inf)
@@ -220,7 +224,7 @@ def weighted_vote(style: torch.Tensor, nnf: torch.Tensor, err: torch.Tensor, r: 
             lw = log_wt[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
             if pixel_sigma > 0:
                 d = vals[..., c:] - frame_cl[y0:y1, x0:x1]
-                lw = lw - (d * d).sum(-1) * (1.0 / pixel_sigma)
+                lw = lw - (d * d).sum(-1) * inv_sigma
             old = top[y0:y1, x0:x1]
             new = torch.maximum(old, lw)
             keep, ww = torch.exp(old - new), torch.exp(lw - new)

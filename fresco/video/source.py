@@ -83,6 +83,10 @@ def plan_keys(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]
     keys, n, vfr_rate = select_keys(cfg, info, size)
     if n < 2:
         raise ValueError(f"input: '{cfg.file_path}' has {n} decodable frame(s); a video needs at least 2")
+    if len(keys) < 2:  # only a fixed interval (s_min == s_max) can leave frame 0 alone
+        raise ValueError(f"interval: a fixed keyframe interval of {cfg.maxinterv} gives one keyframe in this {n}-frame "
+                         f"video, and FRESCO renders keyframes together, at least 2: give an interval of at most "
+                         f"{n - 1}")
     warnings = []
     expected = info.n_frames if cfg.max_frames is None else min(info.n_frames, cfg.max_frames)
     if not info.is_folder and n != expected:
