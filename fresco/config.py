@@ -375,18 +375,42 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
     return RenderConfig(**values)
 
 
+def _strict_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
+    second `prompt:` further down would override the first without a word, while an unknown key is an error)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
 def load_yaml(path: str | Path) -> dict:
     import yaml
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"config: '{path}' is a folder, not a YAML file")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"config: '{path}' is not a regular file (a device, a pipe or a socket), not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"config: '{path}' does not exist")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
         except UnicodeDecodeError:
             raise ValueError(f"config: '{path}' is not UTF-8 text (a YAML file is expected)") from None
+        except RecursionError:
+            raise ValueError(f"config: '{path}' nests its values too deeply to be a config") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

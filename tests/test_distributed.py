@@ -80,7 +80,10 @@ def test_load_jobs_forms(tmp_path, clips):
     ("jobs:\n  - {prompt: x, file_path: a.mp4, save_path: o}\n  - {prompt: y, file_path: b.mp4, save_path: o}\n",
      "same folder"),
     ("job: []\n", "unknown top-level keys"),
-], ids=["empty", "no-match", "same-output", "top-level"])
+    ("config: {prompt: x}\ninputs: '*.yaml'\nsave_root: [a]\n", r"save_root: a folder path \(string\), got \['a'\]"),
+    ("jobs:\n  - {name: \"a\\nb\", prompt: x, file_path: a.mp4, save_path: o}\n",
+     r"jobs\[0\]\.name: a one-line printable name"),
+], ids=["empty", "no-match", "same-output", "top-level", "save-root-list", "name-newline"])
 def test_load_jobs_errors(tmp_path, text, match):
     p = tmp_path / "jobs.yaml"
     p.write_text(text)

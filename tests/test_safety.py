@@ -391,3 +391,21 @@ def test_state_written_only_once_the_render_started(clip, tmp_path):
     assert list(o.iterdir()) == []
     # the corrected rerun (other settings) needs no --overwrite
     assert render(_cfg(clip, o, seed=5), stylizer=StandInStylizer(), progress=False).video.exists()
+
+
+@pytest.mark.parametrize("text,says", [
+    ("prompt: a\nseed: 3\nprompt: b\n", r"line 3, column 1: not valid YAML: the key 'prompt' is given twice"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests its values too deeply"),
+])
+def test_config_yaml_duplicate_keys_and_depth(tmp_path, capsys, text, says):
+    """A key given twice would silently override the first (unknown keys are errors, so this must be too); YAML
+    nested thousands deep exhausts the parser's recursion."""
+    yml = tmp_path / "c.yaml"
+    yml.write_text(text)
+    assert cli.main(["render", str(tmp_path / "clip.mp4"), "--config", str(yml), "-o", str(tmp_path / "o")]) == 2
+    assert re.search(says, one_line_error(capsys.readouterr().err))
+
+
+def test_config_that_is_a_device(tmp_path, capsys):
+    assert cli.main(["render", str(tmp_path / "clip.mp4"), "--config", "/dev/zero", "-o", str(tmp_path / "o")]) == 2
+    assert "config: '/dev/zero' is not a regular file" in one_line_error(capsys.readouterr().err)

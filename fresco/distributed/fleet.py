@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import config as cfgmod
 from ..config import RenderConfig
+from ..knobs import shown
 from ..video.render import render
 from ..video.stylize import load_pipeline, make_stylizer, pipeline_key
 from .cluster import actor_resources, connect, max_actors
@@ -103,7 +104,10 @@ def load_jobs(path: str | os.PathLike) -> list[Job]:
         for i, entry in enumerate(data["jobs"]):
             keys = dict(defaults)
             keys.update(_config_keys(_mapping(entry, f"jobs[{i}]"), base_dir, f"jobs[{i}]"))
-            entries.append((str(keys.pop("name", None) or f"job{i}"), keys))
+            name = keys.pop("name", None) or f"job{i}"
+            if not isinstance(name, (str, int)) or not str(name).isprintable():
+                raise ValueError(f"jobs[{i}].name: a one-line printable name, got {shown(name)}")
+            entries.append((str(name), keys))
     elif "inputs" in data:
         pattern = data["inputs"]
         if not isinstance(pattern, str):
@@ -114,7 +118,10 @@ def load_jobs(path: str | os.PathLike) -> list[Job]:
             raise ValueError(f"inputs: the pattern {pattern!r} matches no file")
         base = dict(defaults)
         base.update(_config_keys({"config": data.get("config")}, base_dir, "config"))
-        root = Path(data.get("save_root") or "out")
+        root = data.get("save_root") or "out"
+        if not isinstance(root, str) or "\0" in root:
+            raise ValueError(f"save_root: a folder path (string), got {shown(root)}")
+        root = Path(root)
         for m in matches:
             keys = dict(base, file_path=m, save_path=str(root / Path(m.rstrip("/")).stem))
             entries.append((Path(m.rstrip("/")).stem, keys))
