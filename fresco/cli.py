@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fresco: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, RuntimeError) as e:  # OSError: permissions, full disk, long names
-        print(f"fresco: error: {e}", file=sys.stderr)
+        print(f"fresco: error: {error_text(e)}", file=sys.stderr)
         return 2
     print(f"video:     {result.video}")
     print(f"keyframes: {result.keys_dir}  ({len(result.keys)} keys in {len(result.batches)} batch(es))")
@@ -224,6 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     for w in result.warnings:
         print(f"warning:   {w}")
     return 0
+
+
+ERROR_CHARS = 2000  # the longest error line (a 5000-character path is cut in its middle)
+
+
+def error_text(e: BaseException) -> str:
+    """An error as one line: control characters a hostile name carries (a newline in a file name) are shown escaped,
+    and an overlong message is cut in the middle."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e)) or type(e).__name__
+    if len(text) > ERROR_CHARS:
+        text = f"{text[:ERROR_CHARS // 2]}...{text[-ERROR_CHARS // 2:]}"
+    return text
 
 
 TEST_MODELS_MARK = ".fresco-test-models"

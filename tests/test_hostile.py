@@ -759,3 +759,11 @@ def test_an_interval_longer_than_the_clip_names_the_interval(clip, tmp_path, cap
     rc, err = run(capsys, "render", clip, *argv, "--prompt", "x", "--interval", "100", "-o", tmp_path / "o")
     assert rc == 2 and "interval: a fixed keyframe interval of 100 gives one keyframe" in one_line(err)
     assert "at most 11" in err and not (tmp_path / "o" / "keys").exists()
+
+
+def test_error_lines_escape_control_characters_and_stay_short(tmp_path, capsys):
+    """A file name can carry a newline (it split the error over two lines) or be thousands of characters long."""
+    rc, err = run(capsys, "render", tmp_path / "a\nb.mp4", *TINY, "--prompt", "x", "-o", tmp_path / "o")
+    assert rc == 2 and err.strip().count("\n") == 0 and "a\\nb.mp4' does not exist" in one_line(err)
+    rc, err = run(capsys, "render", tmp_path / ("x" * 5000 + ".mp4"), *TINY, "--prompt", "x", "-o", tmp_path / "o")
+    assert rc == 2 and len(one_line(err)) < 2100 and "..." in err
