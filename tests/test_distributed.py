@@ -2,6 +2,7 @@
 sequential renders, a wavefront render is bit-identical to the single-process one, killed actors are replaced and the
 result is unchanged, a bad job fails alone. One Ray instance serves the whole module (its start-up is slow)."""
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -179,3 +180,21 @@ def test_wavefront_survives_a_killed_actor(tmp_path, long_clip, one_thread):
     assert killed and len(retries) == 1 and retries[0] >= 2, "the killed actor's batch was re-run on a fresh actor"
     render(_cfg(long_clip, tmp_path / "seq", **kw), progress=False)
     _same(_outputs(tmp_path / "wf"), _outputs(tmp_path / "seq"))
+
+
+@pytest.mark.parametrize("address,env,says", [
+    ("garbage://x", None, "--ray: expected auto, local, ray://HOST[:PORT] or HOST:PORT, got 'garbage://x'"),
+    (None, "not an address", "RAY_ADDRESS: expected auto"),
+])
+def test_connect_checks_the_address_before_ray_sees_it(monkeypatch, address, env, says):
+    """Ray looks an unknown scheme up as a Python module and fails in two lines; the address is checked first."""
+    import ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init was called"))
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    from fresco.distributed.cluster import connect
+    with pytest.raises(ValueError, match=re.escape(says)):
+        connect(address)

@@ -3,6 +3,7 @@ actor where the cluster has GPUs, else one CPU."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 
@@ -15,13 +16,20 @@ def require_ray():
     return ray
 
 
+# what ray.init takes as an address: a scheme it does not know is looked up as a Python module (a two-line error)
+ADDRESS = re.compile(r"auto|local|ray://[^\s/]+|(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}")
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None):
     """Initialise Ray once per process: `address` ("auto", "ray://host:10001", "host:6379"), else $RAY_ADDRESS, else
     a new local instance (`num_cpus` caps it). An already initialised Ray is reused as it is."""
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    flag = "--ray" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and not ADDRESS.fullmatch(address):
+        raise ValueError(f"{flag}: expected auto, local, ray://HOST[:PORT] or HOST:PORT, got {address!r}")
     kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
