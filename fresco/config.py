@@ -70,7 +70,8 @@ class RenderConfig:
                                              "single-file --model (default: SD1.5's from the Hugging Face cache)",
                                        group="Model")
     loras: Optional[Union[list, str]] = knob([], "a LoRA 'FILE[:WEIGHT]' (kohya or diffusers .safetensors, weight "
-                                                 "default 1); repeatable (YAML: a list, or items separated by ';')",
+                                                 "in [-10, 10], default 1); repeatable (YAML: a list, or items "
+                                                 "separated by ';')",
                                              flag="--lora", type=str, repeat=True, group="Model")
     fuse_lora: bool = knob(False, "merge the LoRAs into the weights once (faster steps; same output within "
                                   "rounding)", group="Model")
