@@ -487,7 +487,8 @@ def markdown(rows: List[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['clip']} | {r.get('style', 'flat')} | {r['size']} | {r['interval']} | {r['method']} | "
                      f"{r['psnr']:.2f} | {r['sharpness']:.3f} | {r['warp_x_floor']:.2f} | "
-                     f"{r.get('temporal_vs_target', float('nan')):.3f} | {r.get('worst_vs_flow_db', float('nan')):+.2f} "
+                     f"{r.get('temporal_vs_target', float('nan')):.3f} | "
+                     f"{r.get('worst_vs_flow_db', float('nan')):+.2f} "
                      f"| {r['s_per_frame']:.3f} |"
                      + (f" {100 * r['auto_patch_share']:.0f}% of pixels weighted toward patch"
                         if "auto_patch_share" in r else ""))

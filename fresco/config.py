@@ -13,8 +13,9 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from . import addon_specs, patch_params
 from . import settings as settings_mod
-from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, MAX_BATCH, MAX_SIDE,
-                        PROPAGATION_METHODS, PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name, check_output_root)
+from .constants import (CONTROL_TYPES, DEFAULT_PROPAGATION, DTYPES, FLOW_ESTIMATORS, MAX_BATCH, MAX_FRAMES,
+                        MAX_SIDE, PROPAGATION_METHODS, PUBLISHED_VAE, VIDEO_SUFFIXES, check_output_name,
+                        check_output_root)
 from .knobs import Range, check_kind, check_value, is_knob, knob, shown, value_type, yaml_key
 from .patch_params import PatchParams
 from .prompts import parse_extra_prompts, published_pair
@@ -64,7 +65,7 @@ class RenderConfig:
                                    "model's own); 'own': the model's own")
     annotator_path: Optional[str] = knob(None, "folder with the lllyasviel/Annotators weights for HED/depth "
                                                "(default: the Hugging Face cache)")
-    max_frames: Optional[int] = knob(None, "only the first N frames of the input", range=(2, None))
+    max_frames: Optional[int] = knob(None, "only the first N frames of the input", range=(2, MAX_FRAMES))
     # --- models users bring (fresco.models.addons; the files are checked before the model loads) ---
     model_config: Optional[str] = knob(None, "diffusers SD1.5 folder (or cached id) with the configs of a "
                                              "single-file --model (default: SD1.5's from the Hugging Face cache)",

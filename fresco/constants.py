@@ -25,6 +25,8 @@ MAX_BATCH = 256
 MAX_SIDE = 16384
 # the most frames `fresco make-clip` writes (an hour at 25 fps)
 MAX_CLIP_FRAMES = 90000
+# the most frames --max-frames may name (more than any video has; Python's islice takes at most sys.maxsize)
+MAX_FRAMES = 10 ** 9
 
 # ControlNet v1.0 for SD1.5 per control type (the published choice)
 CONTROLNET_IDS = {

@@ -26,7 +26,7 @@ import torch
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
-from .constants import DEFAULT_CLIP, SCORE_FILES
+from .constants import DEFAULT_CLIP, MAX_FRAMES, SCORE_FILES
 from .models.flow import FlowEstimator, flow_pair, get_flow_estimator
 
 __all__ = ["ScoreResult", "score_frames", "score_videos", "score_config", "score_render", "load_clip", "write_plot",
@@ -404,8 +404,9 @@ def score_videos(input: Union[str, os.PathLike], output: Union[str, os.PathLike]
     or folder; when it is not available locally the CLIP scores are skipped and `clip_skipped` says why (None: no
     CLIP scores)."""
     in_info, out_info = _probe("input", input), _probe("output", output)
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 2):
-        raise ValueError(f"max_frames: an integer >= 2 (or unset), got {max_frames!r}")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                   or not 2 <= max_frames <= MAX_FRAMES):
+        raise ValueError(f"max_frames: an integer in [2, {MAX_FRAMES}] (or unset), got {max_frames!r}")
     cap = (lambda m: m if max_frames is None else min(m, max_frames))
     n_in, n_out = cap(in_info.n_frames), cap(out_info.n_frames)
     if n_in != n_out:

@@ -767,3 +767,11 @@ def test_error_lines_escape_control_characters_and_stay_short(tmp_path, capsys):
     assert rc == 2 and err.strip().count("\n") == 0 and "a\\nb.mp4' does not exist" in one_line(err)
     rc, err = run(capsys, "render", tmp_path / ("x" * 5000 + ".mp4"), *TINY, "--prompt", "x", "-o", tmp_path / "o")
     assert rc == 2 and len(one_line(err)) < 2100 and "..." in err
+
+
+def test_max_frames_beyond_any_video(clip, tmp_path, capsys):
+    """--max-frames above sys.maxsize reached itertools.islice, whose error named neither the flag nor the range."""
+    rc, err = run(capsys, "render", clip, *TINY, "--prompt", "x", "--max-frames", 2 ** 63, "-o", tmp_path / "o")
+    assert rc == 2 and "max_frames: must be in [2, 1000000000]" in one_line(err)
+    rc, err = run(capsys, "score", clip, clip, "--max-frames", 2 ** 63)
+    assert rc == 2 and "max_frames: an integer in [2, 1000000000]" in one_line(err)
