@@ -162,6 +162,19 @@ def test_output_at_a_filesystem_root_is_refused(tmp_path, capsys):
     assert rc == 2 and "save_path: '/' is a filesystem root" in one_line(err)
 
 
+@pytest.mark.parametrize("out,says", [
+    ("/proc", "is inside a system pseudo file system"), ("/sys/kernel/x", "is inside a system pseudo file system"),
+    ("/dev/x", "is inside a system pseudo file system"), ("LOOP/out", "cannot be resolved (Symlink loop"),
+])
+def test_output_that_cannot_be_a_folder_of_yours_names_save_path(tmp_path, capsys, out, says):
+    """-o /proc failed on '/proc/.fresco.lock' and a link loop as 'Symlink loop from ...', neither naming the flag."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    out = out.replace("LOOP", str(tmp_path / "a"))
+    rc, err = run(capsys, "render", tmp_path / "missing.mp4", "--prompt", "x", "-o", out, *TINY)
+    assert rc == 2 and f"save_path: '{out}' {says}" in one_line(err)
+
+
 def test_output_at_the_home_directory_is_refused(clip, tmp_path, decoy, capsys, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
