@@ -81,6 +81,11 @@ def check_output_name(output: str) -> None:
                          f"({', '.join(RESERVED)}); choose another")
 
 
+def within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved: no `..`, no link left to follow)."""
+    return path == folder or folder in path.parents
+
+
 def check_output_root(root: str | os.PathLike) -> None:
     """Refuse an output folder that is a filesystem root, the user's home directory itself, or inside a kernel's
     pseudo file system (/proc, /sys, /dev but its RAM disk /dev/shm); one that cannot be resolved (a link loop, a
@@ -89,11 +94,7 @@ def check_output_root(root: str | os.PathLike) -> None:
         r = Path(root).resolve()
     except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop (Python 3.11)
         raise ValueError(f"save_path: '{root}' cannot be resolved ({e}); give a plain folder path") from None
-
-    def under(d: str) -> bool:
-        return r == Path(d) or Path(d) in r.parents
-
-    if under("/proc") or under("/sys") or (under("/dev") and not under("/dev/shm")):  # (/dev/shm: a RAM disk)
+    if any(within(r, Path(d)) for d in ("/proc", "/sys", "/dev")) and not within(r, Path("/dev/shm")):  # a RAM disk
         raise ValueError(f"save_path: '{root}' is inside a system pseudo file system; give a folder of your own")
     if r.parent == r:
         raise ValueError(f"save_path: '{root}' is a filesystem root; give a folder of its own, e.g. -o out/clip")

@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import RenderConfig
+from ..constants import within
 from ..video import preflight as pf
 from ..video.io import probe, processing_size
 
 
-def _within(path: Path, folder: Path) -> bool:
-    """Whether `path` is `folder` or lies under it (both resolved)."""
-    return path == folder or folder in path.parents
-
-
 def check_under_root(save_path: str, root: Path) -> None:
     """Refuse an output folder that does not resolve, symbolic links included, to `root` or a folder under it."""
-    if not _within(Path(save_path).expanduser().resolve(), root):
+    if not within(Path(save_path).expanduser().resolve(), root):
         raise ValueError(f"save_path: '{save_path}' is outside the UI's output root '{root}'; give a folder under "
                          f"it (fresco ui --root DIR serves another root)")
 
@@ -52,15 +48,15 @@ def check_root(root: Path, flag: str = "--root") -> None:
         home = Path.home().resolve()
     except (RuntimeError, KeyError, OSError):  # no home directory for this user
         home = None
-    under_home = home is not None and home != Path("/") and _within(root, home)   # (a home may be /root, /var/lib/x)
+    under_home = home is not None and home != Path("/") and within(root, home)   # (a home may be /root, /var/lib/x)
     why = None
     if root == Path(root.anchor):
         why = "the file system's root"
     elif any(root == Path(d) for d in SHARED_DIRS):
         why = "a folder shared by other users and programs"
-    elif any(_within(root, Path(d)) for d in SYSTEM_DIRS) and not under_home:
+    elif any(within(root, Path(d)) for d in SYSTEM_DIRS) and not under_home:
         why = "a system folder"
-    elif home is not None and _within(home, root):
+    elif home is not None and within(home, root):
         why = "your home folder" if root == home else "a folder above your home"
     elif any(part in SECRET_NAMES for part in root.parts):
         why = "a folder of credentials"
@@ -97,7 +93,7 @@ def auth_pairs(auth: Optional[str], auth_file: Optional[str], no_auth: bool, exp
         pairs.append(_pair(auth, "--auth"))
     if auth_file:
         where = Path(auth_file).expanduser().resolve()
-        if where.is_file() and any(_within(where, Path(d)) for d in SYSTEM_DIRS):   # (a pipe, <(...), may pass)
+        if where.is_file() and any(within(where, Path(d)) for d in SYSTEM_DIRS):   # (a pipe, <(...), may pass)
             raise ValueError(f"--auth-file: '{auth_file}' is a system file, not a list of logins (its lines would "
                              f"become logins anyone can read); give a file of your own, one USER:PASS a line")
         try:

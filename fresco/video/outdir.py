@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from ..config import RenderConfig, fingerprint_keys
 from .. import threads as threads_mod
 from ..constants import (KEYS, LATENTS, LOCK, MAX_SIDE, MAX_THREADS, PREVIEW, RESERVED, SCORE_FILES, STATE,
-                         VIDEO_SUFFIXES)
+                         VIDEO_SUFFIXES, within)
 from . import safe_fs
 from .io import VideoInfo
 from .keyframes import Batch
@@ -30,10 +30,6 @@ from .keyframes import Batch
 
 class OutputLocked(RuntimeError):
     """The output folder is locked by another render that is still running."""
-
-
-def _within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def check_not_input(input_path: str | os.PathLike, root: Path, output: str) -> None:
@@ -44,12 +40,12 @@ def check_not_input(input_path: str | os.PathLike, root: Path, output: str) -> N
     root_r = root.resolve()
     for name in (output,) + RESERVED:
         target = root_r / name
-        if _within(inp, target):
+        if within(inp, target):
             what = "is" if inp == target else "would hold"
             key = "output" if name == output else "save_path"
             raise ValueError(f"{key}: '{root / name}' {what} the input '{input_path}'; the render would replace "
                              f"it. Choose another -o/--output")
-    if inp.is_dir() and _within(root_r, inp):
+    if inp.is_dir() and within(root_r, inp):
         raise ValueError(f"save_path: '{root}' is inside the input folder of images '{input_path}'; choose an output "
                          f"folder outside it")
 
