@@ -293,9 +293,11 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
     between = [i for i in range(len(frames)) if i not in set(keys)]
     rows, per_frame = [], {}
     base = {"clip": clip, "size": size, "interval": interval, "style": style}
-    pairs = input_pairs(frames)
+    pairs = input_pairs(frames)   # the input's flows, once per clip, for both stability figures of every method
+    floor = clip_warp_error(frames, pairs)
     rows.append({**base, "method": "target", "psnr": 99.0, "sharpness": 1.0, "s_per_frame": 0.0,
-                 "temporal_vs_target": temporal_vs_target(target, target, pairs), **warp_stability(frames, target)})
+                 "temporal_vs_target": temporal_vs_target(target, target, pairs),
+                 **warp_stability(target, pairs, floor)})
     for m in methods:
         t0 = time.perf_counter()
         log: list = []
@@ -308,7 +310,8 @@ def evaluate(clip: str, size: int, interval: int, methods: Sequence[str], n: int
         sharp = np.mean([grad_energy(out[i]) for i in between]) / np.mean([grad_energy(target[i]) for i in between])
         per_frame[m] = p
         rows.append({**base, "method": m, "psnr": float(np.mean(p)), "sharpness": float(sharp), "s_per_frame": secs,
-                     "temporal_vs_target": temporal_vs_target(out, target, pairs), **warp_stability(frames, out)})
+                     "temporal_vs_target": temporal_vs_target(out, target, pairs),
+                     **warp_stability(out, pairs, floor)})
         if log:
             rows[-1]["auto_patch_share"] = float(np.mean([share for _, share, _, _ in log]))
             rows[-1]["auto_log"] = log
@@ -361,12 +364,19 @@ def reach_markdown(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def warp_stability(frames: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> dict:
-    """fresco.score on the clip: the output's mean warp error (Pixel-MSE, RGB 0..1) along the input's DIS flow and
-    that as a multiple of the input's own (1.0: as stable as the input)."""
-    from fresco.score import score_frames
-    r = score_frames(frames, out, flow="dis")
-    return {"warp_error": r.warp_error_mean, "warp_x_floor": r.warp_error_mean / r.warp_error_floor_mean}
+def clip_warp_error(clip: Sequence[np.ndarray], pairs: list) -> float:
+    """fresco.score's mean warp error (Pixel-MSE, RGB 0..1) of `clip` along the input's flows `pairs`
+    (`input_pairs`): of the input itself, its floor; of an output, as `fresco score` reports it."""
+    from fresco.score import _mean, _to_tensor, pair_warp_error
+    return _mean([pair_warp_error(_to_tensor(clip[i], "cpu"), _to_tensor(clip[i + 1], "cpu"), bwd, valid)
+                  for i, (bwd, valid) in enumerate(pairs)])
+
+
+def warp_stability(out: Sequence[np.ndarray], pairs: list, floor: float) -> dict:
+    """The output's mean warp error along the input's flows and that as a multiple of the input's own, `floor`
+    (1.0: as stable as the input)."""
+    err = clip_warp_error(out, pairs)
+    return {"warp_error": err, "warp_x_floor": err / floor}
 
 
 def input_pairs(frames: Sequence[np.ndarray]) -> list:

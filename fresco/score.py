@@ -129,6 +129,16 @@ def change_along_flow(a: torch.Tensor, b: torch.Tensor, bwd: torch.Tensor) -> to
     return b / 255 - _warp(a / 255, bwd)
 
 
+def pair_warp_error(a: torch.Tensor, b: torch.Tensor, bwd: torch.Tensor, valid: torch.Tensor) -> Optional[float]:
+    """The warp error of one consecutive pair (a, b: float RGB 0..255): the mean squared `change_along_flow` over
+    the carried pixels `valid`; None where the pair carries none."""
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        return None
+    err = (change_along_flow(a, b, bwd) ** 2).mean(dim=1)
+    return float(err[valid].double().sum() / n_valid)
+
+
 class _PairScorer:
     """Accumulates the flow-based figures one consecutive pair at a time."""
 
@@ -141,13 +151,8 @@ class _PairScorer:
     @torch.no_grad()
     def add(self, a_in: torch.Tensor, b_in: torch.Tensor, a_out: torch.Tensor, b_out: torch.Tensor) -> None:
         bwd, valid = carried_pixels(self.estimator, a_in, b_in)
-        n_valid = int(valid.sum())
-        for prev, cur, into in ((a_out, b_out, self.warp), (a_in, b_in, self.floor)):
-            if n_valid == 0:
-                into.append(None)
-                continue
-            err = (change_along_flow(prev, cur, bwd) ** 2).mean(dim=1)
-            into.append(float(err[valid].double().sum() / n_valid))
+        self.warp.append(pair_warp_error(a_out, b_out, bwd, valid))
+        self.floor.append(pair_warp_error(a_in, b_in, bwd, valid))
         static = (b_in - a_in).abs().mean(dim=1) / 255 <= STATIC_THRESHOLD
         self.flick[0] += float(((b_out - a_out).abs().mean(dim=1) / 255)[static].double().sum())
         self.flick[1] += float(((b_in - a_in).abs().mean(dim=1) / 255)[static].double().sum())

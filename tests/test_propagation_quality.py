@@ -68,6 +68,20 @@ def test_evaluate_rows_small():
     assert 0 < by["flow"]["temporal_vs_target"] < by["nearest"]["temporal_vs_target"]
 
 
+def test_warp_stability_is_fresco_score_on_shared_flows():
+    """The benchmark computes the input's flows once per clip; its warp error must stay what `fresco score` reports."""
+    from fresco.score import score_frames
+    frames = pq.make_clip("pan_thin", 48, n=6)
+    out = [pq.stylize(f) for f in frames]
+    pairs = pq.input_pairs(frames)
+    r = score_frames(frames, out, flow="dis")
+    floor = pq.clip_warp_error(frames, pairs)
+    assert floor == pytest.approx(r.warp_error_floor_mean, rel=1e-9)
+    got = pq.warp_stability(out, pairs, floor)
+    assert got["warp_error"] == pytest.approx(r.warp_error_mean, rel=1e-9)
+    assert got["warp_x_floor"] == pytest.approx(r.warp_error_mean / r.warp_error_floor_mean, rel=1e-9)
+
+
 def test_temporal_vs_target_scale():
     """0 for the target, 1 for an output that never changes (a still camera: the flow is zero), a flicker the target
     lacks above 1, and a target that never changes has no scale."""
