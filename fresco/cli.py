@@ -16,7 +16,7 @@ import fresco_kernels as fk
 from . import __version__
 from . import config as cfgmod
 from . import ui as web_ui
-from .constants import MAX_CLIP_FRAMES, MAX_SIDE
+from .constants import MAX_CLIP_FRAMES, MAX_SIDE, one_line
 from .distributed.cli import add_parser as add_render_many
 from .distributed.cli import add_ray_flags, render_on_ray, run_many
 from .knobs import cli_flag, default_of, is_sequence, no_flag, value_type, yaml_key
@@ -226,16 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ERROR_CHARS = 2000  # the longest error line (a 5000-character path is cut in its middle)
-
-
 def error_text(e: BaseException) -> str:
-    """An error as one line: control characters a hostile name carries (a newline in a file name) are shown escaped,
-    and an overlong message is cut in the middle."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e)) or type(e).__name__
-    if len(text) > ERROR_CHARS:
-        text = f"{text[:ERROR_CHARS // 2]}...{text[-ERROR_CHARS // 2:]}"
-    return text
+    """An error as one line (`fresco.constants.one_line`), its type's name when it has no message."""
+    return one_line(str(e)) or type(e).__name__
 
 
 TEST_MODELS_MARK = ".fresco-test-models"

@@ -7,6 +7,7 @@ key set and docs/options.md are derived from those fields, not listed anywhere e
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -377,6 +378,9 @@ def from_mapping(data: dict, source: str = "config") -> RenderConfig:
     return RenderConfig(**values)
 
 
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
 def _strict_loader():
     """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
     second `prompt:` further down would override the first without a word, while an unknown key is an error)."""
@@ -394,6 +398,9 @@ def _strict_loader():
                     seen.add(key)
             return super().construct_mapping(node, deep)
 
+    # YAML 1.2 floats: PyYAML follows YAML 1.1, where a float needs a dot, so `lr: 1e-2` was the string '1e-2' and
+    # then refused as "expected a number"; an exponent without a dot is a float here, as in YAML 1.2 and Python
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
     return StrictLoader
 
 

@@ -81,6 +81,18 @@ def check_output_name(output: str) -> None:
                          f"({', '.join(RESERVED)}); choose another")
 
 
+ERROR_CHARS = 2000  # the longest error line (a 5000-character path is cut in its middle)
+
+
+def one_line(text: str) -> str:
+    """A message as one line, as the CLI and the web UI show errors: control characters a hostile name carries (a
+    newline in a file name) are shown escaped, and an overlong message is cut in the middle."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > ERROR_CHARS:
+        text = f"{text[:ERROR_CHARS // 2]}...{text[-ERROR_CHARS // 2:]}"
+    return text
+
+
 def within(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies under it (both resolved: no `..`, no link left to follow)."""
     return path == folder or folder in path.parents

@@ -788,3 +788,38 @@ def test_max_frames_beyond_any_video(clip, tmp_path, capsys):
     assert rc == 2 and "max_frames: must be in [2, 1000000000]" in one_line(err)
     rc, err = run(capsys, "score", clip, clip, "--max-frames", 2 ** 63)
     assert rc == 2 and "max_frames: an integer in [2, 1000000000]" in one_line(err)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["render-many", "--ray", "JOBS"], "ADDRESS: expected auto, local, ray://HOST[:PORT] or HOST:PORT, got 'JOBS'; "
+                                       "'JOBS' is a file: put it before --ray, or write --ray local"),
+    (["render-many", "JOBS", "--ray", "127.0.0.1:99999"], "ADDRESS: port 99999 of '127.0.0.1:99999' is not in"),
+    (["render-many", "JOBS", "--ray", "garbage://x"], "ADDRESS: expected auto, local"),
+])
+def test_ray_flag_address_is_checked_as_it_is_parsed(tmp_path, capsys, argv, says):
+    """--ray takes an optional ADDRESS, so `--ray jobs.yaml` read the jobs file as the address and then said that
+    the jobs file was missing; the address is now checked when it is parsed, with a hint when it is a file."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs: []\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(jobs) if a == "JOBS" else a for a in argv])
+    assert exit_.value.code == 2 and says.replace("JOBS", str(jobs)) in one_line(capsys.readouterr().err)
+
+
+def test_unreachable_ray_address_is_one_line_without_ray(monkeypatch):
+    """ray.init retries an address where nothing listens for a long time; a TCP connect with a timeout says so
+    first (ray is never imported here)."""
+    from fresco.distributed.cluster import check_reachable, host_port
+    assert host_port("auto") is None and host_port("local") is None
+    assert host_port("ray://head") == ("head", 10001) and host_port("[::1]:6379") == ("::1", 6379)
+    assert host_port("ray://h.example:7") == ("h.example", 7)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()   # a port nothing listens on
+    with pytest.raises(RuntimeError, match=f"--ray: cannot reach the Ray cluster at '127.0.0.1:{port}'"):
+        check_reachable(f"127.0.0.1:{port}", "--ray", timeout=5)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        check_reachable(f"127.0.0.1:{srv.getsockname()[1]}", "--ray", timeout=5)

@@ -409,3 +409,17 @@ def test_config_yaml_duplicate_keys_and_depth(tmp_path, capsys, text, says):
 def test_config_that_is_a_device(tmp_path, capsys):
     assert cli.main(["render", str(tmp_path / "clip.mp4"), "--config", "/dev/zero", "-o", str(tmp_path / "o")]) == 2
     assert "config: '/dev/zero' is not a regular file" in one_line_error(capsys.readouterr().err)
+
+
+def test_config_yaml_exponent_floats(tmp_path):
+    """PyYAML reads YAML 1.1, where `1e-2` (no dot) is a string, which the number keys then refused; YAML 1.2 and
+    Python read it as a float. A quoted value stays a string."""
+    from fresco import config as cfgmod
+    yml = tmp_path / "c.yaml"
+    yml.write_text("ip_scale: 1e0\ndeflicker: 5E-1\nprompt: '1e3'\nseed: 1_0e1\n")
+    data = cfgmod.load_yaml(yml)
+    assert data == {"ip_scale": 1.0, "deflicker": 0.5, "prompt": "1e3", "seed": 100.0}
+    cfg = cfgmod.from_mapping({k: data[k] for k in ("ip_scale", "deflicker", "prompt")})
+    assert (cfg.ip_scale, cfg.deflicker, cfg.prompt) == (1.0, 0.5, "1e3")
+    yml.write_text("a: 1e\nb: e3\nc: 1e3x\n")
+    assert cfgmod.load_yaml(yml) == {"a": "1e", "b": "e3", "c": "1e3x"}

@@ -207,3 +207,14 @@ def test_one_render_at_a_time(tmp_path):
     assert render.concurrency_id == prop.concurrency_id == "render"
     cancel = by_trigger[ids["btn-cancel"]]
     assert not cancel.queue  # answered at once, not queued behind the render it stops
+
+
+def test_ui_error_line_is_the_cli_line():
+    """The page showed only the first line of a message (a newline in a file name cut it); it is now the CLI's
+    line: control characters escaped, an overlong message cut in the middle."""
+    from fresco.cli import error_text
+    for e in (ValueError("input: 'a\nb.mp4' does not exist"), FileNotFoundError("x" * 5000)):
+        line = jobs.error_line(e)
+        assert line == f"fresco: error: {error_text(e)}" and "\n" not in line and len(line) < 2100
+    assert "a\\nb.mp4' does not exist" in jobs.error_line(ValueError("input: 'a\nb.mp4' does not exist"))
+    assert jobs.error_line(KeyError("k\nz")).startswith("fresco: error: internal KeyError: 'k\\nz'")

@@ -3,13 +3,31 @@ across several actors by a step wavefront)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from .cluster import check_address, host_port
+
+
+def ray_address(value: str) -> str:
+    """--ray's ADDRESS, checked as it is parsed: an optional value takes the next word, so `--ray jobs.yaml` read the
+    jobs file as the address and then said the jobs file was missing."""
+    if value == "":
+        return value
+    try:
+        host_port(check_address(value, "ADDRESS"), "ADDRESS")
+        return value
+    except ValueError as e:
+        hint = (f"; {value!r} is a file: put it before --ray, or write --ray local for a local Ray instance"
+                if os.path.exists(value) else "")
+        raise argparse.ArgumentTypeError(f"{e}{hint}") from None
 
 
 def add_ray_flags(p: argparse.ArgumentParser) -> None:
     """--ray [ADDRESS] and --actors K: run on Ray (a local instance when no address and no $RAY_ADDRESS)."""
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run on Ray: a local instance, or the cluster at ADDRESS (default $RAY_ADDRESS)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", type=ray_address,
+                   help="run on Ray: a local instance, or the cluster at ADDRESS: auto, local, ray://HOST[:PORT] or "
+                        "HOST:PORT (default $RAY_ADDRESS)")
     p.add_argument("--actors", type=int, default=None,
                    help="Ray actors to use (default: one per GPU of the cluster, else per CPU)")
 

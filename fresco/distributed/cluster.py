@@ -18,6 +18,46 @@ def require_ray():
 
 # what ray.init takes as an address: a scheme it does not know is looked up as a Python module (a two-line error)
 ADDRESS = re.compile(r"auto|local|ray://[^\s/]+|(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}")
+ADDRESS_FORMS = "auto, local, ray://HOST[:PORT] or HOST:PORT"
+RAY_CLIENT_PORT = 10001  # ray:// without a port
+CONNECT_TIMEOUT_S = 10.0  # ray.init retries an address that does not answer for minutes; one TCP connect says first
+
+
+def check_address(address: str, flag: str = "--ray") -> str:
+    """`address` when it has a form ray.init understands, else a ValueError naming `flag` and the forms."""
+    if not ADDRESS.fullmatch(address):
+        raise ValueError(f"{flag}: expected {ADDRESS_FORMS}, got {address!r}")
+    return address
+
+
+def host_port(address: str, flag: str = "--ray") -> Optional[tuple]:
+    """(host, port) that a remote `address` connects to first; None for auto and local."""
+    if address in ("auto", "local"):
+        return None
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    m = re.fullmatch(r"\[([0-9A-Fa-f:]+)\](?::([0-9]{1,5}))?|([^:\[\]]+)(?::([0-9]{1,5}))?", rest)
+    if m is None:
+        raise ValueError(f"{flag}: expected {ADDRESS_FORMS}, got {address!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    port = int(port) if port else RAY_CLIENT_PORT
+    if not 0 < port < 65536:
+        raise ValueError(f"{flag}: port {port} of {address!r} is not in [1, 65535]")
+    return host, port
+
+
+def check_reachable(address: str, flag: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A RuntimeError within `timeout` when nothing accepts a connection at a remote `address`, where ray.init would
+    keep retrying for minutes before it said so."""
+    import socket
+    target = host_port(address, flag)
+    if target is None:
+        return
+    host, port = target
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or type(e).__name__)
+        raise RuntimeError(f"{flag}: cannot reach the Ray cluster at {address!r}: {why}") from None
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None):
@@ -28,8 +68,8 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None):
         return ray
     flag = "--ray" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None and not ADDRESS.fullmatch(address):
-        raise ValueError(f"{flag}: expected auto, local, ray://HOST[:PORT] or HOST:PORT, got {address!r}")
+    if address is not None:
+        check_reachable(check_address(address, flag), flag)
     kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import RenderConfig
 from ..pipeline import FrescoPipeline
-from ..constants import KEYS, STATE
+from ..constants import KEYS, STATE, one_line
 from ..video import Batch, plan_batches, probe, processing_size, read_frames
 from ..video.render import Cancelled, RenderResult, render
 from ..video.runner import BatchStylizer
@@ -35,10 +35,8 @@ def error_line(e: BaseException) -> str:
     """The one-line message the CLI prints for `e` (`fresco: error: ...`); unexpected errors say what they are and
     that the traceback is in the server's log, never the traceback itself."""
     if isinstance(e, USER_ERRORS + (Cancelled,)):
-        msg = str(e).strip().splitlines()
-        return f"fresco: error: {msg[0] if msg else type(e).__name__}"
-    return f"fresco: error: internal {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (traceback in " \
-           f"the server log)"
+        return f"fresco: error: {one_line(str(e).strip()) or type(e).__name__}"
+    return f"fresco: error: internal {type(e).__name__}: {one_line(str(e).strip())} (traceback in the server log)"
 
 
 def log_traceback(e: BaseException) -> None:
