@@ -316,6 +316,20 @@ def check_files(model: str, model_config: Optional[str], addons: Addons, ip_imag
             raise ValueError(f"ip_image: '{ip_image}' is not a readable image ({e})") from None
 
 
+IP_IMAGE_SIDE = 1024  # the image encoder sees 224x224; a larger style image is shrunk as it is read
+
+
+def load_style_image(path: str):
+    """The IP-Adapter's style image as RGB, its long side at most IP_IMAGE_SIDE: a 12000x12000 photo took 2.5 GB
+    on its way to a 224x224 input (JPEG decodes at a reduced scale directly, other formats are shrunk after)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.draft("RGB", (IP_IMAGE_SIDE, IP_IMAGE_SIDE))
+        im = im.convert("RGB")
+    im.thumbnail((IP_IMAGE_SIDE, IP_IMAGE_SIDE), Image.Resampling.LANCZOS)
+    return im
+
+
 def image_encoder_folder(ip_adapter: str) -> Path:
     return Path(ip_adapter).parent / "image_encoder"
 

@@ -77,9 +77,7 @@ def make_stylizer(cfg: RenderConfig, pipe=None, progress: bool = False, local_fi
     if flow is not None:
         pipe.flow = flow
     if cfg.ip_image is not None:
-        from PIL import Image
-        with Image.open(cfg.ip_image) as im:
-            pipe.set_ip_adapter_image(im.convert("RGB"))
+        pipe.set_ip_adapter_image(addons.load_style_image(cfg.ip_image))
     if cfg.use_salinecy and saliency is None:
         if not cfg.sod_path:
             raise ValueError("sod_path: use_salinecy needs the EGNet checkpoint (or turn saliency off with "
