@@ -25,7 +25,7 @@ from .plan import add_parser as add_plan
 from .plan import run_plan
 from .score_cli import add_parser as add_score
 from .score_cli import run as run_score
-from .ui.guard import auth_pairs, ui_root
+from .ui.guard import auth_pairs, input_root, ui_root
 
 
 def _knob_flags(p: argparse.ArgumentParser) -> None:
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--out", default="out", help="folder under which each input's output folder is made (out)")
     ui.add_argument("--root", help="the folder the page may write and serve under (default: --out); typed output "
                                    "folders must resolve inside it")
+    ui.add_argument("--inputs", action="append", default=[], metavar="DIR",
+                    help="a folder whose videos and image folders may be typed as the input (repeatable); without "
+                         "it, typed inputs must lie under the root (uploads always work)")
     ui.add_argument("--auth", metavar="USER:PASS", help="require this login (needed with --listen/--share)")
     ui.add_argument("--auth-file", dest="auth_file", metavar="FILE", help="logins, one USER:PASS a line")
     ui.add_argument("--no-auth", dest="no_auth", action="store_true",
@@ -170,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.port is not None and not 1 <= args.port <= 65535:
                 raise ValueError(f"--port: must be in 1..65535, got {args.port}")
             ui_root(args.out, args.root)   # (refused here, before Gradio loads; the UI checks it again)
+            for folder in args.inputs:
+                input_root(folder)
             auth = auth_pairs(args.auth, args.auth_file, args.no_auth, args.listen or args.share)
             try:
                 web_ui.launch(model=args.model, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port,
-                              share=args.share, out_root=args.out, root=args.root, auth=auth)
+                              share=args.share, out_root=args.out, root=args.root, auth=auth,
+                              inputs=args.inputs)
             except OSError as e:  # port taken, no network for --share
                 raise RuntimeError(f"ui: could not serve{' the share link' if args.share else ''}: "
                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

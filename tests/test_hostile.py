@@ -406,7 +406,7 @@ def page(tmp_path):
 
 @pytest.mark.slow
 def test_ui_typed_output_folder_outside_the_root_is_refused_and_not_served(clip, tmp_path, decoy, page):
-    p = page()
+    p = page(inputs=[clip.parent])
     p.open(clip)
     status = p.keyframes(out_dir=str(decoy))
     assert "fresco-error" in status and "outside the UI's output root" in status
@@ -419,16 +419,26 @@ def test_ui_typed_output_folder_outside_the_root_is_refused_and_not_served(clip,
 
 
 @pytest.mark.slow
-def test_ui_typed_input_is_read_but_never_served(tmp_path, decoy, page):
+def test_ui_typed_input_outside_the_readable_folders_is_refused(tmp_path, decoy, page):
+    """The page shows an input's frames (the keyframe gallery, the preview under the root), so a typed path outside
+    the root, the uploads and --inputs would show any image folder the server can read; it is refused, in the same
+    words whether or not the path exists."""
     p = page()
-    p.open(decoy)  # a folder holding one image
+    for path in (decoy, decoy / "nothing-here"):
+        status = p.open(path)[0]   # (the input's description, the player); the state is not an output
+        assert "outside the folders the page may read" in status and "photo" not in status
+    for name in ("secret.txt", "thesis.docx", "photo.png"):
+        assert p.served(decoy / name) != 200
+    p = page(inputs=[decoy])    # named on purpose: read, still never served
+    status = p.open(decoy)[0]
+    assert "outside" not in status and "frame" in status, status
     for name in ("secret.txt", "thesis.docx", "photo.png"):
         assert p.served(decoy / name) != 200
 
 
 @pytest.mark.slow
 def test_ui_default_extra_prompts_are_accepted(clip, tmp_path, decoy, page):
-    p = page()
+    p = page(inputs=[clip.parent])
     p.open(clip)
     status = p.keyframes()  # every other widget at the page's own default, extra prompts included
     assert status.startswith("keyframes done"), status
@@ -436,7 +446,7 @@ def test_ui_default_extra_prompts_are_accepted(clip, tmp_path, decoy, page):
 
 @pytest.mark.slow
 def test_ui_root_widens_on_purpose(clip, tmp_path, decoy, page):
-    p = page(root=tmp_path / "root")
+    p = page(root=tmp_path / "root", inputs=[clip.parent])
     p.open(clip)
     status = p.keyframes(out_dir=str(tmp_path / "root" / "other"))  # under --root, not under --out
     assert status.startswith("keyframes done"), status
@@ -454,7 +464,7 @@ def test_ui_runs_the_cli_memory_preflight(clip, tmp_path, decoy, monkeypatch):
     high = preflight.estimate_memory((64, 64), 3, "tiny", 4, False, True).host
     assert low < high
     monkeypatch.setattr(preflight, "host_available", lambda: (low + high) // 2)
-    p = Page(UI(model="tiny-random", out_root=tmp_path / "root" / "out"))
+    p = Page(UI(model="tiny-random", out_root=tmp_path / "root" / "out", inputs=[clip.parent]))
     try:
         p.open(clip)
         status = p.keyframes()

@@ -27,7 +27,7 @@ def clip(tmp_path_factory):
 
 def _values(**kw):
     v = form.form_values(RenderConfig(**{**SETTINGS, **kw}))
-    v.update(mininterv=5, maxinterv=5, fixed_interval=False, interval=5, added_prompt="")
+    v.update(mininterv=5, maxinterv=5, fixed_interval=False, interval=5)
     return v
 
 
@@ -94,17 +94,21 @@ def test_yaml_save_load_keeps_published_keys(tmp_path):
 
 
 def test_page_config_interval_added_prompt_and_default_folder(tmp_path):
-    ui = UI(out_root=tmp_path / "out")
+    (tmp_path / "videos").mkdir()
+    ui = UI(out_root=tmp_path / "out", inputs=[tmp_path / "videos"])
     cfg = ui.config({**_values(), "fixed_interval": True, "interval": 7.0, "added_prompt": "best quality"}, {},
-                    "/videos/dance.mp4", "")
-    assert (cfg.mininterv, cfg.maxinterv) == (7, 7) and cfg.prompt == "a fox, best quality"
+                    str(tmp_path / "videos" / "dance.mp4"), "")
+    # the added prompt is the render's own key, as on the CLI: it replaces the model's default added prompt
+    assert (cfg.mininterv, cfg.maxinterv) == (7, 7) and (cfg.prompt, cfg.added_prompt) == ("a fox", "best quality")
+    assert cfg.prompt_pair()[0] == "best quality"
     assert cfg.save_path == str(tmp_path / "out" / "dance")
     mine = tmp_path / "out" / "mine"
-    assert ui.config(_values(), {"run_ebsynth": True}, "/v.mp4", f" {mine} ").save_path == str(mine)
+    assert ui.config(_values(), {"run_ebsynth": True}, str(tmp_path / "videos" / "v.mp4"),
+                     f" {mine} ").save_path == str(mine)
 
 
 def test_input_description_and_errors(clip, tmp_path):
-    ui = UI(out_root=tmp_path)
+    ui = UI(out_root=tmp_path, inputs=[clip.parent])
     src, text = ui.open_input(str(clip), _values(size=""), {})
     assert src == str(clip) and "16 frames, 8 fps, 96x64" in text and "processed at 768x512" in text
     _, text = ui.open_input(str(clip), _values(), {})
@@ -114,7 +118,7 @@ def test_input_description_and_errors(clip, tmp_path):
 
 
 def test_step1_keyframe_plan(clip, tmp_path):
-    ui = UI(out_root=tmp_path)
+    ui = UI(out_root=tmp_path, inputs=[clip.parent])
     gallery, text = ui.keyframes(_values(), {}, str(clip), "")
     assert [c for _, c in gallery] == ["key 0 · batch 1", "key 5 · batch 1", "key 10 · batch 2", "key 15 · batch 2"]
     assert gallery[0][0].shape == (64, 64, 3)
@@ -124,7 +128,7 @@ def test_step1_keyframe_plan(clip, tmp_path):
 
 
 def test_steps_2_and_3_report_progress_and_outputs(clip, tmp_path):
-    ui = UI(out_root=tmp_path / "out", make_stylizer=stand_in_factory())
+    ui = UI(out_root=tmp_path / "out", make_stylizer=stand_in_factory(), inputs=[clip.parent])
     ups = list(ui.run("keyframes", "s", _values(), {}, str(clip), ""))
     steps = [u["status"] for u in ups if "progress" in u]
     assert steps == [f"batch {b}/2 · step {s}/3" for b in (1, 2) for s in (1, 2, 3)]
@@ -148,12 +152,12 @@ def test_steps_2_and_3_report_progress_and_outputs(clip, tmp_path):
 
 
 def test_score_panel_before_a_render_is_one_line(clip, tmp_path):
-    text, plot = UI(out_root=tmp_path / "out").score(_values(), {}, str(clip), "")
+    text, plot = UI(out_root=tmp_path / "out", inputs=[clip.parent]).score(_values(), {}, str(clip), "")
     assert plot is None and "fresco: error: score: no render at" in text and "\n" not in text
 
 
 def test_cancel_mid_batch_leaves_the_folder_resumable(clip, tmp_path):
-    ui = UI(out_root=tmp_path / "out")
+    ui = UI(out_root=tmp_path / "out", inputs=[clip.parent])
     count = {"steps": 0}
 
     def press_cancel():
@@ -171,7 +175,7 @@ def test_cancel_mid_batch_leaves_the_folder_resumable(clip, tmp_path):
 
 
 def test_errors_are_one_line(clip, tmp_path):
-    ui = UI(out_root=tmp_path / "out", make_stylizer=stand_in_factory())
+    ui = UI(out_root=tmp_path / "out", make_stylizer=stand_in_factory(), inputs=[clip.parent])
     ups = list(ui.run("keyframes", "s", _values(prompt=""), {}, str(clip), ""))
     assert ups == [{"status": '<span class="fresco-error">fresco: error: prompt: a non-empty prompt is required, '
                               "got None</span>"}]
@@ -191,7 +195,7 @@ def test_cli_ui_flags(monkeypatch, capsys):
     monkeypatch.setattr("fresco.ui.launch", lambda **kw: seen.update(kw))
     assert cli.main(["ui", "--model", "tiny-random"]) == 0
     assert seen == dict(model="tiny-random", host="127.0.0.1", port=None, share=False, out_root="out", root=None,
-                        auth=None)
+                        auth=None, inputs=[])
     assert cli.main(["ui", "--listen", "--share", "--port", "8000", "--auth", "u:p"]) == 0
     assert (seen["host"], seen["share"], seen["port"]) == ("0.0.0.0", True, 8000)
     assert cli.main(["ui", "--port", "0"]) == 2
@@ -218,3 +222,28 @@ def test_ui_error_line_is_the_cli_line():
         assert line == f"fresco: error: {error_text(e)}" and "\n" not in line and len(line) < 2100
     assert "a\\nb.mp4' does not exist" in jobs.error_line(ValueError("input: 'a\nb.mp4' does not exist"))
     assert jobs.error_line(KeyError("k\nz")).startswith("fresco: error: internal KeyError: 'k\\nz'")
+
+
+@pytest.mark.parametrize("text", ["loras: [1, 2]\n", "extra_prompts: {'-1': x}\n", "extra_prompts: {1: [1]}\n"])
+def test_load_settings_with_values_the_form_cannot_show_is_one_line(tmp_path, text):
+    """These load as a config but failed while the form was filled, outside the handler's error line."""
+    demo = UI(out_root=tmp_path / "out").build()
+    on_load = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "on_load")
+    (tmp_path / "s.yaml").write_text("prompt: a fox\n" + text)
+    status = on_load(str(tmp_path / "s.yaml"))[-1]
+    assert "fresco: error:" in status and "\n" not in status
+
+
+def test_one_added_prompt_box(tmp_path):
+    """The page had two 'added prompt' boxes, one wired to nothing; the knob's box is the render's added_prompt."""
+    demo = UI(out_root=tmp_path / "out").build()
+    labels = [getattr(b, "label", None) or "" for b in demo.blocks.values()]
+    assert sum(lb.startswith("added prompt") for lb in labels) == 1
+
+
+@pytest.mark.parametrize("key", ["max_frames", "threads", "num_warmup_steps", "mininterv"])
+@pytest.mark.parametrize("bad", ["inf", "1e400", "nan", float("inf"), float("nan")])
+def test_non_finite_whole_numbers_name_their_key(tmp_path, key, bad):
+    """int(inf) raised OverflowError ("internal", no key named) and int(nan) a message without the key."""
+    with pytest.raises(ValueError, match=f"^{key}: (must be|expected) an integer"):
+        UI(out_root=tmp_path / "out").config({**_values(), key: bad}, {}, None, "")

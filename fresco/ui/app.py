@@ -3,10 +3,11 @@ keyframes, propagate) and the grouped settings. Every button calls fresco.ui.job
 slot ("render", one at a time); errors land in the status line as the CLI's one-line messages."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..config import RenderConfig
 from ..prompts import format_extra_prompts
@@ -33,14 +34,17 @@ def download_folder() -> Path:
 class UI:
     """The page's state and handlers. `make_stylizer` (tests: a stand-in) turns a config and a step callback into
     a BatchStylizer; by default the cached FrescoPipeline. The page serves and writes only under `root` (default
-    `out_root`): typed output folders must resolve under it; typed inputs are read, never served."""
+    `out_root`): typed output folders must resolve under it; typed inputs must resolve under it, under Gradio's
+    upload folder or under a folder of `inputs` (`fresco ui --inputs DIR`)."""
 
     def __init__(self, model: Optional[str] = None, out_root: str | Path = "out",
-                 make_stylizer: Optional[jobs.StylizerFactory] = None, root: Optional[str | Path] = None):
+                 make_stylizer: Optional[jobs.StylizerFactory] = None, root: Optional[str | Path] = None,
+                 inputs: Sequence[str | Path] = ()):
         self.defaults = RenderConfig(sd_path=model) if model else RenderConfig()
         self.out_root = Path(out_root)
         self.root = guard.ui_root(out_root, root)
         guard.check_under_root(str(self.out_root), self.root)
+        self.input_roots = [self.root] + [guard.input_root(d) for d in inputs]
         self._pipeline = jobs.pipeline_stylizer(jobs.PipelineCache())
         self.make_stylizer = make_stylizer or self._pipeline
         self.jobs: dict[str, jobs.Job] = {}
@@ -55,12 +59,12 @@ class UI:
             interval = values.pop("interval")
             values["mininterv"] = values["maxinterv"] = interval
         values.pop("interval", None)
-        added = (values.pop("added_prompt", "") or "").strip()
-        if added and values.get("prompt"):
-            values["prompt"] = f"{values['prompt'].rstrip().rstrip(',')}, {added}"
         for k in ("mininterv", "maxinterv"):
-            if isinstance(values.get(k), float) and values[k] == int(values[k]):
+            if isinstance(values.get(k), float) and math.isfinite(values[k]) and values[k] == int(values[k]):
                 values[k] = int(values[k])
+        if source:
+            from gradio.utils import get_upload_folder
+            guard.check_input(source, [*self.input_roots, Path(get_upload_folder()).resolve()])
         values["file_path"] = source or None
         if out_dir and out_dir.strip():
             values["save_path"] = out_dir.strip()
@@ -246,10 +250,6 @@ class UI:
                         with gr.Row():
                             for s in items:
                                 widgets[s.name] = self._widget(s, getattr(d, s.name))
-                                if s.name == "prompt":
-                                    widgets["added_prompt"] = gr.Textbox(
-                                        "", label="added prompt (appended to the prompt, e.g. 'best quality')",
-                                        elem_id="set-added-prompt")
 
             names = list(widgets)
             comps = [widgets[n] for n in names]
@@ -321,12 +321,12 @@ class UI:
             def on_load(file: Any):
                 try:
                     cfg = form.load_settings(file if isinstance(file, str) else file.name)
-                except Exception as e:  # noqa: BLE001
+                    vals = form.form_values(cfg)
+                except Exception as e:  # noqa: BLE001 - a value that loads but the form cannot show is one line too
                     jobs.log_traceback(e)
                     return (*[gr.update() for _ in names], gr.update(), gr.update(), gr.update(),
                             _status(jobs.error_line(e), True))
-                vals = form.form_values(cfg)
-                vals.update(added_prompt="", mininterv=cfg.mininterv, maxinterv=cfg.maxinterv, fixed_interval=cfg.mininterv ==
+                vals.update(mininterv=cfg.mininterv, maxinterv=cfg.maxinterv, fixed_interval=cfg.mininterv ==
                             cfg.maxinterv, interval=cfg.mininterv)
                 return (*[vals[n] for n in names], form.hidden_values(cfg), cfg.file_path or gr.update(),
                         cfg.save_path or gr.update(), f"settings loaded from {Path(str(file)).name}")
@@ -375,10 +375,11 @@ class UI:
 
 def launch(model: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
            out_root: str = "out", block: bool = True, root: Optional[str] = None,
-           auth: Optional[list[tuple[str, str]]] = None) -> UI:
+           auth: Optional[list[tuple[str, str]]] = None, inputs: Sequence[str] = ()) -> UI:
     """Build and serve the page (see `UI.serve`; `root`: the folder it serves and writes under, default
-    `out_root`); returns the UI when not `block`."""
-    ui = UI(model=model, out_root=out_root, root=root)
+    `out_root`; `inputs`: folders whose videos and images may be typed as the input); returns the UI when not
+    `block`."""
+    ui = UI(model=model, out_root=out_root, root=root, inputs=inputs)
     ui.build()
     ui.serve(host, port, share, block, auth)
     return ui

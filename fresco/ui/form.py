@@ -6,6 +6,7 @@ edits."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -122,7 +123,7 @@ def _value(spec: FieldSpec, v: Any) -> Any:
         except ValueError:
             raise ValueError(f"{spec.key}: expected a number, got {v!r}") from None
     if spec.kind == "int" and isinstance(v, float):
-        if v != int(v):
+        if not math.isfinite(v) or v != int(v):
             raise ValueError(f"{spec.key}: must be an integer, got {v!r}")
         return int(v)
     if spec.kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool):

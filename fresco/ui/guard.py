@@ -1,12 +1,12 @@
 """What the web UI may touch and who may use it: output folders typed in the page must resolve (links followed)
-under the UI's root; a server reachable from the network needs a login (`--auth USER:PASS`, `--auth-file`) or an
+under the UI's root, typed inputs under the root, Gradio's uploads or a folder of `--inputs`; a server reachable from the network needs a login (`--auth USER:PASS`, `--auth-file`) or an
 explicit `--no-auth`; a render passes the CLI's preflight (device, size, memory, model) before it starts."""
 from __future__ import annotations
 
 import stat
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..config import RenderConfig
 from ..constants import within
@@ -19,6 +19,31 @@ def check_under_root(save_path: str, root: Path) -> None:
     if not within(Path(save_path).expanduser().resolve(), root):
         raise ValueError(f"save_path: '{save_path}' is outside the UI's output root '{root}'; give a folder under "
                          f"it (fresco ui --root DIR serves another root)")
+
+
+def input_root(folder: str | Path) -> Path:
+    """A folder of `fresco ui --inputs`, resolved: an existing folder that `check_root` allows (the page shows the
+    frames of what is typed under it)."""
+    resolved = Path(folder).expanduser().resolve()
+    if not resolved.is_dir():
+        raise ValueError(f"--inputs: '{folder}' is not a folder")
+    check_root(resolved, "--inputs")
+    return resolved
+
+
+def check_input(source: str, roots: Sequence[Path]) -> None:
+    """Refuse a typed input that does not resolve, links followed, under one of `roots` (the UI's root, Gradio's
+    upload folder, the folders of `fresco ui --inputs`): the page shows an input's frames and writes its keyframes
+    under the root, so a typed path elsewhere would show the page's users any video or image folder the server can
+    read. Whether such a path exists is not said either."""
+    try:
+        resolved = Path(source).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or not any(within(resolved, r) for r in roots):
+        raise ValueError(f"file_path: '{source}' is outside the folders the page may read "
+                         f"({', '.join(str(r) for r in roots)}); upload the video, or start fresco ui with "
+                         f"--inputs DIR to let the page read a folder")
 
 
 # folders of the system: a root at or under one of them would serve its files (/etc/shadow to a UI run as root,
