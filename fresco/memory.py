@@ -415,7 +415,7 @@ class BatchPlan:
 
 def usable(device_bytes: int) -> int:
     """What of a card's memory a plan may use (the rest is headroom for what the trace cannot see)."""
-    return int(device_bytes * (1 - HEADROOM_FRACTION)) - HEADROOM_BYTES
+    return max(0, int(device_bytes * (1 - HEADROOM_FRACTION)) - HEADROOM_BYTES)
 
 
 def plan_batch(size: Tuple[int, int], batch_size: int, *, settings=None, backend: str = "fused",

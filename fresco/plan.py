@@ -8,8 +8,11 @@ import argparse
 import re
 from typing import Callable, Optional, Tuple
 
+from .constants import MAX_SIDE
+
 GiB = 2 ** 30
 MiB = 2 ** 20
+MAX_DEVICE_BYTES = 2 ** 50  # 1 PiB, far above any card
 _UNITS = {"": GiB, "g": GiB, "gb": GiB, "gib": GiB, "m": MiB, "mb": MiB, "mib": MiB}
 
 
@@ -18,9 +21,11 @@ def parse_memory(text: str) -> int:
     24 GiB), so GB means GiB here."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
-    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise ValueError(f"--device-memory: a positive size like 24GB, 12GiB or 11500MiB, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = float(m.group(1)) * _UNITS[unit] if m is not None and unit in _UNITS else 0.0
+    if not MiB <= size <= MAX_DEVICE_BYTES:   # (400 nines made float('inf'), which int() refused in a traceback)
+        raise ValueError(f"--device-memory: a size like 24GB, 12GiB or 11500MiB, from 1 MiB to "
+                         f"{MAX_DEVICE_BYTES // GiB} GiB, got {text!r}")
+    return int(size)
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -29,8 +34,9 @@ def parse_size(text: str) -> Tuple[int, int]:
         w, h = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
         raise ValueError(f"--size: WxH like 512x512, got {text!r}") from None
-    if w < 64 or h < 64 or w % 64 or h % 64:
-        raise ValueError(f"--size: both sides positive multiples of 64 (e.g. 512x512, 896x512), got {text!r}")
+    if w < 64 or h < 64 or w % 64 or h % 64 or max(w, h) > MAX_SIDE:
+        raise ValueError(f"--size: both sides positive multiples of 64 up to {MAX_SIDE} (e.g. 512x512, 896x512), "
+                         f"got {text!r}")
     return w, h
 
 

@@ -126,7 +126,11 @@ def test_fresco_plan_prints_the_table(capsys):
                                       "24XB"], "--device-memory"), ([], "plan"), (["--size", "512x512",
                                       "--batch-size", "1"], "--batch-size"),
                                       (["--size", "512x512", "--batch-size", "2"], "--batch-size: must be in [3, 256]"),
-                                      (["missing.mp4"], "")])
+                                      (["missing.mp4"], ""),
+                                      (["--size", "64x64", "--device-memory", "9" * 400 + "GB"], "--device-memory"),
+                                      (["--size", "64x64", "--device-memory", "0.0000001"], "--device-memory"),
+                                      (["--size", "1048576x1048576"], "--size: both sides positive multiples of 64 "
+                                                                      "up to 16384")])
 def test_fresco_plan_bad_input_is_one_line_exit_2(capsys, argv, key):
     assert cli.main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip()
