@@ -363,3 +363,10 @@ def test_style_image_is_shrunk_as_it_is_read(tmp_path, ext):
     big.save(tmp_path / f"big.{ext}")
     im = addons.load_style_image(str(tmp_path / f"big.{ext}"))
     assert im.mode == "RGB" and im.size == (addons.IP_IMAGE_SIDE, round(addons.IP_IMAGE_SIDE * 2 / 3))
+
+
+@pytest.mark.parametrize("given", ["/nonexistent/folder", "a/b/c", "/dev/null"])
+def test_model_config_that_is_no_folder_names_the_setting(given):
+    """huggingface_hub's 'Repo id must ...' named neither --model-config nor what it accepts."""
+    with pytest.raises(FileNotFoundError, match=r"^model_config: .* is neither a local folder nor in the local"):
+        addons.single_file_config(given)

@@ -155,7 +155,10 @@ def _cached_snapshot(repo: str) -> Optional[str]:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    hit = try_to_load_from_cache(repo, "model_index.json")
+    try:
+        hit = try_to_load_from_cache(repo, "model_index.json")
+    except ValueError:   # not a hub id at all (a path, a name with '/' twice): the caller names its setting
+        return None
     return str(Path(hit).parent) if isinstance(hit, str) else None
 
 
