@@ -26,7 +26,7 @@ import torch
 
 from fresco_kernels import flow_warp, occlusion_from_flows
 
-from .constants import DEFAULT_CLIP, MAX_FRAMES, SCORE_FILES
+from .constants import DEFAULT_CLIP, MAX_FRAMES, SCORE_FILES, within
 from .models.flow import FlowEstimator, flow_pair, get_flow_estimator
 
 __all__ = ["ScoreResult", "score_frames", "score_videos", "score_config", "score_render", "load_clip", "write_plot",
@@ -367,6 +367,10 @@ def _check_target(name: str, path: Optional[Union[str, os.PathLike]], suffix: st
         raise ValueError(f"{name}: expected a {suffix} file, got '{p}'")
     if any(p.resolve() == t.resolve() for t in taken):
         raise ValueError(f"{name}: '{p}' is one of the videos being scored or another output")
+    for t in taken:   # a new image in a frames folder being scored becomes one of its frames
+        if t.is_dir() and within(p.resolve(), t.resolve()):
+            raise ValueError(f"{name}: '{p}' is inside '{t}', a frames folder being scored, where it would become "
+                             f"a frame; write it elsewhere")
     if p.is_dir():
         raise ValueError(f"{name}: '{p}' is a folder")
     if p.exists() and not overwrite:
@@ -420,8 +424,8 @@ def score_videos(input: Union[str, os.PathLike], output: Union[str, os.PathLike]
     size = None
     if (in_info.width, in_info.height) != (out_info.width, out_info.height):
         if not resize:
-            raise ValueError(f"output: is {out_info.width}x{out_info.height} but input is {in_info.width}x"
-                             f"{in_info.height}; pass --resize to resize the input to the output's size")
+            raise ValueError(f"output: '{output}' is {out_info.width}x{out_info.height} but input '{input}' is "
+                             f"{in_info.width}x{in_info.height}; pass --resize to resize the input to the output's size")
         size = (out_info.width, out_info.height)
     taken = [Path(input), Path(output)]
     targets = []

@@ -130,6 +130,11 @@ def test_render_state_is_untrusted(tmp_path, state):
     assert keys is None and "keyframes not marked" in note
 
 
+def _png(i: int) -> bytes:
+    import cv2
+    return cv2.imencode(".png", synthetic_frame(i, SIZE))[1].tobytes()
+
+
 def test_bad_input_exit_2(tmp_path, capsys):
     a = make_synthetic_clip(tmp_path / "a.mp4", 6, SIZE)
     shorter = make_synthetic_clip(tmp_path / "b.mp4", 5, SIZE)
@@ -137,7 +142,7 @@ def test_bad_input_exit_2(tmp_path, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_text("not a video")
     cases = [([a, shorter], "output: has 5 frames but input has 6"),
-             ([a, bigger], "output: is 128x64 but input is 96x64; pass --resize"),
+             ([a, bigger], "output: '.*c.mp4' is 128x64 but input '.*a.mp4' is 96x64; pass --resize"),
              ([a, junk], "output: cannot read video"),
              ([tmp_path / "missing.mp4", a], "input: .* does not exist"),
              ([a, a, "--plot", str(tmp_path / "p.jpg")], "plot: expected a .png file")]
@@ -146,6 +151,17 @@ def test_bad_input_exit_2(tmp_path, capsys):
         assert main(["score"] + [str(x) for x in args] + ["--no-clip"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and re.search(msg, err), err
+    # a plot or strip inside a frames folder being scored would become one of its frames
+    frames_in, frames_out = tmp_path / "fin", tmp_path / "fout"
+    for d in (frames_in, frames_out):
+        d.mkdir()
+        for i in range(4):
+            (d / f"{i:05d}.png").write_bytes(_png(i))
+    for flag, where in (("--plot", frames_in / "99999.png"), ("--strip", frames_out / "00001.png"),
+                        ("--json", frames_in / "s.json")):
+        assert main(["score", str(frames_in), str(frames_out), "--no-clip", "--overwrite", flag, str(where)]) == 2
+        assert "a frames folder being scored, where it would become a frame" in capsys.readouterr().err
+    assert len(list(frames_in.iterdir())) == 4 and (frames_out / "00001.png").read_bytes() == _png(1)
     assert main(["score", str(a), str(bigger), "--no-clip", "--resize"]) == 0
     assert "frames: 6 at 128x64" in capsys.readouterr().out
 
