@@ -833,3 +833,21 @@ def test_unreachable_ray_address_is_one_line_without_ray(monkeypatch):
         srv.bind(("127.0.0.1", 0))
         srv.listen()
         check_reachable(f"127.0.0.1:{srv.getsockname()[1]}", "--ray", timeout=5)
+
+
+def test_the_same_input_spelled_another_way_resumes(clip, tmp_path, capsys, monkeypatch):
+    """The fingerprint held the input's path as typed, so `clip.mp4` and `./clip.mp4` (or its absolute path) were
+    two inputs and the finished folder was refused as 'a render of other settings or another input'."""
+    monkeypatch.chdir(clip.parent)
+    o = tmp_path / "o"
+    rc, err = run(capsys, "render", "clip.mp4", "--prompt", "x", "-o", o, *TINY)
+    assert rc == 0, err
+    video = (o / "clip.mp4").read_bytes() if (o / "clip.mp4").exists() else None
+    for spelling in ("./clip.mp4", str(clip), f"../{clip.parent.name}/clip.mp4"):
+        rc, err = run(capsys, "render", spelling, "--prompt", "x", "-o", o, *TINY)
+        assert rc == 0 and "other settings or another input" not in err, err
+    if video is not None:
+        assert (o / "clip.mp4").read_bytes() == video
+    other = make_synthetic_clip(tmp_path / "clip.mp4", 12, (64, 64), fps=Fraction(24), seed=3)
+    rc, err = run(capsys, "render", other, "--prompt", "x", "-o", o, *TINY)
+    assert rc == 2 and "another input" in one_line(err)

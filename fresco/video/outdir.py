@@ -213,10 +213,14 @@ def refuse_foreign(paths: list[Path]) -> None:
                          f"file); use --overwrite to replace them, or choose another -o/--output")
 
 
-def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int]) -> str:
-    """What decides the keyframes: the settings that change pixels and the input (path, size on disk, mtime)."""
+def fingerprint(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], as_typed: bool = False) -> str:
+    """What decides the keyframes: the settings that change pixels and the input (its resolved path, size on disk,
+    mtime). as_typed: the input's path as it was given (how renders before stop 41 fingerprinted, so that
+    `clip.mp4` and `./clip.mp4` were two inputs); `plan_render` still accepts a state file of that kind."""
     keys = set(fingerprint_keys())
     settings = {k: v for k, v in cfg.to_dict().items() if k in keys}
+    if not as_typed and settings.get("file_path"):
+        settings["file_path"] = str(Path(settings["file_path"]).expanduser().resolve())
     p = Path(info.path)
     st = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())] if p.is_dir() else \
         [(p.name, p.stat().st_size, p.stat().st_mtime_ns)]
