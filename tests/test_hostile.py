@@ -623,6 +623,25 @@ def test_a_resumed_state_cannot_claim_more_frames_than_its_keys_allow(clip, tmp_
         render(cfg, stylizer=StandInStylizer(keep=False), progress=False)
 
 
+@pytest.mark.parametrize("crafted", ["repeat", "drop"])
+def test_a_resumed_state_whose_batches_are_not_its_plan_is_refused(clip, tmp_path, crafted):
+    """Batches that repeat one batch, or leave a key out, resumed with exit 0 into a video whose missing keys were
+    never rendered; they must be the plan of the state's keys at the render's batch size."""
+    from fresco.video.render import render
+    from test_render import StandInStylizer, _cfg
+    o = tmp_path / "o"
+    cfg = _cfg(clip, o, output="frames", mininterv=2, maxinterv=2, batch_size=3)
+    assert render(cfg, stylizer=StandInStylizer(keep=False), stop_after=1, progress=False) is None
+    st = json.loads((o / "state.json").read_text())
+    assert len(st["batches"]) >= 2
+    st["batches"] = [st["batches"][0]] * len(st["batches"]) if crafted == "repeat" else st["batches"][:-1]
+    (o / "state.json").write_text(json.dumps(st))
+    before = snapshot(o)
+    with pytest.raises(ValueError, match="is not a fresco state file .its batches are not the plan of its keys"):
+        render(cfg, stylizer=StandInStylizer(keep=False), progress=False)
+    assert snapshot(o) == before
+
+
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
 def test_a_state_file_that_is_not_a_file_is_one_line(clip, tmp_path, capsys, kind):
     o = tmp_path / "o"

@@ -143,6 +143,12 @@ def plan_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root:
             raise ValueError(f"save_path: '{state.path}' is not a fresco state file ({n} frames but the last key "
                              f"is {keys[-1]}); move it away or choose another -o")
         batches = [Batch(i, tuple(f), a) for i, (f, a) in enumerate(state.data["batches"])]
+        # the batches are a function of the keys and batch_size (both in the fingerprint): a state file whose
+        # batches repeat or leave out a key would resume into a video with keyframes never rendered
+        if [(b.frames, b.n_anchors) for b in batches] != \
+                [(b.frames, b.n_anchors) for b in plan_batches(keys, cfg.batch_size)]:
+            raise ValueError(f"save_path: '{state.path}' is not a fresco state file (its batches are not the "
+                             f"plan of its keys); move it away or choose another -o")
         print(f"fresco: resuming in {root}: {len(state.data['done'])}/{len(batches)} batches finished",
               file=sys.stderr, flush=True)
     vfr_rate = Fraction(state.data["vfr_fps"]) if state.data.get("vfr_fps") else None
