@@ -66,6 +66,9 @@ RESERVED = (KEYS, LATENTS, STATE, LOCK, PREVIEW)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's longest file name and path, in bytes
+
+
 def check_output_name(output: str) -> None:
     """`output` must be one plain name inside the output folder: not '.', '..', empty, a path, hidden or reserved."""
     accepted = "a plain file name like 'video.mp4' or a folder name like 'frames'"
@@ -73,6 +76,9 @@ def check_output_name(output: str) -> None:
         raise ValueError(f"output: {accepted}, got {output!r}")
     if output in (".", "..") or "/" in output or "\\" in output or os.sep in output or Path(output).is_absolute():
         raise ValueError(f"output: {accepted}, not a path; the folder is set with -o/save_path; got {output!r}")
+    if not output.isprintable() or len(output.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise ValueError(f"output: {accepted}, printable and at most {NAME_MAX} bytes (a file system's longest name), "
+                         f"got {output!r}")
     if output.startswith("."):
         raise ValueError(f"output: {accepted}; names starting with '.' are the renderer's temporary files, "
                          f"got {output!r}")
@@ -106,6 +112,10 @@ def check_output_root(root: str | os.PathLike) -> None:
         r = Path(root).resolve()
     except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop (Python 3.11)
         raise ValueError(f"save_path: '{root}' cannot be resolved ({e}); give a plain folder path") from None
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in r.parts) or \
+            len(str(r).encode("utf-8", "surrogateescape")) >= PATH_MAX:   # every open below would say "too long"
+        raise ValueError(f"save_path: '{root}' is longer than a file system allows ({NAME_MAX} bytes a name, "
+                         f"{PATH_MAX - 1} a path); give a shorter folder path")
     if any(within(r, Path(d)) for d in ("/proc", "/sys", "/dev")) and not within(r, Path("/dev/shm")):  # a RAM disk
         raise ValueError(f"save_path: '{root}' is inside a system pseudo file system; give a folder of your own")
     if r.parent == r:

@@ -870,3 +870,19 @@ def test_the_same_input_spelled_another_way_resumes(clip, tmp_path, capsys, monk
     other = make_synthetic_clip(tmp_path / "clip.mp4", 12, (64, 64), fps=Fraction(24), seed=3)
     rc, err = run(capsys, "render", other, "--prompt", "x", "-o", o, *TINY)
     assert rc == 2 and "another input" in one_line(err)
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("-o", "LONGNAME", "save_path: .* is longer than a file system allows \\(255 bytes a name, 4095 a path\\)"),
+    ("-o", "DEEP", "save_path: .* is longer than a file system allows"),
+    ("--output", "a" * 300 + ".mp4", "output: a plain file name .* printable and at most 255 bytes"),
+    ("--output", "a\x01.mp4", "output: a plain file name .* printable"),
+])
+def test_output_names_too_long_or_unprintable(clip, tmp_path, capsys, flag, value, says):
+    """A folder name over 255 bytes or a path over 4095 failed at the first stat as an 'internal OSError' in the
+    page and Python's message on the CLI; an output name with a control character passed validation."""
+    import re
+    value = {"LONGNAME": str(tmp_path / ("a" * 300)), "DEEP": str(tmp_path / "/".join(["d"] * 3000))}.get(value, value)
+    argv = ["render", clip, *TINY, "--prompt", "x", flag, value] + ([] if flag == "-o" else ["-o", tmp_path / "o"])
+    rc, err = run(capsys, *argv)
+    assert rc == 2 and re.search(says, one_line(err)), err

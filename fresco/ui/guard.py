@@ -16,7 +16,12 @@ from ..video.io import probe, processing_size
 
 def check_under_root(save_path: str, root: Path) -> None:
     """Refuse an output folder that does not resolve, symbolic links included, to `root` or a folder under it."""
-    if not within(Path(save_path).expanduser().resolve(), root):
+    try:
+        resolved = Path(save_path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as e:   # a name too long, a link loop, a NUL byte
+        raise ValueError(f"save_path: '{save_path}' is no folder path this system can resolve "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+    if not within(resolved, root):
         raise ValueError(f"save_path: '{save_path}' is outside the UI's output root '{root}'; give a folder under "
                          f"it (fresco ui --root DIR serves another root)")
 
