@@ -1,6 +1,7 @@
 """What the web UI may touch and who may use it: output folders typed in the page must resolve (links followed)
-under the UI's root, typed inputs under the root, Gradio's uploads or a folder of `--inputs`; a server reachable from the network needs a login (`--auth USER:PASS`, `--auth-file`) or an
-explicit `--no-auth`; a render passes the CLI's preflight (device, size, memory, model) before it starts."""
+under the UI's root, typed inputs under the root, Gradio's uploads or a folder of `--inputs`; a server reachable
+from the network needs a login (`--auth USER:PASS`, `--auth-file`) or an explicit `--no-auth`; a render passes the
+CLI's preflight (device, size, memory, model) before it starts."""
 from __future__ import annotations
 
 import stat
