@@ -425,7 +425,8 @@ def score_videos(input: Union[str, os.PathLike], output: Union[str, os.PathLike]
     if (in_info.width, in_info.height) != (out_info.width, out_info.height):
         if not resize:
             raise ValueError(f"output: '{output}' is {out_info.width}x{out_info.height} but input '{input}' is "
-                             f"{in_info.width}x{in_info.height}; pass --resize to resize the input to the output's size")
+                             f"{in_info.width}x{in_info.height}; pass --resize to resize the input to the output's "
+                             f"size")
         size = (out_info.width, out_info.height)
     taken = [Path(input), Path(output)]
     targets = []
