@@ -247,3 +247,13 @@ def test_non_finite_whole_numbers_name_their_key(tmp_path, key, bad):
     """int(inf) raised OverflowError ("internal", no key named) and int(nan) a message without the key."""
     with pytest.raises(ValueError, match=f"^{key}: (must be|expected) an integer"):
         UI(out_root=tmp_path / "out").config({**_values(), key: bad}, {}, None, "")
+
+
+@pytest.mark.parametrize("folder,says", [("/", "the file system's root"), ("/etc", "a system folder"),
+                                         ("/nonexistent-fresco", "is not a folder")])
+def test_inputs_folder_is_checked(capsys, folder, says):
+    """--inputs opens a folder to the page (the frames of what is typed under it are shown): not a system one."""
+    from fresco import cli
+    assert cli.main(["ui", "--inputs", folder]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fresco: error: --inputs: '{folder}'") and says in err and err.count("\n") == 1

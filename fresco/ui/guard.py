@@ -99,6 +99,9 @@ def check_root(root: Path, flag: str = "--root") -> None:
         if found:
             why = f"a folder that holds {', '.join(found)}"
     if why:
+        if flag == "--inputs":
+            raise ValueError(f"{flag}: '{root}' is {why}, and the page shows the frames of any video or image "
+                             f"folder typed under it; give a folder of videos of its own (for example ~/videos)")
         raise ValueError(f"{flag}: '{root}' is {why}, and the page serves every file under its root; give a folder "
                          f"of its own (for example --out out)")
 
