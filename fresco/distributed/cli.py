@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .cluster import check_address, host_port
+from .cluster import check_address
 
 
 def ray_address(value: str) -> str:
@@ -15,8 +15,7 @@ def ray_address(value: str) -> str:
     if value == "":
         return value
     try:
-        host_port(check_address(value, "ADDRESS"), "ADDRESS")
-        return value
+        return check_address(value, "ADDRESS")
     except ValueError as e:
         hint = (f"; {value!r} is a file: put it before --ray, or write --ray local for a local Ray instance"
                 if os.path.exists(value) else "")

@@ -24,9 +24,11 @@ CONNECT_TIMEOUT_S = 10.0  # ray.init retries an address that does not answer for
 
 
 def check_address(address: str, flag: str = "--ray") -> str:
-    """`address` when it has a form ray.init understands, else a ValueError naming `flag` and the forms."""
+    """`address` when it has a form ray.init understands and, when remote, a port in [1, 65535]; else a ValueError
+    naming `flag` and the forms."""
     if not ADDRESS.fullmatch(address):
         raise ValueError(f"{flag}: expected {ADDRESS_FORMS}, got {address!r}")
+    host_port(address, flag)
     return address
 
 
