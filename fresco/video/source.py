@@ -114,7 +114,8 @@ def plan_render(cfg: RenderConfig, info: VideoInfo, size: tuple[int, int], root:
     removing what an earlier render wrote, when it is to be replaced) keys selected from one decode of the input."""
     fp = fingerprint(cfg, info, size)
     old = state.load()
-    if old is not None and old["fingerprint"] == fingerprint(cfg, info, size, as_typed=True):
+    if old is not None and old["fingerprint"] != fp and \
+            old["fingerprint"] == fingerprint(cfg, info, size, as_typed=True):
         old["fingerprint"] = fp   # an earlier render's fingerprint of the same spelling: the same input
     if old is not None and (cfg.overwrite or not cfg.resume or (old["fingerprint"] != fp and not old["done"])):
         # only what the earlier render wrote goes; with no batch finished there is nothing to lose. Unasked (a
