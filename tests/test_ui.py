@@ -250,7 +250,8 @@ def test_non_finite_whole_numbers_name_their_key(tmp_path, key, bad):
 
 
 @pytest.mark.parametrize("folder,says", [("/", "the file system's root"), ("/etc", "a system folder"),
-                                         ("/nonexistent-fresco", "is not a folder")])
+                                         ("/nonexistent-fresco", "is not a folder"),
+                                         ("/tmp/" + "a" * 300, "is not a folder (File name too long)")])
 def test_inputs_folder_is_checked(capsys, folder, says):
     """--inputs opens a folder to the page (the frames of what is typed under it are shown): not a system one."""
     from fresco import cli

@@ -30,10 +30,14 @@ def check_under_root(save_path: str, root: Path) -> None:
 def input_root(folder: str | Path) -> Path:
     """A folder of `fresco ui --inputs`, resolved: an existing folder that `check_root` allows (the page shows the
     frames of what is typed under it)."""
-    resolved = Path(folder).expanduser().resolve()
-    if not resolved.is_dir():
+    try:
+        resolved = Path(folder).expanduser().resolve()
+        is_dir = resolved.is_dir()
+    except (OSError, RuntimeError, ValueError) as e:   # a name too long, a link loop
+        raise ValueError(f"--inputs: '{folder}' is not a folder ({getattr(e, 'strerror', None) or e})") from None
+    if not is_dir:
         raise ValueError(f"--inputs: '{folder}' is not a folder")
-    check_root(resolved, "--inputs")
+    check_root(resolved, "--inputs", SHOWN)
     return resolved
 
 
@@ -71,10 +75,15 @@ def ui_root(out_root: str | Path, root: Optional[str | Path] = None) -> Path:
     return resolved
 
 
-def check_root(root: Path, flag: str = "--root") -> None:
+SERVED = ("the page serves every file under its root", "--out out")
+SHOWN = ("the page shows the frames of any video or image folder typed under it", "~/videos")
+
+
+def check_root(root: Path, flag: str = "--root", exposure: tuple[str, str] = SERVED) -> None:
     """Refuse a root (resolved) the page must not serve everything under: the file system's root, a system
     folder or one under it, the user's home or a folder above it, or a folder holding credentials (.ssh, .aws,
-    ...). The page serves every file under its root to whoever may use it."""
+    ...). The page serves every file under its root to whoever may use it; `exposure` (what the page does with the
+    folder, an example of a good one) words the refusal: SERVED for a root, SHOWN for a folder of `--inputs`."""
     try:
         home = Path.home().resolve()
     except (RuntimeError, KeyError, OSError):  # no home directory for this user
@@ -99,11 +108,8 @@ def check_root(root: Path, flag: str = "--root") -> None:
         if found:
             why = f"a folder that holds {', '.join(found)}"
     if why:
-        if flag == "--inputs":
-            raise ValueError(f"{flag}: '{root}' is {why}, and the page shows the frames of any video or image "
-                             f"folder typed under it; give a folder of videos of its own (for example ~/videos)")
-        raise ValueError(f"{flag}: '{root}' is {why}, and the page serves every file under its root; give a folder "
-                         f"of its own (for example --out out)")
+        what, example = exposure
+        raise ValueError(f"{flag}: '{root}' is {why}, and {what}; give a folder of its own (for example {example})")
 
 
 def _pair(text: str, where: str) -> tuple[str, str]:
