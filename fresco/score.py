@@ -365,10 +365,11 @@ def _check_target(name: str, path: Optional[Union[str, os.PathLike]], suffix: st
     p = Path(path)
     if p.suffix.lower() != suffix:
         raise ValueError(f"{name}: expected a {suffix} file, got '{p}'")
-    if any(p.resolve() == t.resolve() for t in taken):
+    resolved = p.resolve()
+    if any(resolved == t.resolve() for t in taken):
         raise ValueError(f"{name}: '{p}' is one of the videos being scored or another output")
     for t in taken:   # a new image in a frames folder being scored becomes one of its frames
-        if t.is_dir() and within(p.resolve(), t.resolve()):
+        if t.is_dir() and within(resolved, t.resolve()):
             raise ValueError(f"{name}: '{p}' is inside '{t}', a frames folder being scored, where it would become "
                              f"a frame; write it elsewhere")
     if p.is_dir():
